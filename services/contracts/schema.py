@@ -1,0 +1,201 @@
+"""The wire: every request and response body that crosses a process boundary.
+
+The seed's field names are kept (``job_id``, ``png_key``, ``meta_key``, ``imageRef``); additions are
+optional so an older client never breaks. Pydantic and the standard library only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 10_000
+"""HIP-35's prompt limit; the AInfluencer seed's 2,000 is a preset concern, not the wire's."""
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
+"""Width and height bounds: latent space is 1/8 of pixel space, so sides must divide by 8."""
+
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 4
+LATEST_DEFAULT, LATEST_MAX = 36, 500
+
+ENGINE_NAMES = ("diffusers", "comfyui", "a1111", "invokeai")
+EngineName = Literal["diffusers", "comfyui", "a1111", "invokeai"]
+
+SCHEDULER_NAMES = (
+    "euler",
+    "euler_a",
+    "heun",
+    "lms",
+    "ddim",
+    "pndm",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "dpmpp_sde",
+    "unipc",
+)
+"""The named set of samplers a request may ask for; each engine maps them to its own names."""
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    KEY_NOT_FOUND = "KEY_NOT_FOUND"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    ENGINE_OFFLINE = "ENGINE_OFFLINE"
+    ENGINE_TIMEOUT = "ENGINE_TIMEOUT"
+    ENGINE_ERROR = "ENGINE_ERROR"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    QUEUE_UNAVAILABLE = "QUEUE_UNAVAILABLE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    RATE_LIMITED = "RATE_LIMITED"
+    WORKER_LOST = "WORKER_LOST"
+    CANCELED = "CANCELED"
+    NOT_FOUND = "NOT_FOUND"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+    remediation: list[str] = Field(default_factory=list)
+    detail: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response, from every process: ``{"error": {...}}``."""
+
+    error: ErrorInfo
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    DONE = "done"
+    ERROR = "error"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELED)
+
+
+class GenerateRequest(BaseModel):
+    """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    cfg: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    scheduler: Literal[SCHEDULER_NAMES] | None = None  # type: ignore[valid-type]
+    refiner: bool = False
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    engine: EngineName | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain some text, not only whitespace")
+        return value
+
+
+class RenderSpec(BaseModel):
+    """A request with every default resolved: what the worker renders and the sidecar records.
+
+    Resolving at enqueue time makes a job reproducible from its stored spec alone.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    seed: int
+    scheduler: str | None = None
+    refiner: bool = False
+    num_images: int = 1
+    engine: str = "diffusers"
+
+
+class GenerateView(BaseModel):
+    job_id: str
+    status: JobStatus = JobStatus.QUEUED
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class ImageInfo(BaseModel):
+    key: str
+    meta_key: str
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class JobResult(BaseModel):
+    png_key: str
+    meta_key: str
+    images: list[ImageInfo] = Field(default_factory=list)
+
+
+class JobView(BaseModel):
+    """``GET /api/images/jobs/{job_id}``."""
+
+    job_id: str
+    status: JobStatus
+    progress: Progress = Field(default_factory=Progress)
+    result: JobResult | None = None
+    error: ErrorInfo | None = None
+    engine: str | None = None
+    model: str | None = None
+    enqueued_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class LatestItem(BaseModel):
+    key: str
+    size: int
+    last_modified: str
+    meta_key: str | None = None
+
+
+class LatestView(BaseModel):
+    items: list[LatestItem]
+
+
+class SelectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=1024)
+
+
+class ImageRef(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    downloadUrl: str  # noqa: N815 - the seed's wire name
+    storageUri: str  # noqa: N815
+
+
+class SelectView(BaseModel):
+    imageRef: ImageRef  # noqa: N815

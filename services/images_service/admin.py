@@ -1,0 +1,193 @@
+"""`kitty-images`: the operator's command — models (tiny, pull, list), running the stack, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import httpx
+
+from .models import CATALOG, ModelRegistry, register_model
+from .settings import get_settings
+
+DEMO_PROMPT = "a watercolor kitten astronaut floating above a violet nebula"
+DEMO_MODEL = "tiny-sd15"
+
+
+def _fail(message: str, *hints: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    for hint in hints:
+        click.echo(f"  → {hint}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def cli() -> None:
+    """Operate KITTY Images: models, the local stack, the demo."""
+
+
+@cli.group()
+def models() -> None:
+    """Models registered in models.yaml (MODELS_YAML)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List registered models and whether they are on disk."""
+    settings = get_settings()
+    entries = ModelRegistry(settings.models_yaml).entries()
+    if not entries:
+        click.echo(f"no models registered in {settings.models_yaml}; try: kitty-images models tiny", err=True)
+        return
+    width = max(len(name) for name in entries)
+    for name, entry in entries.items():
+        where = "local" if entry.is_local else "hub"
+        present = "present" if not entry.is_local or Path(entry.source).exists() else "MISSING"
+        click.echo(f"{name:<{width}}  {where:<5}  {present:<7}  {entry.source}")
+
+
+@models.command("tiny")
+@click.option("--force", is_flag=True, help="rebuild even if the folders exist")
+def models_tiny(force: bool) -> None:
+    """Build small random-weight SD1.5 and SDXL pipelines locally (no hub) for demos and tests."""
+    from .tiny import build_tiny_models  # imports torch: only here
+
+    settings = get_settings()
+    names = build_tiny_models(settings.data_dir / "models", settings.models_yaml, force=force)
+    click.echo(f"registered {', '.join(names)} in {settings.models_yaml}")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--repo", help="hub repo id (default: the catalog's for NAME)")
+def models_pull(name: str, repo: str | None) -> None:
+    """Download a real model from the Hugging Face hub and register it."""
+    settings = get_settings()
+    entry = dict(CATALOG.get(name, {}))
+    repo = repo or entry.pop("repo", None)
+    if not repo:
+        _fail(f"'{name}' is not in the catalog", f"Known: {', '.join(CATALOG)}", "Or pass --repo ORG/NAME")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        _fail("huggingface_hub is not installed", "pip install -e '.[worker]'")
+    target = settings.data_dir / "models" / name
+    click.echo(f"downloading {repo} into {target} ...", err=True)
+    try:
+        snapshot_download(
+            repo_id=repo,
+            local_dir=target,
+            ignore_patterns=[
+                "*.bin",
+                "*.ckpt",
+                "*.pt",
+                "*.pth",
+                "*.onnx",
+                "*.onnx_data",
+                "*.msgpack",
+                "*.h5",
+            ],
+        )
+    except Exception as exc:  # offline, gated, unknown repo: all end here with the hub's own words
+        _fail(
+            f"could not download {repo}: {type(exc).__name__}: {exc}",
+            "Check network access to the hub, and HF_TOKEN for gated models.",
+        )
+    entry.pop("repo", None)
+    register_model(settings.models_yaml, name, {"path": str(target.resolve()), **entry})
+    click.echo(f"registered {name} in {settings.models_yaml}")
+
+
+@cli.command()
+def up() -> None:
+    """Run the stack in the foreground: Redis (private unless REDIS_URL), images-service, worker, gateway."""
+    from .stack import Stack
+
+    settings = get_settings()
+    if not ModelRegistry(settings.models_yaml).entries():
+        click.echo(f"no models in {settings.models_yaml}: building the tiny demo models ...", err=True)
+        from .tiny import build_tiny_models
+
+        build_tiny_models(settings.data_dir / "models", settings.models_yaml)
+    stack = Stack(
+        data_dir=settings.data_dir,
+        images_port=settings.port,
+        gateway_port=int(os.environ.get("GATEWAY_PORT", "8080")),
+    )
+    try:
+        stack.start()
+        click.echo(
+            f"KITTY Images is up: gateway {stack.gateway_url} (gallery {stack.gateway_url}/vision)", err=True
+        )
+        click.echo("Ctrl-C stops everything.", err=True)
+        code = stack.wait()
+    except KeyboardInterrupt:
+        code = 0
+    except RuntimeError as exc:
+        stack.stop()
+        _fail(str(exc), f"See the processes' output above; data lives in {settings.data_dir}")
+    finally:
+        stack.stop()
+    sys.exit(code)
+
+
+def _run_cli(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kitty-cli"), *args], env=env, capture_output=True, text=True
+    )
+    click.echo(f"$ kitty-cli {' '.join(args)}", err=True)
+    if result.stderr.strip():
+        click.echo(result.stderr.rstrip(), err=True)
+    if result.returncode != 0:
+        _fail(f"kitty-cli {args[0]} exited with {result.returncode}", result.stdout.strip())
+    click.echo(result.stdout.rstrip(), err=True)
+    return result.stdout
+
+
+@cli.command()
+@click.option("--prompt", default=DEMO_PROMPT, show_default=True)
+def demo(prompt: str) -> None:
+    """Bring the stack up, generate with the tiny model, list, select, download, verify the bytes."""
+    from .stack import Stack, free_port
+    from .storage import make_store
+
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_yaml)
+    if DEMO_MODEL not in registry.entries() or not Path(registry.get(DEMO_MODEL).source).exists():
+        click.echo("building the tiny demo models (no hub needed) ...", err=True)
+        from .tiny import build_tiny_models
+
+        build_tiny_models(settings.data_dir / "models", settings.models_yaml)
+
+    log_dir = settings.data_dir / "logs"
+    stack = Stack(
+        data_dir=settings.data_dir,
+        images_port=free_port(),
+        gateway_port=free_port(),
+        worker_metrics_port=free_port(),
+        log_dir=log_dir,
+        extra_env={"MODELS_YAML": str(settings.models_yaml.resolve())},
+    )
+    click.echo(f"starting the stack (logs in {log_dir}) ...", err=True)
+    try:
+        with stack:
+            env = {**os.environ, "KITTY_GATEWAY_URL": stack.gateway_url}
+            keys = _run_cli(env, "images.generate", prompt, "--model", DEMO_MODEL, "--steps", "20")
+            key = keys.split()[0]
+            _run_cli(env, "images.latest", "--limit", "5")
+            ref = json.loads(_run_cli(env, "images.select", "1"))["imageRef"]
+            downloaded = httpx.get(ref["downloadUrl"], timeout=30).content
+            if not ref["storageUri"].endswith(key):
+                _fail(f"images.select 1 returned {ref['storageUri']}, not the image just made ({key})")
+            if downloaded != make_store(settings).get(key):
+                _fail("the downloaded bytes differ from the stored object")
+    except RuntimeError as exc:
+        _fail(str(exc), f"See the logs in {log_dir}")
+    click.echo(
+        f"downloaded {len(downloaded)} bytes through the imageRef; identical to the stored {key}", err=True
+    )
+    click.echo(json.dumps({"imageRef": ref}, indent=2))

@@ -1,0 +1,1 @@
+"""HTTP surface of the images-service: routers per resource, dependencies, error handlers."""

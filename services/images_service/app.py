@@ -1,0 +1,70 @@
+"""The images-service app factory and its `images-service` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from redis import Redis
+
+from . import __version__
+from .api import handlers, health, images
+from .logs import configure_logging
+from .metrics import HTTP_SECONDS
+from .models import ModelRegistry
+from .queue import JobQueue, connect_redis
+from .settings import Settings, get_settings
+from .storage import Store, make_store
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: Redis | None = None,
+    store: Store | None = None,
+    registry: ModelRegistry | None = None,
+) -> FastAPI:
+    """Build the app; collaborators not passed in are made from `settings`."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        connection = redis or connect_redis(settings.redis_url)
+        app.state.settings = settings
+        app.state.queue = JobQueue(connection, settings)
+        app.state.store = store or make_store(settings)
+        app.state.registry = registry or ModelRegistry(settings.models_yaml, settings.default_model)
+        yield
+        if redis is None:
+            connection.close()
+
+    app = FastAPI(title="KITTY images-service", version=__version__, lifespan=lifespan)
+    handlers.install_error_handlers(app)
+    app.include_router(images.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        HTTP_SECONDS.labels(
+            method=request.method, route=getattr(route, "path", "unmatched"), status=str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="images-service", description="Run the KITTY images-service API.")
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    args = parser.parse_args(argv)
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)

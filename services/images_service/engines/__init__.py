@@ -1,0 +1,48 @@
+"""Engine registry: engine name → the class that renders with it, imported only when used
+(so the API process, which only validates names, never imports torch)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ..errors import ValidationFailed
+from .base import Engine, JobCanceled, ProgressFn, RenderedImage, RenderResult
+
+if TYPE_CHECKING:
+    from ..models import ModelRegistry
+    from ..settings import Settings
+
+ENGINES: dict[str, str] = {
+    "diffusers": "services.images_service.engines.diffusers_engine:DiffusersEngine",
+}
+"""Engines this build can run; a request naming another one is refused at submit time."""
+
+
+def check_engine_name(name: str) -> str:
+    if name not in ENGINES:
+        raise ValidationFailed(
+            f"engine '{name}' is not available in this build",
+            remediation=[f"Use one of: {', '.join(ENGINES)}", "Or set IMAGE_ENGINE to one of them."],
+        )
+    return name
+
+
+def make_engine(name: str, settings: Settings, registry: ModelRegistry) -> Engine:
+    module_name, _, class_name = ENGINES[check_engine_name(name)].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if name == "diffusers":
+        return cls(registry, device=settings.device, cache_size=settings.model_cache_size)  # type: ignore[no-any-return]
+    return cls(settings)  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "JobCanceled",
+    "ProgressFn",
+    "RenderResult",
+    "RenderedImage",
+    "check_engine_name",
+    "make_engine",
+]

@@ -1,0 +1,56 @@
+"""The engine seam: what every renderer (diffusers in-process, or a ComfyUI/A1111/InvokeAI adapter)
+implements, and the values that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from services.contracts import RenderSpec
+
+
+class JobCanceled(Exception):
+    """Raised from a progress callback when the job was canceled; engines let it propagate."""
+
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (step, total) as rendering advances. It may raise `JobCanceled`: an engine must let
+that exception propagate (and stop its remote job, for adapters)."""
+
+
+@dataclass
+class RenderedImage:
+    image: Image.Image
+    seed: int
+    text_chunks: dict[str, str] = field(default_factory=dict)
+    """PNG text chunks the engine wants kept (e.g. ComfyUI's ``prompt``/``workflow``)."""
+
+
+@dataclass
+class RenderResult:
+    images: list[RenderedImage]
+    device: str
+    """Where it ran: ``cuda:0``, ``mps``, ``cpu`` or the remote server's URL."""
+    engine_info: dict[str, Any] = field(default_factory=dict)
+    """What the engine reports for the sidecar: dtype, library versions, server info, ..."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds: ``load_s`` (0 when the model was resident), ``render_s``."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        """Render `spec` (every default resolved) into ``spec.num_images`` images.
+
+        Raises the service's `KittyError`s (`ModelNotFound`, `EngineOffline`, `EngineTimeout`,
+        `EngineError`) with a message the user can act on, or `JobCanceled`.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release models and connections; called when the worker stops."""
+        ...

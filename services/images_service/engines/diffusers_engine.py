@@ -1,0 +1,428 @@
+"""The in-process diffusers engine: loads pipelines by name from models.yaml, keeps them resident in
+an LRU, and renders a `RenderSpec` on CUDA, MPS or the CPU.
+
+Owns device/dtype choice, the scheduler table, the SDXL refiner pass and the mapping of torch's
+failures to the service's errors. The only module besides `tiny.py` that imports torch; workers
+import it, the API never does.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+from huggingface_hub import try_to_load_from_cache
+
+from services.contracts import RenderSpec
+
+from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
+from ..models import ModelEntry, ModelRegistry
+from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
+from .base import JobCanceled, ProgressFn, RenderedImage, RenderResult
+
+logger = logging.getLogger("kitty.images.engine.diffusers")
+
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    # DPMSolverSDEScheduler needs the optional `torchsde` package; the single-step SDE solver needs
+    # nothing extra, so a result never depends on what happens to be installed.
+    "dpmpp_sde": (
+        "DPMSolverSinglestepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "lower_order_final": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+"""Wire scheduler name → (diffusers scheduler class, config overrides), built with
+``from_config(model's own scheduler config, **overrides)``. The DDIM/PNDM overrides are the
+Stable Diffusion configs' own values for those samplers; `lower_order_final` is what the
+single-step solver forces anyway with a zero final sigma (it warns on every job otherwise)."""
+
+FLOW_MATCH_PREFIX = "FlowMatch"
+"""Scheduler class prefix of flow-matching models (SD3, Flux): their own Euler is the only sampler
+in the table that fits them."""
+
+FLOW_MATCH_ALIASES = frozenset({"euler"})
+"""Wire names that mean the flow-matching model's own scheduler."""
+
+REFINER_SPLIT = 0.8
+"""Fraction of the noise schedule the SDXL base denoises before the refiner takes over (diffusers'
+and A1111's usual ensemble-of-experts split)."""
+
+ERROR_TEXT_LIMIT = 300
+"""Characters of a library exception kept in a user-facing message; the full trace goes to the log."""
+
+_DTYPE_KWARG = "dtype" if hasattr(diffusers.utils.deprecation_utils, "_resolve_dtype") else "torch_dtype"
+# diffusers renamed `torch_dtype` to `dtype` (the old name warns, then goes away in 1.0).
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`requested` if given, else the first of CUDA, MPS, CPU that is available."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(
+                f"'{requested}' is not a device torch knows",
+                remediation=["Set IMAGES_DEVICE to cuda, cuda:N, mps or cpu, or leave it unset to detect."],
+            ) from exc
+        unavailable = (device.type == "cuda" and not torch.cuda.is_available()) or (
+            device.type == "mps" and not torch.backends.mps.is_available()
+        )
+        if unavailable:
+            raise EngineError(
+                f"device '{requested}' was asked for but this torch build or machine has none",
+                remediation=["Unset IMAGES_DEVICE to detect the device, or install a torch build with it."],
+            )
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on CUDA (bf16 where the GPU has it natively: fp16 overflows in SDXL's VAE);
+    fp32 elsewhere (fp16 on MPS yields black images on several models; CPUs gain nothing)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            if torch.cuda.is_bf16_supported(including_emulation=False):
+                return torch.bfloat16
+        return torch.float16
+    return torch.float32
+
+
+def _library_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for package in ("torch", "diffusers", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 1] + "…"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class _Resident:
+    """A loaded pipeline and what a job needs to reset it to before use."""
+
+    name: str
+    source: str
+    pipe: Any
+    scheduler_class: type[Any]
+    scheduler_config: dict[str, Any]
+    call_params: frozenset[str]
+    refiner: _Resident | None = field(default=None)
+
+    def accepts(self, param: str) -> bool:
+        return param in self.call_params
+
+    def set_scheduler(self, name: str | None) -> None:
+        """Give the pipeline a fresh scheduler for this job, so no state or choice leaks between jobs."""
+        is_flow = self.scheduler_class.__name__.startswith(FLOW_MATCH_PREFIX)
+        if name is None or (is_flow and name in FLOW_MATCH_ALIASES):
+            self.pipe.scheduler = self.scheduler_class.from_config(self.scheduler_config)
+            return
+        if name not in SCHEDULERS:
+            raise ValidationFailed(
+                f"unknown scheduler '{name}'", remediation=[f"Use one of: {', '.join(SCHEDULERS)}."]
+            )
+        if is_flow:
+            raise ValidationFailed(
+                f"model '{self.name}' is a flow-matching model; scheduler '{name}' does not apply to it",
+                remediation=[f"Omit the scheduler, or use one of: {', '.join(sorted(FLOW_MATCH_ALIASES))}."],
+            )
+        class_name, overrides = SCHEDULERS[name]
+        if class_name == "LMSDiscreteScheduler" and not diffusers.utils.is_scipy_available():
+            raise EngineError(
+                f"scheduler '{name}' needs scipy, which this worker does not have",
+                remediation=["Install scipy on the worker (pip install scipy), or choose another scheduler."],
+            )
+        scheduler_class = getattr(diffusers, class_name)
+        self.pipe.scheduler = scheduler_class.from_config(self.scheduler_config, **overrides)
+
+
+class _StepReporter:
+    """Turns the pipelines' per-iteration callbacks into one monotonic (step, total) sequence.
+
+    A pass is given a share of `total`; its iterations (2n-1 of them for Heun, fewer for a partial
+    schedule) are scaled into that share, and a step is reported only when it advances.
+    """
+
+    def __init__(self, progress: ProgressFn, total: int) -> None:
+        self._progress = progress
+        self.total = total
+        self._last = -1
+
+    def report(self, step: int) -> None:
+        step = min(step, self.total)
+        if step > self._last:
+            self._last = step
+            self._progress(step, self.total)
+
+    def callback(self, offset: int, share: int) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            iterations = max(int(getattr(pipe, "_num_timesteps", 0) or 0), index + 1)
+            self.report(offset + (index + 1) * share // iterations)
+            return tensors
+
+        return on_step_end
+
+
+class DiffusersEngine:
+    """Renders with diffusers pipelines held resident per worker (an LRU of `cache_size` models)."""
+
+    name = "diffusers"
+
+    def __init__(self, registry: ModelRegistry, *, device: str | None = None, cache_size: int = 1) -> None:
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self._registry = registry
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device)
+        self.cache_size = cache_size
+        self._resident: OrderedDict[str, _Resident] = OrderedDict()
+        self._lock = threading.Lock()
+        self._versions = _library_versions()
+
+    # --- public ---------------------------------------------------------------------------------
+    def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        with self._lock:
+            entry = self._registry.get(spec.model)
+            if spec.refiner and not entry.refiner:
+                raise ValidationFailed(
+                    f"model '{spec.model}' has no refiner registered",
+                    remediation=[
+                        "Send refiner=false, or add `refiner: <name>` to this model's entry in models.yaml.",
+                    ],
+                )
+            started = time.perf_counter()
+            base = self._base(entry)
+            refiner = None
+            if spec.refiner and entry.refiner:
+                if not base.accepts("denoising_end"):
+                    raise ValidationFailed(
+                        f"model '{spec.model}' ({type(base.pipe).__name__}) cannot hand over to a refiner",
+                        remediation=["Send refiner=false; the refiner pass is for SDXL-family models."],
+                    )
+                refiner = self._refiner(base, self._registry.get(entry.refiner))
+            load_s = time.perf_counter() - started
+
+            started = time.perf_counter()
+            try:
+                images = self._run(spec, base, refiner, progress)
+            except (JobCanceled, KittyError):
+                raise
+            except Exception as exc:
+                raise self._render_error(spec, exc) from exc
+            render_s = time.perf_counter() - started
+
+        engine_info: dict[str, Any] = {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "pipeline_class": type(base.pipe).__name__,
+            "scheduler_class": type(base.pipe.scheduler).__name__,
+            "versions": dict(self._versions),
+        }
+        if refiner is not None:
+            engine_info["refiner"] = refiner.name
+            engine_info["refiner_pipeline_class"] = type(refiner.pipe).__name__
+        return RenderResult(
+            images=[RenderedImage(image=image, seed=spec.seed + i) for i, image in enumerate(images)],
+            device=str(self.device),
+            engine_info=engine_info,
+            timings={"load_s": round(load_s, 4), "render_s": round(render_s, 4)},
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._resident.clear()
+            self._free_memory()
+
+    # --- rendering -------------------------------------------------------------------------------
+    def _run(
+        self, spec: RenderSpec, base: _Resident, refiner: _Resident | None, progress: ProgressFn
+    ) -> list[Any]:
+        reporter = _StepReporter(progress, spec.steps)
+        reporter.report(0)
+        base.set_scheduler(spec.scheduler)
+        # One CPU generator per image: the same spec gives the same pixels on a device, and image i
+        # of a batch is re-rendered alone from seed+i (up to batched float rounding).
+        generators = [
+            torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)
+        ]
+        common = {
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt or None,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.cfg,
+            "num_images_per_prompt": spec.num_images,
+            "generator": generators,
+        }
+        base_share = (
+            spec.steps if refiner is None else min(spec.steps, max(1, round(spec.steps * REFINER_SPLIT)))
+        )
+        base_kwargs = {**common, "width": spec.width, "height": spec.height}
+        if refiner is not None:
+            base_kwargs.update(denoising_end=REFINER_SPLIT, output_type="latent")
+        with torch.inference_mode():
+            output = base.pipe(**self._accepted(base, base_kwargs, reporter.callback(0, base_share)))
+            images = output.images
+            if refiner is not None:
+                refiner.set_scheduler(spec.scheduler)
+                refiner_kwargs = {**common, "image": images, "denoising_start": REFINER_SPLIT}
+                callback = reporter.callback(base_share, spec.steps - base_share)
+                images = refiner.pipe(**self._accepted(refiner, refiner_kwargs, callback)).images
+        reporter.report(spec.steps)
+        return list(images)
+
+    @staticmethod
+    def _accepted(
+        resident: _Resident, kwargs: dict[str, Any], callback: Callable[..., Any]
+    ) -> dict[str, Any]:
+        """Only what this pipeline's __call__ takes (Flux has no negative prompt on older releases, ...)."""
+        if resident.accepts("callback_on_step_end"):
+            kwargs = {**kwargs, "callback_on_step_end": callback}
+        return {key: value for key, value in kwargs.items() if resident.accepts(key) and value is not None}
+
+    def _render_error(self, spec: RenderSpec, exc: Exception) -> EngineError:
+        logger.exception("render of model %s failed on %s", spec.model, self.device)
+        if _is_out_of_memory(exc):
+            self._free_memory()
+            return EngineError(
+                f"{self.device} ran out of memory rendering {spec.width}x{spec.height} x{spec.num_images} "
+                f"with model '{spec.model}'",
+                remediation=[
+                    "Lower width/height or num_images, or turn the refiner off.",
+                    "Or set IMAGES_MODEL_CACHE_SIZE=1 so only one model stays resident.",
+                ],
+            )
+        return EngineError(f"rendering with model '{spec.model}' failed: {_short(exc)}")
+
+    # --- loading ---------------------------------------------------------------------------------
+    def _base(self, entry: ModelEntry) -> _Resident:
+        resident = self._resident.get(entry.name)
+        if resident is not None and resident.source == entry.source:
+            self._resident.move_to_end(entry.name)
+            return resident
+        self._resident.pop(entry.name, None)
+        while len(self._resident) >= self.cache_size:
+            evicted, _ = self._resident.popitem(last=False)
+            logger.info("evicting model %s to make room for %s", evicted, entry.name)
+            self._free_memory()
+        resident = self._load(entry, AutoPipelineForText2Image)
+        self._resident[entry.name] = resident
+        return resident
+
+    def _refiner(self, base: _Resident, entry: ModelEntry) -> _Resident:
+        # The refiner lives with its base so an LRU of one keeps both rather than evicting each in turn.
+        if base.refiner is None or (base.refiner.name, base.refiner.source) != (entry.name, entry.source):
+            base.refiner = None
+            base.refiner = self._load(entry, AutoPipelineForImage2Image)
+        return base.refiner
+
+    def _check_available(self, entry: ModelEntry) -> None:
+        if entry.is_local:
+            if not (Path(entry.source) / "model_index.json").is_file():
+                raise ModelNotFound(
+                    f"model '{entry.name}' is registered at {entry.source}, but no diffusers model is there",
+                    remediation=[f"Fetch it: {entry.fetch_hint()}", "Or fix its path in models.yaml."],
+                )
+        elif not isinstance(try_to_load_from_cache(entry.source, "model_index.json"), str):
+            raise ModelNotFound(
+                f"model '{entry.name}' ({entry.source}) is not in this machine's Hugging Face cache",
+                remediation=[
+                    f"Fetch it: {entry.fetch_hint()}",
+                    "Check HF_HOME points at the cache it was pulled into.",
+                ],
+            )
+
+    def _load(self, entry: ModelEntry, auto_class: Any) -> _Resident:
+        self._check_available(entry)
+        started = time.perf_counter()
+        # Downloads belong to `kitty-images models pull`, not to a job running under a timeout.
+        kwargs: dict[str, Any] = {_DTYPE_KWARG: self.dtype, "local_files_only": True}
+        try:
+            pipe = auto_class.from_pretrained(entry.source, **kwargs)
+            pipe = pipe.to(self.device)
+        except Exception as exc:
+            logger.exception("loading model %s from %s failed", entry.name, entry.source)
+            if _is_out_of_memory(exc):
+                self._free_memory()
+                raise EngineError(
+                    f"{self.device} has not enough memory to load model '{entry.name}'",
+                    remediation=["Set IMAGES_MODEL_CACHE_SIZE=1, use a smaller model, or another device."],
+                ) from exc
+            if isinstance(exc, OSError):
+                raise ModelNotFound(
+                    f"model '{entry.name}' at {entry.source} is incomplete: {_short(exc)}",
+                    remediation=[f"Fetch it again: {entry.fetch_hint()}"],
+                ) from exc
+            raise EngineError(
+                f"could not load model '{entry.name}' from {entry.source}: {_short(exc)}",
+                remediation=[f"Fetch it again: {entry.fetch_hint()}", "Check the worker's log for details."],
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        if self.device.type == "mps":
+            # Attention's peak memory is what overflows unified memory at SDXL sizes.
+            pipe.enable_attention_slicing()
+        seconds = time.perf_counter() - started
+        MODEL_LOADS.labels(model=entry.name).inc()
+        MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
+        logger.info(
+            "loaded model %s (%s) on %s as %s in %.2f s",
+            entry.name,
+            type(pipe).__name__,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            seconds,
+        )
+        return _Resident(
+            name=entry.name,
+            source=entry.source,
+            pipe=pipe,
+            scheduler_class=type(pipe.scheduler),
+            scheduler_config=dict(pipe.scheduler.config),
+            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+        )
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()

@@ -1,0 +1,78 @@
+"""The service's own exceptions. Each carries a wire code, a status and what the user can do next;
+they become HTTP only at the edge (``api/handlers.py``) and job errors only in ``worker/tasks.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.contracts import ErrorCode, ErrorInfo
+
+
+class KittyError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    status: int = 500
+    default_remediation: tuple[str, ...] = ()
+
+    def __init__(self, message: str, *, remediation: list[str] | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remediation = list(remediation) if remediation is not None else list(self.default_remediation)
+        self.detail = detail
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(
+            code=self.code, message=self.message, remediation=self.remediation, detail=self.detail
+        )
+
+
+class ValidationFailed(KittyError):
+    code, status = ErrorCode.VALIDATION_ERROR, 400
+
+
+class JobNotFound(KittyError):
+    code, status = ErrorCode.JOB_NOT_FOUND, 404
+    default_remediation = ("Check the job id; finished jobs are kept for IMAGES_RESULT_TTL seconds.",)
+
+
+class KeyNotFound(KittyError):
+    code, status = ErrorCode.KEY_NOT_FOUND, 404
+    default_remediation = ("List existing images with `kitty-cli images.latest` or GET /api/images/latest.",)
+
+
+class ModelNotFound(KittyError):
+    code, status = ErrorCode.MODEL_NOT_FOUND, 400
+
+
+class EngineOffline(KittyError):
+    code, status = ErrorCode.ENGINE_OFFLINE, 503
+
+
+class EngineTimeout(KittyError):
+    code, status = ErrorCode.ENGINE_TIMEOUT, 504
+    default_remediation = ("Try fewer steps, a smaller size or fewer images, or raise IMAGES_JOB_TIMEOUT.",)
+
+
+class EngineError(KittyError):
+    code, status = ErrorCode.ENGINE_ERROR, 500
+    default_remediation = ("Check the worker's log for this job id; retry, or try other settings.",)
+
+
+class StorageUnavailable(KittyError):
+    code, status = ErrorCode.STORAGE_UNAVAILABLE, 503
+    default_remediation = (
+        "Check that MinIO/S3 is running and S3_ENDPOINT_URL, S3_BUCKET and the credentials are right.",
+    )
+
+
+class QueueUnavailable(KittyError):
+    code, status = ErrorCode.QUEUE_UNAVAILABLE, 503
+    default_remediation = ("Check that Redis is running and REDIS_URL points at it.",)
+
+
+class Canceled(KittyError):
+    code, status = ErrorCode.CANCELED, 409
+    default_remediation = ("Submit the request again if you still want the image.",)
+
+
+class Unauthorized(KittyError):
+    code, status = ErrorCode.UNAUTHORIZED, 401

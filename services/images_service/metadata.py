@@ -1,0 +1,182 @@
+"""What a stored image says about itself: the AUTOMATIC1111 infotext, the JSON sidecar, and the PNG
+text chunks (``parameters``, ``kitty``, and ComfyUI's ``prompt``/``workflow`` kept as they came)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import re
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import PIL
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from services.contracts import RenderSpec
+
+from . import __version__
+
+PARAMETERS_CHUNK = "parameters"
+"""A1111's chunk name; its PNG Info tab, ComfyUI and most galleries read it."""
+
+KITTY_CHUNK = "kitty"
+"""Our chunk: the sidecar JSON, so an image carries its full record even without the bucket."""
+
+SIDECAR_VERSION = 1
+"""Bumped when the sidecar's shape changes incompatibly."""
+
+REDACTED = "[redacted]"
+
+_SECRET_NAME = re.compile(r"api[_-]?key|token|passw(or)?d|secret|authorization|credential", re.IGNORECASE)
+
+# Our scheduler names → (A1111 sampler, A1111 "Schedule type" or None). A1111 v1.9+ splits the
+# old "DPM++ 2M Karras" into sampler "DPM++ 2M" plus schedule type "Karras"; diffusers' PNDM is
+# the pseudo-linear multistep method A1111 calls PLMS.
+A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
+    "euler": ("Euler", None),
+    "euler_a": ("Euler a", None),
+    "heun": ("Heun", None),
+    "lms": ("LMS", None),
+    "ddim": ("DDIM", None),
+    "pndm": ("PLMS", None),
+    "dpmpp_2m": ("DPM++ 2M", None),
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "dpmpp_sde": ("DPM++ SDE", None),
+    "unipc": ("UniPC", None),
+}
+
+
+def infotext(
+    spec: RenderSpec, *, seed: int, model_hash: str | None = None, version: str | None = None
+) -> str:
+    """The ``parameters`` text as AUTOMATIC1111 writes it (``create_infotext``), so its PNG Info
+    tab and other readers parse our images."""
+    sampler, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
+    fields: dict[str, object | None] = {
+        "Steps": spec.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": _a1111_number(spec.cfg),
+        "Seed": seed,
+        "Size": f"{spec.width}x{spec.height}",
+        "Model hash": model_hash,
+        "Model": spec.model,
+        "Version": version,
+    }
+    settings_line = ", ".join(
+        f"{name}: {_quote(value)}" for name, value in fields.items() if value not in (None, "")
+    )
+    negative_line = f"\nNegative prompt: {spec.negative_prompt}" if spec.negative_prompt else ""
+    return f"{spec.prompt}{negative_line}\n{settings_line}".strip()
+
+
+def build_sidecar(
+    *,
+    job_id: str,
+    engine: str,
+    spec: RenderSpec,
+    seed: int,
+    width: int,
+    height: int,
+    device: str | None,
+    png_key: str,
+    meta_key: str,
+    engine_info: dict[str, Any],
+    timings: dict[str, Any],
+    created_at: datetime,
+    index: int,
+) -> dict[str, Any]:
+    """The JSON record stored beside an image (and inside it, as the ``kitty`` chunk)."""
+    info = dict(engine_info)
+    engine_versions = info.pop("versions", None) or {}
+    versions = {
+        "python": platform.python_version(),
+        "kitty-images": _package_version("kitty-images", __version__),
+        "pillow": PIL.__version__,
+        **{str(name): str(value) for name, value in dict(engine_versions).items()},
+    }
+    if created_at.tzinfo is None:
+        # Naive datetimes in this codebase are UTC by convention.
+        created_at = created_at.replace(tzinfo=UTC)
+    return {
+        "sidecar_version": SIDECAR_VERSION,
+        "job_id": job_id,
+        "index": index,
+        "engine": engine,
+        "model": spec.model,
+        "request": redact(spec.model_dump(mode="json")),
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "device": device,
+        "versions": versions,
+        "timings": dict(timings),
+        "engine_info": redact(info),
+        "created_at": created_at.astimezone(UTC).isoformat(),
+        "png_key": png_key,
+        "meta_key": meta_key,
+    }
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with every field named like a secret blanked, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if isinstance(key, str) and _SECRET_NAME.search(key) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def encode_png(
+    image: Image.Image,
+    *,
+    parameters: str,
+    sidecar: dict[str, Any],
+    extra_chunks: dict[str, str] | None = None,
+) -> bytes:
+    """The PNG bytes of `image` with text chunks ``parameters``, ``kitty`` and `extra_chunks`
+    (ComfyUI's ``prompt``/``workflow``); ours win a name clash, being the record of this job."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_CHUNK, parameters)
+    info.add_text(KITTY_CHUNK, json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False))
+    for name, text in (extra_chunks or {}).items():
+        if name not in (PARAMETERS_CHUNK, KITTY_CHUNK):
+            info.add_text(name, text)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_text(data: bytes) -> dict[str, str]:
+    """Every text chunk (tEXt, zTXt, iTXt) of a PNG, by name."""
+    with Image.open(io.BytesIO(data)) as image:
+        # `.text` reads chunks after the image data too (A1111 and ComfyUI write theirs before it,
+        # but other tools do not).
+        chunks = getattr(image, "text", {}) or {}
+        return {str(name): str(value) for name, value in chunks.items()}
+
+
+def _quote(value: object) -> str:
+    """A1111's ``infotext_utils.quote``: JSON-quote a value that would break the ``k: v, …`` line."""
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _a1111_number(value: float) -> int | float:
+    """7.0 → 7, 7.5 → 7.5: how A1111's UI writes CFG scale."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _package_version(name: str, fallback: str) -> str:
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return fallback

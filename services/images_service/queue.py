@@ -1,0 +1,175 @@
+"""The job queue: RQ on Redis with a JSON serializer. Enqueue a resolved spec, read a job back as
+the wire's `JobView`, cancel. One RQ queue per engine, so each worker takes only what it can run."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
+
+from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
+from .settings import Settings
+
+log = logging.getLogger("kitty.images.queue")
+
+TASK = "services.images_service.worker.tasks.render_job"
+"""Import path of the job function; with the JSON serializer RQ stores it as a string."""
+
+REDIS_CONNECT_TIMEOUT_S = 2.0
+"""Fail fast when Redis is down, so the API can answer 503 rather than hang."""
+
+REDIS_SOCKET_TIMEOUT_S = 5.0
+
+CANCEL_KEY = "kitty-images:cancel:{job_id}"
+"""Set when a running job is canceled; the worker checks it at every progress step."""
+
+FAILURE_TTL_S = 7 * 24 * 3600
+
+_STATUS = {
+    RQStatus.QUEUED: JobStatus.QUEUED,
+    RQStatus.DEFERRED: JobStatus.QUEUED,
+    RQStatus.SCHEDULED: JobStatus.QUEUED,
+    RQStatus.STARTED: JobStatus.STARTED,
+    RQStatus.FINISHED: JobStatus.DONE,
+    RQStatus.FAILED: JobStatus.ERROR,
+    RQStatus.STOPPED: JobStatus.CANCELED,
+    RQStatus.CANCELED: JobStatus.CANCELED,
+}
+
+
+def connect_redis(url: str) -> Redis:
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn any Redis failure into `QueueUnavailable` (503), never a 500."""
+    try:
+        yield
+    except RedisError as exc:
+        raise QueueUnavailable(f"the job queue (Redis) is not reachable: {exc}") from exc
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def error_from_failure(job: Job) -> ErrorInfo:
+    """What the user sees for a failed job: the error the task recorded, else one derived from RQ."""
+    recorded = job.meta.get("error")
+    if recorded:
+        return ErrorInfo.model_validate(recorded)
+    exc_string = ""
+    result = job.latest_result()
+    if result is not None and result.exc_string:
+        exc_string = result.exc_string
+    if "JobTimeoutException" in exc_string:
+        return EngineTimeout("the job ran longer than its timeout").to_info()
+    if "abandoned" in exc_string.lower() or "terminated" in exc_string.lower():
+        return ErrorInfo(
+            code=ErrorCode.WORKER_LOST,
+            message="the worker running this job stopped before it finished",
+            remediation=["Submit the request again; check the worker's log and memory."],
+        )
+    return EngineError("the job failed without a recorded reason").to_info()
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    def queue(self, engine: str) -> Queue:
+        return Queue(self.settings.queue_name(engine), connection=self.redis, serializer=JSONSerializer)
+
+    def ping(self) -> None:
+        with redis_errors():
+            self.redis.ping()
+
+    def enqueue(self, spec: RenderSpec) -> str:
+        job_id = uuid.uuid4().hex
+        with redis_errors():
+            self.queue(spec.engine).enqueue(
+                TASK,
+                spec.model_dump(),
+                job_id=job_id,
+                job_timeout=self.settings.job_timeout_s,
+                result_ttl=self.settings.result_ttl_s,
+                failure_ttl=FAILURE_TTL_S,
+                meta={
+                    "engine": spec.engine,
+                    "model": spec.model,
+                    "progress": {"step": 0, "total": spec.steps},
+                },
+            )
+        log.info("job enqueued", extra={"job_id": job_id, "engine": spec.engine, "model": spec.model})
+        return job_id
+
+    def fetch(self, job_id: str) -> Job:
+        with redis_errors():
+            try:
+                return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+            except NoSuchJobError:
+                raise JobNotFound(f"no job with id '{job_id}'") from None
+
+    def view(self, job_id: str) -> JobView:
+        job = self.fetch(job_id)
+        with redis_errors():
+            rq_status = job.get_status(refresh=False)
+            meta: dict[str, Any] = job.meta or {}
+            status = _STATUS.get(rq_status, JobStatus.QUEUED) if rq_status else JobStatus.QUEUED
+            result = error = None
+            if status is JobStatus.DONE:
+                result = JobResult.model_validate(job.return_value())
+            elif status is JobStatus.ERROR:
+                error = error_from_failure(job)
+                if error.code is ErrorCode.CANCELED:
+                    status = JobStatus.CANCELED
+            elif status is JobStatus.CANCELED:
+                error = ErrorInfo(code=ErrorCode.CANCELED, message="the job was canceled")
+        return JobView(
+            job_id=job.id,
+            status=status,
+            progress=Progress.model_validate(meta.get("progress") or {}),
+            result=result,
+            error=error,
+            engine=meta.get("engine"),
+            model=meta.get("model"),
+            enqueued_at=_iso(job.enqueued_at),
+            started_at=_iso(job.started_at),
+            ended_at=_iso(job.ended_at),
+        )
+
+    def cancel(self, job_id: str) -> JobView:
+        """Queued: removed from the queue. Started: flagged; the worker stops at its next step."""
+        job = self.fetch(job_id)
+        with redis_errors():
+            status = job.get_status(refresh=True)
+            if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):
+                job.cancel()
+            elif status == RQStatus.STARTED:
+                self.redis.set(CANCEL_KEY.format(job_id=job_id), 1, ex=self.settings.job_timeout_s + 60)
+        return self.view(job_id)
+
+    def depth(self, engine: str) -> int:
+        with redis_errors():
+            return self.queue(engine).count

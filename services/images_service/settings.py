@@ -1,0 +1,90 @@
+"""Settings of the images-service and its workers: environment first, `.env` second.
+
+The seed's variable names are kept so an existing KITTY `.env` works; new ones start with IMAGES_.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_PRESIGN_TTL_S = 7 * 24 * 3600
+"""SigV4 presigned URLs cannot live longer than seven days."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- the seed's names -------------------------------------------------------------------
+    image_engine: str = Field(default="diffusers", alias="IMAGE_ENGINE")
+    """Engine used when a request names none."""
+    invoke_host: str = Field(default="127.0.0.1", alias="INVOKE_HOST")
+    invoke_port: int = Field(default=9091, alias="INVOKE_PORT")
+    a1111_base_url: str = Field(default="http://127.0.0.1:7860", alias="A1111_BASE_URL")
+    s3_endpoint_url: str | None = Field(default=None, alias="S3_ENDPOINT_URL")
+    s3_bucket: str | None = Field(default=None, alias="S3_BUCKET")
+    s3_region: str = Field(default="us-east-1", alias="S3_REGION")
+    s3_access_key: str | None = Field(default=None, alias="S3_ACCESS_KEY")
+    s3_secret_key: str | None = Field(default=None, alias="S3_SECRET_KEY")
+    s3_prefix: str = Field(default="images/", alias="S3_PREFIX")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    models_yaml: Path = Field(default=Path("var/models.yaml"), alias="MODELS_YAML")
+    hf_home: Path | None = Field(default=None, alias="HF_HOME")
+    pytorch_mps_high_watermark_ratio: str | None = Field(
+        default=None, alias="PYTORCH_MPS_HIGH_WATERMARK_RATIO"
+    )
+
+    # --- ours ---------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", alias="IMAGES_HOST")
+    port: int = Field(default=8089, alias="IMAGES_PORT")
+    public_url: str | None = Field(default=None, alias="IMAGES_PUBLIC_URL")
+    """Base URL clients use to reach the filesystem store's download route (default: as requested)."""
+    data_dir: Path = Field(default=Path("var"), alias="IMAGES_DATA_DIR")
+    """Embedded state: the filesystem store (``store/``), the signing key, Redis data."""
+    s3_public_endpoint_url: str | None = Field(default=None, alias="S3_PUBLIC_ENDPOINT_URL")
+    """Endpoint written into presigned URLs when clients reach S3 by another name (compose: minio:9000)."""
+    s3_create_bucket: bool = Field(default=True, alias="IMAGES_S3_CREATE_BUCKET")
+    signing_key: str | None = Field(default=None, alias="IMAGES_SIGNING_KEY")
+    """HMAC key of the filesystem store's download URLs; generated under IMAGES_DATA_DIR when unset."""
+    url_ttl_s: int = Field(default=24 * 3600, ge=60, le=MAX_PRESIGN_TTL_S, alias="IMAGES_URL_TTL")
+    default_model: str | None = Field(default=None, alias="IMAGES_DEFAULT_MODEL")
+    """Model used when a request names none; the first entry of models.yaml when unset."""
+    job_timeout_s: int = Field(default=600, ge=1, alias="IMAGES_JOB_TIMEOUT")
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, alias="IMAGES_RESULT_TTL")
+    queue_prefix: str = Field(default="kitty-images", alias="IMAGES_QUEUE_PREFIX")
+    model_cache_size: int = Field(default=1, ge=1, alias="IMAGES_MODEL_CACHE_SIZE")
+    """Pipelines kept resident per worker (LRU)."""
+    device: str | None = Field(default=None, alias="IMAGES_DEVICE")
+    """Force ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; detected when unset."""
+    worker_metrics_port: int = Field(default=9109, ge=0, alias="IMAGES_WORKER_METRICS_PORT")
+    """The worker's /metrics port; 0 disables it."""
+    log_level: str = Field(default="INFO", alias="IMAGES_LOG_LEVEL")
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("S3_PREFIX must be a relative key prefix such as 'images/'")
+        return value if not value or value.endswith("/") else value + "/"
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket)
+
+    @property
+    def images_dir(self) -> Path:
+        """Root of the filesystem store. Keys already start with S3_PREFIX (``images/``), so files
+        land in ``store/images/…``; a root of its own keeps the signing key and Redis data out of
+        reach of any key."""
+        return self.data_dir / "store"
+
+    def queue_name(self, engine: str) -> str:
+        return f"{self.queue_prefix}:{engine}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

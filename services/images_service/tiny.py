@@ -1,0 +1,246 @@
+"""Tiny random-weight diffusers pipelines built locally (no hub), for demos and tests.
+
+Owns `build_tiny_models`: SD1.5-, SDXL- and SDXL-refiner-shaped pipelines small enough to build in a
+few seconds and render 64x64 in a fraction of a second on a CPU, registered in models.yaml. The
+images are noise; what they prove is that the whole path (load, schedule, render, store) works.
+torch/diffusers/transformers are imported inside the functions so `kitty-images` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .models import register_model
+
+logger = logging.getLogger("kitty.images.tiny")
+
+TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER = "tiny-sd15", "tiny-sdxl", "tiny-sdxl-refiner"
+"""Names the tiny models are registered under."""
+
+TINY_DEFAULTS: dict[str, Any] = {"width": 64, "height": 64, "steps": 20, "cfg": 7.0}
+"""Registered defaults: 64x64 keeps a tiny render well under a second on a CPU."""
+
+TINY_SEED = 0
+"""Seed set before each component so two builds hold identical weights."""
+
+TEXT_HIDDEN, TEXT_LAYERS, TEXT_HEADS, TEXT_INTERMEDIATE = 32, 2, 4, 37
+"""CLIP text model shape: the smallest that still exercises every layer type."""
+
+TEXT_PROJECTION_DIM = 32
+"""Pooled-embedding size of SDXL's second text encoder; enters the UNet's `text_time` embedding."""
+
+SDXL_TIME_EMBED_DIM = 8
+"""`addition_time_embed_dim`: each of the six size/crop ids is embedded to this width."""
+
+BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
+MODEL_MAX_LENGTH = 77
+"""CLIP's context length; prompts are padded or truncated to it."""
+
+
+def _byte_level_chars() -> list[str]:
+    """GPT-2/CLIP's reversible byte → printable-unicode table, in byte order."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars: dict[int, str] = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def make_tiny_tokenizer() -> Any:
+    """A CLIP tokenizer over a hand-written byte-level vocabulary: every input encodes, nothing is fetched.
+
+    Vocabulary: the 256 byte symbols, their end-of-word forms, one merge (so the BPE path is used),
+    then the two special tokens.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = _byte_level_chars()
+    vocab: dict[str, int] = {}
+    for token in [*chars, *(c + "</w>" for c in chars), "at</w>", BOS_TOKEN, EOS_TOKEN]:
+        vocab[token] = len(vocab)
+    merges = [("a", "t</w>")]
+    # The `tokenizers` BPE model takes merges as pairs; transformers' annotation says strings.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)  # type: ignore[arg-type]
+
+
+def _text_config(tokenizer: Any, **extra: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=TEXT_INTERMEDIATE,
+        num_attention_heads=TEXT_HEADS,
+        num_hidden_layers=TEXT_LAYERS,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        layer_norm_eps=1e-05,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _seeded(factory: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    torch.manual_seed(TINY_SEED)
+    return factory(*args, **kwargs)
+
+
+def _vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return _seeded(
+        AutoencoderKL,
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def _scheduler() -> Any:
+    from diffusers import EulerDiscreteScheduler
+
+    # SD1.5/SDXL's own noise schedule, so scheduler swaps behave as on the real models.
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+
+
+def _sd15_pipeline() -> Any:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = make_tiny_tokenizer()
+    unet = _seeded(
+        UNet2DConditionModel,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+    )
+    text_encoder = _seeded(CLIPTextModel, _text_config(tokenizer))
+    return StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def _sdxl_components() -> dict[str, Any]:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = make_tiny_tokenizer()
+    unet = _seeded(
+        UNet2DConditionModel,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 2),
+        # six size/crop ids, each embedded to SDXL_TIME_EMBED_DIM, plus the pooled text embedding
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + TEXT_PROJECTION_DIM,
+        # the two encoders' hidden states are concatenated
+        cross_attention_dim=2 * TEXT_HIDDEN,
+        norm_num_groups=1,
+    )
+    return {
+        "vae": _vae(),
+        "text_encoder": _seeded(CLIPTextModel, _text_config(tokenizer)),
+        "text_encoder_2": _seeded(
+            CLIPTextModelWithProjection, _text_config(tokenizer, projection_dim=TEXT_PROJECTION_DIM)
+        ),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "unet": unet,
+        "scheduler": _scheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+        "force_zeros_for_empty_prompt": True,
+        # invisible-watermark is an optional package; a tiny model has no use for it
+        "add_watermarker": False,
+    }
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:
+    """Build the tiny pipelines under `out_dir/<name>` and register them in `models_yaml`.
+
+    A folder that already holds a ``model_index.json`` is kept unless `force`. Returns the names
+    registered, base models first.
+    """
+    import time
+
+    out_dir = Path(out_dir).resolve()
+    started = time.perf_counter()
+    sd15_dir, sdxl_dir, refiner_dir = (out_dir / n for n in (TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER))
+
+    if force or not _is_built(sd15_dir):
+        _sd15_pipeline().save_pretrained(sd15_dir)
+    if force or not _is_built(sdxl_dir) or not _is_built(refiner_dir):
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        components = _sdxl_components()
+        base: Any = StableDiffusionXLPipeline(**components)
+        base.save_pretrained(sdxl_dir)
+        # Same weights as the base; without aesthetics ids its UNet's time embedding fits unchanged.
+        refiner: Any = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
+        refiner.save_pretrained(refiner_dir)
+
+    note = "tiny random weights (kitty-images models tiny): renders noise, for demos and tests"
+    entries: dict[str, dict[str, Any]] = {
+        TINY_SD15: {"path": str(sd15_dir), "defaults": dict(TINY_DEFAULTS), "description": note},
+        TINY_SDXL: {
+            "path": str(sdxl_dir),
+            "refiner": TINY_SDXL_REFINER,
+            "defaults": dict(TINY_DEFAULTS),
+            "description": note,
+        },
+        TINY_SDXL_REFINER: {"path": str(refiner_dir), "defaults": dict(TINY_DEFAULTS), "description": note},
+    }
+    for name, entry in entries.items():
+        register_model(Path(models_yaml), name, entry)
+    logger.info(
+        "tiny models ready in %s (%.2f s): %s", out_dir, time.perf_counter() - started, ", ".join(entries)
+    )
+    return list(entries)

@@ -1,0 +1,1 @@
+"""The non-forking RQ worker and the job it runs."""

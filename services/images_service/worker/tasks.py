@@ -1,0 +1,176 @@
+"""The job: render a `RenderSpec` with its engine, store each PNG and sidecar, return the keys.
+
+RQ calls `render_job` inside the long-lived worker process; the engines (and the pipelines they
+hold) live in a `Runtime` made once per process, so a model loaded by one job serves the next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from services.contracts import ImageInfo, JobResult, RenderSpec
+
+from ..engines import Engine, JobCanceled, RenderResult, make_engine
+from ..errors import Canceled, EngineError, EngineTimeout, KittyError
+from ..metadata import build_sidecar, encode_png, infotext
+from ..models import ModelRegistry
+from ..queue import CANCEL_KEY
+from ..settings import Settings, get_settings
+from ..storage import Store, make_store
+from ..storage.keys import new_image_key
+from .metrics import JOB_RUN_SECONDS, JOBS_FINISHED
+
+log = logging.getLogger("kitty.images.worker")
+
+
+@dataclass
+class Runtime:
+    """What a worker process keeps between jobs."""
+
+    settings: Settings
+    registry: ModelRegistry
+    store: Store
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        return cls(
+            settings, ModelRegistry(settings.models_yaml, settings.default_model), make_store(settings)
+        )
+
+    def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            self.engines[name] = make_engine(name, self.settings, self.registry)
+        return self.engines[name]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
+
+
+_runtime: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.from_settings(get_settings())
+    return _runtime
+
+
+class JobReporter:
+    """Writes progress into the job's meta and turns a cancel request into `JobCanceled`."""
+
+    def __init__(self, job: Job | None, redis: Redis | None) -> None:
+        self.job = job
+        self.redis = redis
+
+    def progress(self, step: int, total: int) -> None:
+        if self.job is None or self.redis is None:
+            return
+        self.job.meta["progress"] = {"step": step, "total": total}
+        with self.redis.pipeline() as pipe:
+            self.job.save_meta()
+            pipe.exists(CANCEL_KEY.format(job_id=self.job.id))
+            (canceled,) = pipe.execute()
+        if canceled:
+            raise JobCanceled(self.job.id)
+
+    def fail(self, error: KittyError) -> None:
+        if self.job is not None:
+            self.job.meta["error"] = error.to_info().model_dump(mode="json")
+            self.job.save_meta()
+
+
+def store_result(
+    runtime: Runtime, job_id: str, spec: RenderSpec, result: RenderResult, engine: str
+) -> JobResult:
+    """Sidecar first, then the PNG: a listed PNG always has its sidecar beside it."""
+    images: list[ImageInfo] = []
+    for index, rendered in enumerate(result.images):
+        created_at = datetime.now(UTC)
+        base = new_image_key(runtime.settings.s3_prefix, created_at)
+        png_key, meta_key = f"{base}.png", f"{base}.json"
+        width, height = rendered.image.size
+        sidecar = build_sidecar(
+            job_id=job_id,
+            engine=engine,
+            spec=spec,
+            seed=rendered.seed,
+            width=width,
+            height=height,
+            device=result.device,
+            png_key=png_key,
+            meta_key=meta_key,
+            engine_info=result.engine_info,
+            timings=result.timings,
+            created_at=created_at,
+            index=index,
+        )
+        png = encode_png(
+            rendered.image,
+            parameters=infotext(
+                spec, seed=rendered.seed, version=sidecar.get("versions", {}).get("kitty-images")
+            ),
+            sidecar=sidecar,
+            extra_chunks=rendered.text_chunks,
+        )
+        runtime.store.put(meta_key, json.dumps(sidecar, indent=2).encode(), "application/json")
+        runtime.store.put(png_key, png, "image/png")
+        images.append(
+            ImageInfo(key=png_key, meta_key=meta_key, seed=rendered.seed, width=width, height=height)
+        )
+    return JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
+
+
+def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
+    """The RQ job function. Failures are recorded as a wire error in the job's meta, then re-raised
+    so RQ marks the job failed."""
+    job = get_current_job()
+    runtime = get_runtime()
+    reporter = JobReporter(job, job.connection if job else None)
+    job_id = job.id if job else "local"
+    spec = RenderSpec.model_validate(spec_data)
+    started = time.perf_counter()
+    status = "error"
+    try:
+        result = runtime.engine(spec.engine).render(spec, reporter.progress)
+        result.timings.setdefault("total_s", time.perf_counter() - started)
+        stored = store_result(runtime, job_id, spec, result, spec.engine)
+        status = "done"
+        return stored.model_dump()
+    except JobCanceled:
+        status = "canceled"
+        reporter.fail(Canceled("the job was canceled"))
+        raise
+    except JobTimeoutException:
+        reporter.fail(EngineTimeout(f"the job ran longer than its {runtime.settings.job_timeout_s}s timeout"))
+        raise
+    except KittyError as exc:
+        reporter.fail(exc)
+        raise
+    except Exception as exc:
+        log.exception("job failed", extra={"job_id": job_id})
+        reporter.fail(EngineError(f"rendering failed: {type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        JOBS_FINISHED.labels(engine=spec.engine, status=status).inc()
+        JOB_RUN_SECONDS.labels(engine=spec.engine).observe(elapsed)
+        log.info("job finished", extra={"job_id": job_id, "status": status, "seconds": round(elapsed, 3)})

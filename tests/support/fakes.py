@@ -1,0 +1,45 @@
+"""Fakes behind the protocols: an engine that paints the seed, steps with progress, and can fail."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from services.contracts import RenderSpec
+from services.images_service.engines import ProgressFn, RenderedImage, RenderResult
+from services.images_service.errors import KittyError
+
+
+@dataclass
+class FakeEngine:
+    name: str = "diffusers"
+    fail_with: Exception | None = None
+    step_delay_s: float = 0.0
+    calls: list[RenderSpec] = field(default_factory=list)
+
+    def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        self.calls.append(spec)
+        progress(0, spec.steps)
+        for step in range(1, spec.steps + 1):
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+            progress(step, spec.steps)
+        if self.fail_with is not None:
+            raise self.fail_with
+        images = []
+        for i in range(spec.num_images):
+            seed = spec.seed + i
+            color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
+            images.append(RenderedImage(Image.new("RGB", (spec.width, spec.height), color), seed))
+        return RenderResult(
+            images=images, device="fake", engine_info={"dtype": "none"}, timings={"render_s": 0.0}
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class BoomError(KittyError):
+    """A service error as an engine would raise it."""
