@@ -211,6 +211,9 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
     """
     import time
 
+    from .engines.diffusers_engine import quiet_libraries
+
+    quiet_libraries()
     out_dir = Path(out_dir).resolve()
     started = time.perf_counter()
     sd15_dir, sdxl_dir, refiner_dir = (out_dir / n for n in (TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -204,6 +205,17 @@ class _StepReporter:
         return on_step_end
 
 
+def quiet_libraries() -> None:
+    """Turn off diffusers'/transformers' tqdm bars and info chatter: workers log JSON lines."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+
+
 class DiffusersEngine:
     """Renders with diffusers pipelines held resident per worker (an LRU of `cache_size` models)."""
 
@@ -219,6 +231,7 @@ class DiffusersEngine:
         self._resident: OrderedDict[str, _Resident] = OrderedDict()
         self._lock = threading.Lock()
         self._versions = _library_versions()
+        quiet_libraries()
 
     # --- public ---------------------------------------------------------------------------------
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
