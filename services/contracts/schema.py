@@ -6,6 +6,7 @@ optional so an older client never breaks. Pydantic and the standard library only
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -22,6 +23,9 @@ MAX_CFG = 30.0
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 4
 LATEST_DEFAULT, LATEST_MAX = 36, 500
+MAX_WORKFLOW_BYTES = 1_000_000
+MAX_WORKFLOW_NODES = 500
+"""HIP-35's limits on a raw ComfyUI workflow: 1 MB of JSON, 500 nodes."""
 
 ENGINE_NAMES = ("diffusers", "comfyui", "a1111", "invokeai")
 EngineName = Literal["diffusers", "comfyui", "a1111", "invokeai"]
@@ -103,6 +107,24 @@ class GenerateRequest(BaseModel):
     refiner: bool = False
     num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     engine: EngineName | None = None
+    workflow: dict[str, Any] | None = None
+    """A ComfyUI API-format graph ``{node_id: {class_type, inputs}}`` run as is (engine comfyui)."""
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow_bounds(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_WORKFLOW_NODES:
+            raise ValueError(f"workflow has {len(value)} nodes; at most {MAX_WORKFLOW_NODES} are accepted")
+        if len(json.dumps(value)) > MAX_WORKFLOW_BYTES:
+            raise ValueError(f"workflow is larger than {MAX_WORKFLOW_BYTES} bytes of JSON")
+        for node_id, node in value.items():
+            if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+                raise ValueError(f"workflow node '{node_id}' needs a 'class_type' string and 'inputs'")
+            if not isinstance(node.get("inputs", {}), dict):
+                raise ValueError(f"workflow node '{node_id}': 'inputs' must be an object")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -122,7 +144,8 @@ class RenderSpec(BaseModel):
 
     prompt: str
     negative_prompt: str = ""
-    model: str
+    model: str | None
+    """None only for server engines: whatever checkpoint the server has loaded."""
     width: int
     height: int
     steps: int
@@ -132,6 +155,7 @@ class RenderSpec(BaseModel):
     refiner: bool = False
     num_images: int = 1
     engine: str = "diffusers"
+    workflow: dict[str, Any] | None = None
 
 
 class GenerateView(BaseModel):

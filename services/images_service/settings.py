@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     invoke_host: str = Field(default="127.0.0.1", alias="INVOKE_HOST")
     invoke_port: int = Field(default=9091, alias="INVOKE_PORT")
     a1111_base_url: str = Field(default="http://127.0.0.1:7860", alias="A1111_BASE_URL")
+    a1111_api_auth: str | None = Field(default=None, alias="A1111_API_AUTH")
+    """``user:password`` for a server started with ``--api-auth``."""
+    comfyui_url: str = Field(default="http://127.0.0.1:8188", alias="COMFYUI_URL")
+    engine_connect_timeout_s: float = Field(default=3.0, gt=0, alias="IMAGES_ENGINE_CONNECT_TIMEOUT")
+    """How long to wait for a ComfyUI/A1111/InvokeAI server to accept a connection."""
+    engine_poll_interval_s: float = Field(default=0.5, gt=0, alias="IMAGES_ENGINE_POLL_INTERVAL")
+    """How often server engines are polled for progress when no event stream is available."""
     s3_endpoint_url: str | None = Field(default=None, alias="S3_ENDPOINT_URL")
     s3_bucket: str | None = Field(default=None, alias="S3_BUCKET")
     s3_region: str = Field(default="us-east-1", alias="S3_REGION")
@@ -80,6 +87,10 @@ class Settings(BaseSettings):
         land in ``store/images/…``; a root of its own keeps the signing key and Redis data out of
         reach of any key."""
         return self.data_dir / "store"
+
+    @property
+    def invokeai_url(self) -> str:
+        return f"http://{self.invoke_host}:{self.invoke_port}"
 
     def queue_name(self, engine: str) -> str:
         return f"{self.queue_prefix}:{engine}"

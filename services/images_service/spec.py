@@ -9,35 +9,61 @@ from services.contracts import MAX_SEED, GenerateRequest, RenderSpec
 
 from .engines import check_engine_name
 from .errors import ValidationFailed
-from .models import ModelRegistry
+from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
 from .settings import Settings
+
+LOCAL_ENGINE = "diffusers"
+"""The engine that loads models from models.yaml; server engines use the server's own checkpoints."""
+
+
+def _check_refiner(request: GenerateRequest, entry: ModelEntry | None, registry: ModelRegistry) -> None:
+    if not request.refiner:
+        return
+    if entry is None or not entry.refiner:
+        name = entry.name if entry else request.model
+        raise ValidationFailed(
+            f"model '{name}' has no refiner configured",
+            remediation=[
+                f"Add 'refiner: <model name>' to the '{name}' entry of models.yaml,",
+                "or send the request without refiner.",
+            ],
+        )
+    registry.get(entry.refiner)
 
 
 def resolve_spec(request: GenerateRequest, registry: ModelRegistry, settings: Settings) -> RenderSpec:
     engine = check_engine_name(request.engine or settings.image_engine)
-    model_name = request.model or registry.default_name()
-    entry = registry.get(model_name)
-    if request.refiner and not entry.refiner:
+    if request.workflow is not None and engine != "comfyui":
         raise ValidationFailed(
-            f"model '{model_name}' has no refiner configured",
-            remediation=[
-                f"Add 'refiner: <model name>' to the '{model_name}' entry of models.yaml,",
-                "or send the request without refiner.",
-            ],
+            "a raw workflow runs only on the comfyui engine",
+            remediation=['Add "engine": "comfyui", or drop "workflow" to use the built-in template.'],
         )
-    if request.refiner:
-        registry.get(entry.refiner)  # type: ignore[arg-type]
+    entry: ModelEntry | None
+    if engine == LOCAL_ENGINE:
+        model: str | None = request.model or registry.default_name()
+        entry = registry.get(model)  # type: ignore[arg-type]
+    else:
+        # A server engine renders with its own checkpoints: `model` names one of them, or none
+        # for whatever it has loaded. A models.yaml entry of that name still lends its defaults.
+        model = request.model
+        entry = registry.entries().get(model) if model else None
+    _check_refiner(request, entry, registry)
+
+    def default(key: str) -> object:
+        return entry.default(key) if entry else FALLBACK_DEFAULTS[key]
+
     return RenderSpec(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        model=model_name,
-        width=request.width or entry.default("width"),
-        height=request.height or entry.default("height"),
-        steps=request.steps or entry.default("steps"),
-        cfg=request.cfg if request.cfg is not None else entry.default("cfg"),
+        model=model,
+        width=request.width or default("width"),  # type: ignore[arg-type]
+        height=request.height or default("height"),  # type: ignore[arg-type]
+        steps=request.steps or default("steps"),  # type: ignore[arg-type]
+        cfg=request.cfg if request.cfg is not None else default("cfg"),  # type: ignore[arg-type]
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-        scheduler=request.scheduler or entry.default("scheduler"),
+        scheduler=request.scheduler or default("scheduler"),  # type: ignore[arg-type]
         refiner=request.refiner,
         num_images=request.num_images,
         engine=engine,
+        workflow=request.workflow,
     )

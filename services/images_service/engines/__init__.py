@@ -7,7 +7,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ..errors import ValidationFailed
-from .base import Engine, JobCanceled, ProgressFn, RenderedImage, RenderResult
+from .base import Engine, EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
 if TYPE_CHECKING:
     from ..models import ModelRegistry
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 ENGINES: dict[str, str] = {
     "diffusers": "services.images_service.engines.diffusers_engine:DiffusersEngine",
+    "comfyui": "services.images_service.engines.comfyui:ComfyUIEngine",
+    "a1111": "services.images_service.engines.a1111:A1111Engine",
+    "invokeai": "services.images_service.engines.invokeai:InvokeAIEngine",
 }
 """Engines this build can run; a request naming another one is refused at submit time."""
 
@@ -39,6 +42,7 @@ def make_engine(name: str, settings: Settings, registry: ModelRegistry) -> Engin
 __all__ = [
     "ENGINES",
     "Engine",
+    "EngineHealth",
     "JobCanceled",
     "ProgressFn",
     "RenderResult",

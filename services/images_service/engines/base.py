@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -40,8 +40,24 @@ class RenderResult:
     """Seconds: ``load_s`` (0 when the model was resident), ``render_s``."""
 
 
+HealthStatus = Literal["ready", "offline", "misconfigured"]
+
+
+@dataclass
+class EngineHealth:
+    """One row of the engines matrix (``GET /api/images/engines``)."""
+
+    status: HealthStatus
+    detail: str = ""
+    version: str | None = None
+
+
 class Engine(Protocol):
     name: str
+
+    def health(self) -> EngineHealth:
+        """Whether this engine can render now, cheaply (one short request for server engines)."""
+        ...
 
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
         """Render `spec` (every default resolved) into ``spec.num_images`` images.

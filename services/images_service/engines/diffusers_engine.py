@@ -31,7 +31,7 @@ from services.contracts import RenderSpec
 from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
 from ..models import ModelEntry, ModelRegistry
 from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
-from .base import JobCanceled, ProgressFn, RenderedImage, RenderResult
+from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
 logger = logging.getLogger("kitty.images.engine.diffusers")
 
@@ -279,6 +279,14 @@ class DiffusersEngine:
             device=str(self.device),
             engine_info=engine_info,
             timings={"load_s": round(load_s, 4), "render_s": round(render_s, 4)},
+        )
+
+    def health(self) -> EngineHealth:
+        if not self._registry.names():
+            return EngineHealth("misconfigured", f"no models registered in {self._registry.path}")
+        resident = ", ".join(self._resident) or "none yet"
+        return EngineHealth(
+            "ready", f"{self.device} {self.dtype}; resident: {resident}", self._versions.get("diffusers")
         )
 
     def close(self) -> None:
