@@ -8,81 +8,20 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from services.images_service.app import create_app
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
 from services.images_service.queue import CANCEL_KEY, connect_redis
-from services.images_service.settings import Settings
-from services.images_service.storage import Store, make_store
-from services.images_service.worker.main import KittyWorker
-from services.images_service.worker.tasks import Runtime, set_runtime
+from services.images_service.storage import make_store
 from tests.support.fakes import FakeEngine
-
-MODEL = "fake-model"
-
-
-@dataclass
-class Harness:
-    client: TestClient
-    settings: Settings
-    store: Store
-    engine: FakeEngine
-
-    def work(self) -> None:
-        """Drain the queue with a real KittyWorker in this process (RQ's burst mode)."""
-        runtime = Runtime(
-            self.settings, self.client.app.state.registry, self.store, {"diffusers": self.engine}
-        )
-        set_runtime(runtime)
-        conn = connect_redis(self.settings.redis_url)
-        queue = Queue(self.settings.queue_name("diffusers"), connection=conn, serializer=JSONSerializer)
-        KittyWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True)
-        set_runtime(None)
-
-    def generate(self, **body: object) -> str:
-        response = self.client.post("/api/images/generate", json={"prompt": "a red fox", **body})
-        assert response.status_code == 202, response.text
-        return str(response.json()["job_id"])
-
-    def job(self, job_id: str) -> dict:
-        response = self.client.get(f"/api/images/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-
-def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settings:
-    models_yaml = tmp_path / "models.yaml"
-    model_dir = tmp_path / "fake-model"
-    model_dir.mkdir(exist_ok=True)
-    models_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "models": {
-                    MODEL: {"path": str(model_dir), "defaults": {"width": 64, "height": 48, "steps": 4}},
-                    "fake-xl": {"path": str(model_dir), "refiner": MODEL},
-                }
-            }
-        )
-    )
-    values: dict[str, object] = {
-        "redis_url": redis_url,
-        "data_dir": tmp_path / "var",
-        "models_yaml": models_yaml,
-        "job_timeout_s": 30,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+from tests.support.harness import MODEL, Harness, make_settings
 
 
 @pytest.fixture(params=["fs", "s3"])
@@ -106,7 +45,7 @@ def harness_factory(
         client = TestClient(create_app(settings, store=store))
         client.__enter__()
         clients.append(client)
-        return Harness(client, settings, store, engine or FakeEngine())
+        return Harness(client, settings, store, {"diffusers": engine or FakeEngine()})
 
     yield build
     for client in clients:

@@ -1,0 +1,81 @@
+"""An images-service (in-process, real Redis, a real store) plus a real non-forking worker drained
+in burst mode: the queue path from submit to imageRef, with any engine behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi.testclient import TestClient
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from services.images_service.engines import Engine
+from services.images_service.queue import connect_redis
+from services.images_service.settings import Settings
+from services.images_service.storage import Store
+from services.images_service.worker.main import KittyWorker
+from services.images_service.worker.tasks import Runtime, set_runtime
+
+MODEL = "fake-model"
+"""A models.yaml entry whose folder exists (for fake engines: nothing is loaded from it)."""
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    settings: Settings
+    store: Store
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Any:
+        return self.engines["diffusers"]
+
+    def work(self, engine: str = "diffusers") -> None:
+        """Drain `engine`'s queue with a real KittyWorker in this process (RQ's burst mode)."""
+        set_runtime(Runtime(self.settings, self.client.app.state.registry, self.store, dict(self.engines)))
+        conn = connect_redis(self.settings.redis_url)
+        queue = Queue(self.settings.queue_name(engine), connection=conn, serializer=JSONSerializer)
+        try:
+            KittyWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True)
+        finally:
+            set_runtime(None)
+            conn.close()
+
+    def generate(self, **body: object) -> str:
+        response = self.client.post("/api/images/generate", json={"prompt": "a red fox", **body})
+        assert response.status_code == 202, response.text
+        return str(response.json()["job_id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/images/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settings:
+    """Settings isolated from the developer's environment and .env, rooted in `tmp_path`."""
+    models_yaml = tmp_path / "models.yaml"
+    model_dir = tmp_path / MODEL
+    model_dir.mkdir(exist_ok=True)
+    models_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "models": {
+                    MODEL: {"path": str(model_dir), "defaults": {"width": 64, "height": 48, "steps": 4}},
+                    "fake-xl": {"path": str(model_dir), "refiner": MODEL},
+                }
+            }
+        )
+    )
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "data_dir": tmp_path / "var",
+        "models_yaml": models_yaml,
+        "job_timeout_s": 30,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
