@@ -22,7 +22,7 @@ from services.contracts import (
 from services.contracts.schema import LATEST_DEFAULT, LATEST_MAX
 
 from .context import state_of
-from .render import ProgressLine, image_keys, job_lines, latest_table, print_error
+from .render import ProgressLine, engines_table, image_keys, job_lines, latest_table, print_error
 
 EXIT_FAILED = 1
 """The job or the call failed; the reason is on stderr."""
@@ -202,4 +202,17 @@ def jobs(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(line)
 
 
-COMMANDS = (generate, latest, select, jobs)
+@click.command("images.engines", short_help="Show each engine: ready, offline or misconfigured.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix's JSON.")
+@click.pass_context
+def engines(ctx: click.Context, as_json: bool) -> None:
+    """Show the engines matrix: status, version, workers serving it, and why when not ready."""
+    view = state_of(ctx).client().engines()
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    for line in engines_table(view.engines):
+        click.echo(line)
+
+
+COMMANDS = (generate, latest, select, jobs, engines)

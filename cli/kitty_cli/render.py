@@ -11,7 +11,7 @@ from typing import IO
 
 import click
 
-from services.contracts import ErrorInfo, JobStatus, JobView, LatestItem
+from services.contracts import EngineRow, ErrorInfo, JobStatus, JobView, LatestItem
 
 PROGRESS_BAR_WIDTH = 30
 """Characters of the progress bar, short enough to fit an 80-column line with the counts."""
@@ -120,3 +120,14 @@ class ProgressLine:
             bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
             return f"{view.status.value:<8} [{bar}] {step}/{total}"
         return f"{view.status.value:<8} job {view.job_id}"
+
+
+def engines_table(rows: list[EngineRow]) -> list[str]:
+    """One aligned line per engine: name, status, workers, version, then what to do about it."""
+    table = [("ENGINE", "STATUS", "WORKERS", "VERSION", "DETAIL")]
+    table += [(r.engine_id, r.status, str(r.workers), r.version or "-", r.detail) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in table
+    ]

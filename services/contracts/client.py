@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from .schema import (
+    EnginesView,
     ErrorCode,
     ErrorInfo,
     GenerateRequest,
@@ -126,6 +127,9 @@ class ImagesClient:
 
     def latest(self, limit: int = 36) -> LatestView:
         return LatestView.model_validate(self._call("GET", "/api/images/latest", params={"limit": limit}))
+
+    def engines(self) -> EnginesView:
+        return EnginesView.model_validate(self._call("GET", "/api/images/engines"))
 
     def select(self, key: str) -> SelectView:
         return SelectView.model_validate(self._call("POST", "/api/images/select", json={"key": key}))

@@ -223,3 +223,19 @@ class ImageRef(BaseModel):
 
 class SelectView(BaseModel):
     imageRef: ImageRef  # noqa: N815
+
+
+class EngineRow(BaseModel):
+    """One engine in the health-check matrix (``GET /api/images/engines``)."""
+
+    engine_id: str
+    status: Literal["ready", "offline", "misconfigured"]
+    detail: str = ""
+    version: str | None = None
+    last_check: str
+    workers: int = 0
+    """Workers serving this engine's queue; without one, its jobs wait."""
+
+
+class EnginesView(BaseModel):
+    engines: list[EngineRow]

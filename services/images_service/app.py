@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 from redis import Redis
 
 from . import __version__
-from .api import handlers, health, images
+from .api import engines, handlers, health, images
 from .logs import configure_logging
 from .metrics import HTTP_SECONDS
 from .models import ModelRegistry
@@ -38,6 +38,7 @@ def create_app(
         app.state.queue = JobQueue(connection, settings)
         app.state.store = store or make_store(settings)
         app.state.registry = registry or ModelRegistry(settings.models_yaml, settings.default_model)
+        app.state.engine_probe = engines.EngineProbe()
         yield
         if redis is None:
             connection.close()
@@ -45,6 +46,7 @@ def create_app(
     app = FastAPI(title="KITTY images-service", version=__version__, lifespan=lifespan)
     handlers.install_error_handlers(app)
     app.include_router(images.router)
+    app.include_router(engines.router)
     app.include_router(health.router)
 
     @app.middleware("http")

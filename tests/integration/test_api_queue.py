@@ -14,12 +14,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 from services.images_service.app import create_app
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
 from services.images_service.queue import CANCEL_KEY, connect_redis
 from services.images_service.storage import make_store
+from services.images_service.worker.main import KittyWorker
 from tests.support.fakes import FakeEngine
 from tests.support.harness import MODEL, Harness, make_settings
 
@@ -304,3 +307,31 @@ def test_service_app_does_not_import_torch() -> None:
     code = "import sys, services.images_service.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_engines_matrix_reports_workers_and_models(harness: Harness) -> None:
+    rows = {r["engine_id"]: r for r in harness.client.get("/api/images/engines").json()["engines"]}
+    assert set(rows) == {"diffusers", "comfyui", "a1111", "invokeai"}
+    diffusers = rows["diffusers"]
+    assert diffusers["status"] == "offline" and diffusers["workers"] == 0
+    assert "images-worker" in diffusers["detail"]
+
+    conn = connect_redis(harness.settings.redis_url)
+    queue = Queue(harness.settings.queue_name("diffusers"), connection=conn, serializer=JSONSerializer)
+    worker = KittyWorker([queue], connection=conn, serializer=JSONSerializer)
+    worker.register_birth()
+    try:
+        harness.client.app.state.engine_probe._cached = None  # skip the cache for this check
+        rows = {r["engine_id"]: r for r in harness.client.get("/api/images/engines").json()["engines"]}
+        assert rows["diffusers"]["status"] == "ready" and rows["diffusers"]["workers"] == 1
+        assert rows["comfyui"]["status"] == "offline"  # nothing listens on ComfyUI's port here
+    finally:
+        worker.register_death()
+
+
+def test_engines_matrix_without_models_is_misconfigured(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, models_yaml=tmp_path / "none.yaml")
+    with TestClient(create_app(settings)) as client:
+        rows = {r["engine_id"]: r for r in client.get("/api/images/engines").json()["engines"]}
+    assert rows["diffusers"]["status"] == "misconfigured"
+    assert "kitty-images models tiny" in rows["diffusers"]["detail"]

@@ -76,6 +76,10 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
         "data_dir": tmp_path / "var",
         "models_yaml": models_yaml,
         "job_timeout_s": 30,
+        # Server engines point at a closed port unless a test serves a fake peer.
+        "comfyui_url": "http://127.0.0.1:9",
+        "a1111_base_url": "http://127.0.0.1:9",
+        "invoke_port": 9,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -63,6 +63,27 @@ LATEST = {
     ]
 }
 
+ENGINES = {
+    "engines": [
+        {
+            "engine_id": "diffusers",
+            "status": "ready",
+            "detail": "2 models registered",
+            "version": None,
+            "last_check": "2024-05-01T12:00:00+00:00",
+            "workers": 1,
+        },
+        {
+            "engine_id": "comfyui",
+            "status": "offline",
+            "detail": "ComfyUI is not reachable at http://127.0.0.1:8188",
+            "version": None,
+            "last_check": "2024-05-01T12:00:00+00:00",
+            "workers": 0,
+        },
+    ]
+}
+
 
 class FakeApi:
     """A scripted gateway: job views are served in order, the last one repeating; requests are kept."""
@@ -95,6 +116,8 @@ class FakeApi:
                     }
                 },
             )
+        if path == "/api/images/engines":
+            return httpx.Response(200, json=ENGINES)
         return httpx.Response(404, json=error_body("NOT_FOUND", "no route", []))
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
@@ -359,3 +382,16 @@ def test_importing_the_cli_loads_neither_torch_nor_the_images_service() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_engines_prints_an_aligned_matrix_and_json() -> None:
+    result = run(["images.engines"], FakeApi())
+    assert result.exit_code == 0, result.output
+    header, diffusers, comfyui = result.stdout.splitlines()
+    assert header.split()[:4] == ["ENGINE", "STATUS", "WORKERS", "VERSION"]
+    assert diffusers.split()[:3] == ["diffusers", "ready", "1"]
+    assert comfyui.split()[:3] == ["comfyui", "offline", "0"] and "not reachable" in comfyui
+    assert header.index("STATUS") == diffusers.index("ready") == comfyui.index("offline")
+
+    as_json = run(["images.engines", "--json"], FakeApi())
+    assert json.loads(as_json.stdout) == ENGINES

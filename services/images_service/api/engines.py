@@ -1,0 +1,102 @@
+"""`GET /api/images/engines`: the health-check matrix of every engine this build can run.
+
+Server engines are asked directly (one short HTTP call each, in parallel); the diffusers engine
+lives only in workers (the API never imports torch), so its row comes from the model registry and
+the workers registered on its queue. Any engine without a live worker is `offline`: its jobs wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request
+from rq import Worker
+
+from services.contracts import EngineRow, EnginesView
+
+from ..engines import ENGINES, Engine, EngineHealth, make_engine
+from ..models import ModelRegistry
+from ..queue import JobQueue, redis_errors
+from ..settings import Settings
+from .deps import QueueDep, RegistryDep, SettingsDep
+
+router = APIRouter(prefix="/api/images", tags=["engines"])
+
+HEALTH_CACHE_S = 5.0
+"""A matrix this fresh is served again, so a busy gallery does not hammer the engines."""
+
+LOCAL_ENGINE = "diffusers"
+
+
+class EngineProbe:
+    """Server-engine adapters (httpx only) made once per app, and the last matrix."""
+
+    def __init__(self) -> None:
+        self._adapters: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+        self._cached: tuple[float, EnginesView] | None = None
+
+    def adapter(self, name: str, settings: Settings, registry: ModelRegistry) -> Engine:
+        with self._lock:
+            if name not in self._adapters:
+                self._adapters[name] = make_engine(name, settings, registry)
+            return self._adapters[name]
+
+    def health(self, name: str, settings: Settings, registry: ModelRegistry) -> EngineHealth:
+        if name == LOCAL_ENGINE:
+            if not registry.names():
+                return EngineHealth(
+                    "misconfigured",
+                    f"no models registered in {registry.path}: run `kitty-images models tiny`",
+                )
+            return EngineHealth("ready", f"{len(registry.names())} models registered")
+        try:
+            return self.adapter(name, settings, registry).health()
+        except Exception as exc:  # an adapter that cannot even be built is misconfigured, not a 500
+            return EngineHealth("misconfigured", f"{type(exc).__name__}: {exc}")
+
+    def matrix(self, settings: Settings, registry: ModelRegistry, queue: JobQueue) -> EnginesView:
+        cached = self._cached
+        if cached and time.monotonic() - cached[0] < HEALTH_CACHE_S:
+            return cached[1]
+        with ThreadPoolExecutor(max_workers=len(ENGINES)) as pool:
+            health = dict(
+                zip(ENGINES, pool.map(lambda n: self.health(n, settings, registry), ENGINES), strict=True)
+            )
+        checked = datetime.now(UTC).isoformat()
+        rows = []
+        for name, result in health.items():
+            with redis_errors():
+                workers = Worker.count(queue=queue.queue(name))
+            status, detail = result.status, result.detail
+            if status == "ready" and workers == 0:
+                engine_flag = "" if name == LOCAL_ENGINE else f" --engine {name}"
+                status, detail = (
+                    "offline",
+                    f"{detail}; no worker serves this engine: run `images-worker{engine_flag}`",
+                )
+            rows.append(
+                EngineRow(
+                    engine_id=name,
+                    status=status,
+                    detail=detail,
+                    version=result.version,
+                    last_check=checked,
+                    workers=workers,
+                )
+            )
+        view = EnginesView(engines=rows)
+        self._cached = (time.monotonic(), view)
+        return view
+
+
+def get_probe(request: Request) -> EngineProbe:
+    return request.app.state.engine_probe  # type: ignore[no-any-return]
+
+
+@router.get("/engines", response_model=EnginesView)
+def engines(request: Request, settings: SettingsDep, registry: RegistryDep, queue: QueueDep) -> EnginesView:
+    return get_probe(request).matrix(settings, registry, queue)
