@@ -198,14 +198,33 @@ class JobView(BaseModel):
 
 
 class LatestItem(BaseModel):
+    """One image in the gallery listing: the seed's ``key, size, last_modified`` plus what a card
+    shows without opening the sidecar."""
+
     key: str
     size: int
     last_modified: str
     meta_key: str | None = None
+    thumb_key: str | None = None
+    thumb_url: str | None = None
+    """A short-lived URL of the small WebP thumbnail, so a grid never downloads full PNGs."""
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    scheduler: str | None = None
+    job_id: str | None = None
 
 
 class LatestView(BaseModel):
     items: list[LatestItem]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next, older page; absent on the last page."""
 
 
 class SelectRequest(BaseModel):
@@ -239,3 +258,16 @@ class EngineRow(BaseModel):
 
 class EnginesView(BaseModel):
     engines: list[EngineRow]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    local: bool
+    refiner: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+
+
+class ModelsView(BaseModel):
+    models: list[ModelInfo]
+    default: str | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,12 +15,28 @@ from redis import Redis
 
 from . import __version__
 from .api import engines, handlers, health, images
+from .errors import KittyError
+from .gallery import GalleryIndex
 from .logs import configure_logging
 from .metrics import HTTP_SECONDS
 from .models import ModelRegistry
 from .queue import JobQueue, connect_redis
 from .settings import Settings, get_settings
 from .storage import Store, make_store
+
+log = logging.getLogger("kitty.images.api")
+
+REBUILD_JOIN_S = 30.0
+"""At shutdown, how long to let a gallery rebuild still running finish before closing Redis."""
+
+
+def rebuild_gallery_if_empty(gallery: GalleryIndex, store: Store, settings: Settings) -> None:
+    """A lost or new Redis starts with an empty index; storage is the truth, so rebuild from it."""
+    try:
+        if gallery.count() == 0:
+            gallery.rebuild(store, settings.s3_prefix)
+    except KittyError as exc:
+        log.warning("gallery index not rebuilt", extra={"code": exc.code.value, "error": exc.message})
 
 
 def create_app(
@@ -39,7 +57,13 @@ def create_app(
         app.state.store = store or make_store(settings)
         app.state.registry = registry or ModelRegistry(settings.models_yaml, settings.default_model)
         app.state.engine_probe = engines.EngineProbe()
+        app.state.gallery = GalleryIndex(connection, settings.queue_prefix)
+        rebuild = threading.Thread(
+            target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
+        )
+        rebuild.start()
         yield
+        rebuild.join(timeout=REBUILD_JOIN_S)
         if redis is None:
             connection.close()
 

@@ -153,6 +153,22 @@ def encode_png(
     return buffer.getvalue()
 
 
+THUMB_MAX_SIDE = 320
+"""Longest side of a gallery thumbnail: sharp on a 2x screen in a ~160 px grid cell."""
+
+THUMB_QUALITY = 80
+"""WebP quality of thumbnails: a few KiB each, indistinguishable at grid size."""
+
+
+def encode_thumbnail(image: Image.Image) -> bytes:
+    """A small WebP of `image` for the gallery grid."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="WEBP", quality=THUMB_QUALITY)
+    return buffer.getvalue()
+
+
 def read_png_text(data: bytes) -> dict[str, str]:
     """Every text chunk (tEXt, zTXt, iTXt) of a PNG, by name."""
     with Image.open(io.BytesIO(data)) as image:

@@ -1,11 +1,15 @@
-"""`/api/images/*`: generate, job views, cancel, latest, select, and the filesystem store's downloads."""
+"""`/api/images/*`: generate, job views and their event stream, cancel, latest, select, delete,
+models, and the filesystem store's signed downloads."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
 
 from services.contracts import (
     LATEST_DEFAULT,
@@ -15,13 +19,15 @@ from services.contracts import (
     GenerateView,
     ImageRef,
     JobView,
-    LatestItem,
     LatestView,
+    ModelInfo,
+    ModelsView,
     SelectRequest,
     SelectView,
 )
 
-from ..errors import KeyNotFound, Unauthorized
+from ..errors import KeyNotFound, ModelNotFound, Unauthorized, ValidationFailed
+from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..metrics import JOBS_ENQUEUED
 from ..spec import resolve_spec
 from ..storage import FilesystemStore
@@ -30,7 +36,24 @@ from .deps import BaseUrlDep, QueueDep, RegistryDep, SettingsDep, StoreDep
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 429, 503)}
 
+THUMB_URL_TTL_S = 3600
+"""Thumbnail links in a listing live an hour: long enough to scroll, short enough to not leak."""
+
+EVENTS_POLL_S = 0.2
+"""How often the event stream looks at a job; a denoising step takes longer on any real model."""
+
+EVENTS_KEEPALIVE_S = 15.0
+"""A comment line this often keeps proxies from closing a quiet stream."""
+
+CURSOR_PATTERN = r"^\d{16}\|[A-Za-z0-9._/-]{1,1024}$"
+
+MEDIA_TYPES = {".png": "image/png", ".json": "application/json", THUMB_SUFFIX: "image/webp"}
+
 router = APIRouter(prefix="/api/images", tags=["images"], responses=ERRORS)  # type: ignore[arg-type]
+
+
+def gallery_of(request: Request) -> GalleryIndex:
+    return request.app.state.gallery  # type: ignore[no-any-return]
 
 
 @router.post("/generate", status_code=202, response_model=GenerateView)
@@ -48,29 +71,50 @@ def job(job_id: str, queue: QueueDep) -> JobView:
     return queue.view(job_id)
 
 
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+async def job_events(job_id: str, queue: QueueDep) -> StreamingResponse:
+    """Server-sent events: a `job` event with the job view each time it changes, the last one
+    terminal (done, error or canceled), then the stream ends."""
+    first = await run_in_threadpool(queue.view, job_id)  # unknown job: 404 before streaming
+
+    async def stream() -> AsyncIterator[str]:
+        view, last, quiet = first, None, 0.0
+        while True:
+            if view != last:
+                yield f"event: job\ndata: {view.model_dump_json()}\n\n"
+                last, quiet = view, 0.0
+            if view.status.is_terminal:
+                return
+            await asyncio.sleep(EVENTS_POLL_S)
+            quiet += EVENTS_POLL_S
+            if quiet >= EVENTS_KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            view = await run_in_threadpool(queue.view, job_id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
 def cancel(job_id: str, queue: QueueDep) -> JobView:
     return queue.cancel(job_id)
 
 
-@router.get("/latest", response_model=LatestView)
+@router.get("/latest", response_model=LatestView, response_model_exclude_none=True)
 def latest(
+    request: Request,
     store: StoreDep,
-    settings: SettingsDep,
+    base_url: BaseUrlDep,
     limit: Annotated[int, Query(ge=1, le=LATEST_MAX)] = LATEST_DEFAULT,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
 ) -> LatestView:
-    objects = store.list_latest(settings.s3_prefix, limit)
-    return LatestView(
-        items=[
-            LatestItem(
-                key=o.key,
-                size=o.size,
-                last_modified=o.last_modified.isoformat(),
-                meta_key=meta_key_for(o.key),
-            )
-            for o in objects
-        ]
-    )
+    """Newest first from the gallery index; `next_cursor` pages to older images."""
+    items, next_cursor = gallery_of(request).page(limit, cursor)
+    for item in items:
+        if item.thumb_key:
+            item.thumb_url = store.presign(item.thumb_key, THUMB_URL_TTL_S, base_url=base_url)
+    return LatestView(items=items, next_cursor=next_cursor)
 
 
 @router.post("/select", response_model=SelectView)
@@ -86,8 +130,44 @@ def select(body: SelectRequest, store: StoreDep, settings: SettingsDep, base_url
     )
 
 
+@router.delete("/items/{key:path}", status_code=204, response_class=Response)
+def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    """Remove an image, its sidecar and thumbnail from storage and the gallery."""
+    key = validate_image_key(key, settings.s3_prefix)
+    gallery = gallery_of(request)
+    if store.head(key) is None and gallery.get(key) is None:
+        raise KeyNotFound(f"no image with key '{key}'")
+    gallery.remove(key)
+    for part in (key, meta_key_for(key), key.removesuffix(".png") + THUMB_SUFFIX):
+        store.delete(part)
+    return Response(status_code=204)
+
+
+@router.get("/models", response_model=ModelsView)
+def models(registry: RegistryDep) -> ModelsView:
+    """Registered models with their defaults (local paths are not shown)."""
+    entries = registry.entries()
+    try:
+        default = registry.default_name() if entries else None
+    except ModelNotFound:
+        default = None
+    return ModelsView(
+        models=[
+            ModelInfo(
+                name=e.name,
+                local=e.is_local,
+                refiner=e.refiner,
+                defaults=e.defaults,
+                description=e.extra.get("description"),
+            )
+            for e in entries.values()
+        ],
+        default=default,
+    )
+
+
 @router.get("/files/{key:path}", response_class=Response, include_in_schema=False)
-def download(key: str, store: StoreDep, settings: SettingsDep, expires: int = 0, sig: str = "") -> Response:
+def download(key: str, store: StoreDep, expires: int = 0, sig: str = "") -> Response:
     """The filesystem store's signed download URL (S3 serves its own presigned URLs)."""
     if not isinstance(store, FilesystemStore):
         raise KeyNotFound("downloads are served by the object store; use the imageRef's downloadUrl")
@@ -96,5 +176,9 @@ def download(key: str, store: StoreDep, settings: SettingsDep, expires: int = 0,
             "this download link is invalid or has expired",
             remediation=["Ask for a fresh link: POST /api/images/select or `kitty-cli images.select`."],
         )
-    media_type = "application/json" if key.endswith(".json") else "image/png"
-    return Response(store.get(key), media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+    suffix = next((s for s in MEDIA_TYPES if key.endswith(s)), None)
+    if suffix is None:
+        raise ValidationFailed(f"'{key}' is not an image, sidecar or thumbnail")
+    return Response(
+        store.get(key), media_type=MEDIA_TYPES[suffix], headers={"Cache-Control": "private, max-age=300"}
+    )

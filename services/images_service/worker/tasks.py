@@ -22,7 +22,8 @@ from services.contracts import ImageInfo, JobResult, RenderSpec
 
 from ..engines import Engine, JobCanceled, RenderResult, make_engine
 from ..errors import Canceled, EngineError, EngineTimeout, KittyError
-from ..metadata import build_sidecar, encode_png, infotext
+from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
+from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
 from ..queue import CANCEL_KEY
 from ..settings import Settings, get_settings
@@ -99,14 +100,21 @@ class JobReporter:
 
 
 def store_result(
-    runtime: Runtime, job_id: str, spec: RenderSpec, result: RenderResult, engine: str
+    runtime: Runtime,
+    job_id: str,
+    spec: RenderSpec,
+    result: RenderResult,
+    engine: str,
+    index: GalleryIndex | None = None,
 ) -> JobResult:
-    """Sidecar first, then the PNG: a listed PNG always has its sidecar beside it."""
+    """Sidecar and thumbnail first, then the PNG, then the gallery index: a listed PNG always has
+    its sidecar beside it, and the index never names an image the store does not hold."""
     images: list[ImageInfo] = []
-    for index, rendered in enumerate(result.images):
+    for position, rendered in enumerate(result.images):
         created_at = datetime.now(UTC)
         base = new_image_key(runtime.settings.s3_prefix, created_at)
         png_key, meta_key = f"{base}.png", f"{base}.json"
+        thumb_key = thumb_key_for(png_key)
         width, height = rendered.image.size
         sidecar = build_sidecar(
             job_id=job_id,
@@ -121,8 +129,9 @@ def store_result(
             engine_info=result.engine_info,
             timings=result.timings,
             created_at=created_at,
-            index=index,
+            index=position,
         )
+        sidecar["thumb_key"] = thumb_key
         png = encode_png(
             rendered.image,
             parameters=infotext(
@@ -132,7 +141,10 @@ def store_result(
             extra_chunks=rendered.text_chunks,
         )
         runtime.store.put(meta_key, json.dumps(sidecar, indent=2).encode(), "application/json")
+        runtime.store.put(thumb_key, encode_thumbnail(rendered.image), "image/webp")
         runtime.store.put(png_key, png, "image/png")
+        if index is not None:
+            index.add(item_from_sidecar(sidecar, size=len(png), last_modified=created_at))
         images.append(
             ImageInfo(key=png_key, meta_key=meta_key, seed=rendered.seed, width=width, height=height)
         )
@@ -152,7 +164,8 @@ def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     try:
         result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
-        stored = store_result(runtime, job_id, spec, result, spec.engine)
+        index = GalleryIndex(job.connection, runtime.settings.queue_prefix) if job else None
+        stored = store_result(runtime, job_id, spec, result, spec.engine, index)
         status = "done"
         return stored.model_dump()
     except JobCanceled:
