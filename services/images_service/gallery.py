@@ -42,6 +42,14 @@ def thumb_key_for(png_key: str) -> str:
     return png_key.removesuffix(".png") + THUMB_SUFFIX
 
 
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
+
+
+def _key_of(member: bytes | str) -> str:
+    return _text(member).split("|", 1)[1]
+
+
 def _stamp(moment: datetime) -> str:
     return f"{int(moment.timestamp() * 1_000_000):0{STAMP_DIGITS}d}"
 
@@ -105,10 +113,10 @@ class GalleryIndex:
         upper = f"({cursor}" if cursor else "+"
         with redis_errors():
             members = self.redis.zrevrangebylex(self.order_key, upper, "-", start=0, num=limit + 1)
-            keys = [m.decode().split("|", 1)[1] for m in members[:limit]]
+            keys = [_key_of(m) for m in members[:limit]]
             raws = self.redis.hmget(self.items_key, keys) if keys else []
         items = [LatestItem.model_validate_json(raw) for raw in raws if raw]
-        next_cursor = members[limit - 1].decode() if len(members) > limit else None
+        next_cursor = _text(members[limit - 1]) if len(members) > limit else None
         return items, next_cursor
 
     def rebuild(self, store: Store, prefix: str) -> int:
@@ -131,11 +139,11 @@ class GalleryIndex:
                         pipe.hset(self.items_key, obj.key, item.model_dump_json(exclude={"thumb_url"}))
                     pipe.execute()
             older = self.redis.zrangebylex(self.order_key, "-", f"({listing_started}")
-            stale = [m for m in older if m.decode().split("|", 1)[1] not in listed]
+            stale = [m for m in older if _key_of(m) not in listed]
             if stale:
                 with self.redis.pipeline() as pipe:
                     pipe.zrem(self.order_key, *stale)
-                    pipe.hdel(self.items_key, *[m.decode().split("|", 1)[1] for m in stale])
+                    pipe.hdel(self.items_key, *[_key_of(m) for m in stale])
                     pipe.execute()
         log.info("gallery index rebuilt", extra={"images": len(objects), "dropped": len(stale)})
         return len(objects)

@@ -235,6 +235,8 @@ class DiffusersEngine:
 
     # --- public ---------------------------------------------------------------------------------
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        if spec.model is None:  # the API always resolves one; a hand-made job may not
+            raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
         with self._lock:
             entry = self._registry.get(spec.model)
             if spec.refiner and not entry.refiner:
