@@ -1,0 +1,549 @@
+"""A fake AUTOMATIC1111 (v1.10 API) to test the adapter against over real HTTP: the real routes,
+bodies and error shapes, one render at a time behind a queue lock (so "queued" and "active" are
+observable), solid-colour PNGs carrying a ``parameters`` infotext, and a global interrupt.
+
+Behaviour reproduced from the real server, on purpose:
+- ``/internal/progress`` exists only with the web UI (``nowebui=True`` answers 404) and is not behind
+  ``--api-auth``; ``/sdapi/v1/*`` are.
+- ``/sdapi/v1/progress`` answers ``current_task: null`` (v1.10's API module binds that name once, at
+  import); ``reports_current_task=True`` plays a server that fills it in.
+- An interrupt stops whatever runs at its next step, and txt2img still answers 200 with the
+  partial images; an interrupt sent while idle is forgotten when the next render begins.
+- An unknown ``sd_model_checkpoint`` override silently falls back to the first checkpoint.
+- A failing render leaves ``current_task`` set (its ``finish_task`` is skipped).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+VERSION = "v1.10.1"
+
+STEP_S = 0.02
+"""Seconds one sampling step takes."""
+
+CHECKPOINT_FILES = (
+    "dreamshaper_8.safetensors",
+    "sd_xl_base_1.0.safetensors",
+    "v1-5-pruned-emaonly.safetensors",
+)
+"""Checkpoints in the fake's models/Stable-diffusion; the first is loaded at start."""
+
+SAMPLERS: dict[str, list[str]] = {
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ SDE": ["k_dpmpp_sde"],
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "LMS": ["k_lms"],
+    "Heun": ["k_heun"],
+    "DDIM": ["ddim"],
+    "PLMS": ["plms"],
+    "UniPC": ["unipc"],
+}
+"""Sampler name → aliases (v1.10's names for the samplers KITTY maps to)."""
+
+SCHEDULERS: dict[str, str] = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "sgm_uniform": "SGM Uniform",
+}
+"""Scheduler name → label; requests may use either."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's, which is what a real server most often reports."""
+
+
+class Txt2ImgRequest(BaseModel):
+    """``StableDiffusionTxt2ImgProcessingAPI``: generated from the processing class, every field
+    optional, unknown fields ignored."""
+
+    prompt: str | None = ""
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    subseed_strength: float | None = 0
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = 50
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    enable_hr: bool | None = False
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = 0
+    force_task_id: str | None = None
+    sampler_index: str | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] | None = []
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = {}
+    infotext: str | None = None
+
+
+class InternalProgressRequest(BaseModel):
+    id_task: str | None = None
+    id_live_preview: int = -1
+
+
+@dataclass
+class Checkpoint:
+    filename: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.filename.encode()).hexdigest()
+
+    @property
+    def shorthash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def model_name(self) -> str:
+        return self.filename.rsplit(".", 1)[0]
+
+    @property
+    def title(self) -> str:
+        return f"{self.filename} [{self.shorthash}]"
+
+    def item(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "model_name": self.model_name,
+            "hash": self.shorthash,
+            "sha256": self.sha256,
+            "filename": f"/opt/webui/models/Stable-diffusion/{self.filename}",
+            "config": None,
+        }
+
+
+@dataclass
+class SharedState:
+    """``shared.state``: the one job the server is running."""
+
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    job_timestamp: str = "0"
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    time_start: float = 0.0
+
+    def begin(self, job: str) -> None:
+        self.job, self.job_count, self.job_no = job, -1, 0
+        self.sampling_step = self.sampling_steps = 0
+        self.interrupted = self.skipped = False
+        self.job_timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        self.time_start = time.time()
+
+    def end(self) -> None:
+        self.job, self.job_count = "", 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "stopping_generation": False,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_timestamp": self.job_timestamp,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
+
+
+@dataclass
+class Outcome:
+    """How one task ended, for tests to check."""
+
+    steps_done: int
+    interrupted: bool
+
+
+@dataclass
+class FakeA1111:
+    api_auth: str | None = None
+    """``--api-auth user:pass[,user2:pass2]``: HTTP Basic on every /sdapi route."""
+    nowebui: bool = False
+    """``--nowebui``: no ``/internal/progress``."""
+    reports_current_task: bool = False
+    step_s: float = STEP_S
+    fail_with: Exception | None = None
+    """Raised inside txt2img: the server answers 500 with its error body."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=lambda: [Checkpoint(f) for f in CHECKPOINT_FILES])
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    """Every txt2img body as sent."""
+    interrupted_tasks: list[str | None] = field(default_factory=list)
+    """The task each ``POST /sdapi/v1/interrupt`` hit (None: nothing was running)."""
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.queue_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.state = SharedState()
+        self.current_task: str | None = None
+        self.pending: dict[str, float] = {}
+        self.finished: list[str] = []
+        self.loaded = self.checkpoints[0]
+        self.app = self._build_app()
+
+    # --- what the routes do -------------------------------------------------------------------
+    def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
+        task_id = request.force_task_id or f"task({secrets.token_hex(4)})"
+        sampler, scheduler = self._sampler_and_scheduler(request)
+        with self.state_lock:
+            self.pending[task_id] = time.time()
+        with self.queue_lock:
+            with self.state_lock:
+                self.state.begin("scripts_txt2img")
+                self.current_task = task_id
+                self.pending.pop(task_id, None)
+            try:
+                result = self._process(request, task_id, sampler, scheduler)
+                with self.state_lock:
+                    if self.current_task == task_id:
+                        self.current_task = None
+                    self.finished = [*self.finished, task_id][-16:]
+            finally:
+                with self.state_lock:
+                    self.state.end()
+        return result
+
+    def _process(
+        self, request: Txt2ImgRequest, task_id: str, sampler: str, scheduler: str | None
+    ) -> dict[str, Any]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        previous = self.loaded
+        override = (request.override_settings or {}).get("sd_model_checkpoint")
+        if override:
+            self.loaded = self._checkpoint(str(override)) or self.checkpoints[0]
+        model = self.loaded
+        if request.override_settings_restore_afterwards is not False:
+            self.loaded = previous
+        steps, n_iter, batch = request.steps or 50, request.n_iter or 1, request.batch_size or 1
+        seed = request.seed if request.seed is not None and request.seed != -1 else random.randrange(2**32)
+        with self.state_lock:
+            self.state.job_count, self.state.sampling_steps = n_iter, steps
+        done = 0
+        for job_no in range(n_iter):
+            with self.state_lock:
+                self.state.job_no = job_no
+            for step in range(1, steps + 1):
+                if self.state.interrupted:
+                    break
+                time.sleep(self.step_s)
+                with self.state_lock:
+                    self.state.sampling_step = step
+                done = step
+            if self.state.interrupted:
+                break
+        self.outcomes[task_id] = Outcome(steps_done=done, interrupted=self.state.interrupted)
+
+        width, height = request.width or 512, request.height or 512
+        seeds = [seed + i for i in range(batch * n_iter)]
+        infotexts = [
+            self._infotext(request, sampler, scheduler, s, model, width, height, steps) for s in seeds
+        ]
+        images = [_png(width, height, s, text) for s, text in zip(seeds, infotexts, strict=True)]
+        prompt, negative = request.prompt or "", request.negative_prompt or ""
+        info = {
+            "prompt": prompt,
+            "all_prompts": [prompt] * len(seeds),
+            "negative_prompt": negative,
+            "all_negative_prompts": [negative] * len(seeds),
+            "seed": seed,
+            "all_seeds": seeds,
+            "subseed": seed + 1,
+            "all_subseeds": [s + 1 for s in seeds],
+            "subseed_strength": request.subseed_strength or 0,
+            "width": width,
+            "height": height,
+            "sampler_name": sampler,
+            "cfg_scale": request.cfg_scale,
+            "steps": steps,
+            "batch_size": batch,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": model.model_name,
+            "sd_model_hash": model.shorthash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": None,
+            "extra_generation_params": {"Schedule type": scheduler} if scheduler else {},
+            "index_of_first_image": 0,
+            "infotexts": infotexts,
+            "styles": request.styles or [],
+            "job_timestamp": self.state.job_timestamp,
+            "clip_skip": 1,
+            "is_using_inpainting_conditioning": False,
+            "version": VERSION,
+        }
+        return {
+            "images": images if request.send_images is not False else [],
+            "parameters": request.model_dump(),
+            "info": json.dumps(info),
+        }
+
+    def interrupt(self) -> None:
+        with self.state_lock:
+            self.interrupted_tasks.append(self.current_task if self.state.job_count != 0 else None)
+            self.state.interrupted = True
+
+    def task_progress(self, request: InternalProgressRequest) -> dict[str, Any]:
+        with self.state_lock:
+            active = request.id_task == self.current_task
+            queued = request.id_task in self.pending
+            completed = request.id_task in self.finished
+            if not active:
+                textinfo = "Waiting..."
+                if queued and request.id_task is not None:
+                    order = sorted(self.pending, key=self.pending.__getitem__)
+                    textinfo = f"In queue: {order.index(request.id_task) + 1}/{len(order)}"
+                return {
+                    "active": False,
+                    "queued": queued,
+                    "completed": completed,
+                    "progress": None,
+                    "eta": None,
+                    "live_preview": None,
+                    "id_live_preview": -1,
+                    "textinfo": textinfo,
+                }
+            progress = self._fraction(offset=0.0)
+            elapsed = time.time() - self.state.time_start
+            return {
+                "active": True,
+                "queued": queued,
+                "completed": completed,
+                "progress": progress,
+                "eta": elapsed / progress - elapsed if progress > 0 else None,
+                "live_preview": None,
+                "id_live_preview": request.id_live_preview,
+                "textinfo": None,
+            }
+
+    def global_progress(self) -> dict[str, Any]:
+        with self.state_lock:
+            current = self.current_task if self.reports_current_task else None
+            if self.state.job_count == 0:
+                return {
+                    "progress": 0,
+                    "eta_relative": 0,
+                    "state": self.state.as_dict(),
+                    "current_image": None,
+                    "textinfo": None,
+                    "current_task": current,
+                }
+            # The real one adds 0.01 "to avoid dividing by zero".
+            progress = min(self._fraction(offset=0.01), 1.0)
+            elapsed = time.time() - self.state.time_start
+            return {
+                "progress": progress,
+                "eta_relative": elapsed / progress - elapsed,
+                "state": self.state.as_dict(),
+                "current_image": None,
+                "textinfo": None,
+                "current_task": current,
+            }
+
+    def _fraction(self, *, offset: float) -> float:
+        state, progress = self.state, offset
+        if state.job_count > 0:
+            progress += state.job_no / state.job_count
+            if state.sampling_steps > 0:
+                progress += state.sampling_step / state.sampling_steps / state.job_count
+        return min(progress, 1.0)
+
+    def _sampler_and_scheduler(self, request: Txt2ImgRequest) -> tuple[str, str | None]:
+        wanted = request.sampler_name or request.sampler_index or "Euler"
+        scheduler = request.scheduler
+        for label in SCHEDULERS.values():
+            # Pre-1.9 names such as "DPM++ 2M Karras" still work: sampler plus schedule type.
+            if wanted.endswith(f" {label}") and wanted[: -len(label) - 1] in SAMPLERS:
+                wanted, scheduler = wanted[: -len(label) - 1], scheduler or label
+        name = next((n for n, aliases in SAMPLERS.items() if wanted == n or wanted in aliases), None)
+        if name is None:
+            raise HTTPException(status_code=400, detail="Sampler not found")
+        schedule = SCHEDULERS.get(scheduler or "", scheduler)
+        if schedule not in SCHEDULERS.values() or schedule == "Automatic":
+            return name, None
+        return name, schedule
+
+    def _checkpoint(self, name: str) -> Checkpoint | None:
+        for checkpoint in self.checkpoints:
+            if name in (
+                checkpoint.title,
+                checkpoint.filename,
+                checkpoint.model_name,
+                checkpoint.shorthash,
+                checkpoint.sha256,
+            ):
+                return checkpoint
+        return None
+
+    @staticmethod
+    def _infotext(
+        request: Txt2ImgRequest,
+        sampler: str,
+        scheduler: str | None,
+        seed: int,
+        model: Checkpoint,
+        width: int,
+        height: int,
+        steps: int,
+    ) -> str:
+        fields = {
+            "Steps": steps,
+            "Sampler": sampler,
+            "Schedule type": scheduler,
+            "CFG scale": request.cfg_scale,
+            "Seed": seed,
+            "Size": f"{width}x{height}",
+            "Model hash": model.shorthash,
+            "Model": model.model_name,
+            "Version": VERSION,
+        }
+        line = ", ".join(f"{key}: {value}" for key, value in fields.items() if value not in (None, ""))
+        negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
+        return f"{request.prompt or ''}{negative}\n{line}"
+
+    # --- the app ------------------------------------------------------------------------------
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="fake AUTOMATIC1111")
+
+        def error_body(exc: Exception) -> dict[str, Any]:
+            # modules/api/api.py's handle_exception
+            return {
+                "error": type(exc).__name__,
+                "detail": getattr(exc, "detail", ""),
+                "body": getattr(exc, "body", ""),
+                "errors": str(exc),
+            }
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+            return JSONResponse(status_code=exc.status_code, content=error_body(exc))
+
+        @app.middleware("http")
+        async def exception_handling(request: Request, call_next: Any) -> Any:
+            try:
+                return await call_next(request)
+            except Exception as exc:
+                return JSONResponse(status_code=500, content=error_body(exc))
+
+        dependencies = [Depends(self._auth_dependency())] if self.api_auth else []
+        api = APIRouter(prefix="/sdapi/v1", dependencies=dependencies)
+
+        @api.post("/txt2img")
+        def txt2img(body: Txt2ImgRequest) -> dict[str, Any]:
+            self.requests.append(body.model_dump(exclude_unset=True))
+            return self.txt2img(body)
+
+        @api.get("/progress")
+        def progress(skip_current_image: bool = False) -> dict[str, Any]:
+            return self.global_progress()
+
+        @api.post("/interrupt")
+        def interrupt() -> dict[str, Any]:
+            self.interrupt()
+            return {}
+
+        @api.get("/sd-models")
+        def sd_models() -> list[dict[str, Any]]:
+            return [c.item() for c in self.checkpoints]
+
+        @api.get("/samplers")
+        def samplers() -> list[dict[str, Any]]:
+            return [{"name": n, "aliases": a, "options": {}} for n, a in SAMPLERS.items()]
+
+        @api.get("/schedulers")
+        def schedulers() -> list[dict[str, Any]]:
+            return [
+                {"name": n, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for n, label in SCHEDULERS.items()
+            ]
+
+        @api.get("/options")
+        def options() -> dict[str, Any]:
+            return {
+                "sd_model_checkpoint": self.loaded.title,
+                "sd_checkpoint_hash": self.loaded.sha256,
+                "samples_format": "png",
+                "live_previews_enable": True,
+            }
+
+        app.include_router(api)
+        if not self.nowebui:
+
+            @app.post("/internal/progress")
+            def internal_progress(body: InternalProgressRequest) -> dict[str, Any]:
+                return self.task_progress(body)
+
+        return app
+
+    def _auth_dependency(self) -> Any:
+        credentials: dict[str, str] = {}
+        for pair in (self.api_auth or "").split(","):
+            user, _, password = pair.partition(":")
+            credentials[user] = password
+
+        def auth(given: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:  # noqa: B008
+            expected = credentials.get(given.username)
+            if expected is not None and secrets.compare_digest(given.password, expected):
+                return True
+            raise HTTPException(
+                status_code=401,
+                detail="Incorrect username or password",
+                headers={"WWW-Authenticate": "Basic"},
+            )
+
+        return auth
+
+
+def _png(width: int, height: int, seed: int, parameters: str) -> str:
+    """A solid image coloured by its seed, with the infotext chunk, base64 like the real answer."""
+    color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
