@@ -185,7 +185,7 @@ class A1111Engine:
         started = time.monotonic()
         deadline = started + self.settings.job_timeout_s
         task = _Task(new_task_id(), spec.steps)
-        with speaking_to(SERVER_LABEL, self.base_url, START_HINT):
+        with speaking_to(SERVER_LABEL, self.base_url, START_HINT, "A1111_BASE_URL"):
             checkpoint = self._checkpoint_title(spec.model) if spec.model else None
             progress(0, spec.steps)
             call = _Txt2ImgCall(

@@ -309,7 +309,7 @@ class InvokeAIEngine:
                 remediation=[f"Send cfg of {MIN_CFG:g} or more."],
             )
         scheduler = invoke_scheduler(spec.scheduler)
-        with speaking_to(ENGINE_LABEL, self.url, START_HINT):
+        with speaking_to(ENGINE_LABEL, self.url, START_HINT, "INVOKE_HOST/INVOKE_PORT"):
             version = self._checked_version()
             model = self._choose_model(spec.model)
             batch = {

@@ -57,11 +57,15 @@ def server_message(response: httpx.Response) -> str:
 
 
 @contextmanager
-def speaking_to(engine: str, base_url: str, start_hint: str) -> Iterator[None]:
+def speaking_to(
+    engine: str, base_url: str, start_hint: str, url_setting: str | None = None
+) -> Iterator[None]:
     """Map what can go wrong talking to a server engine onto the service's errors.
 
-    `start_hint` says how to start the server, e.g. ``"python main.py --listen 127.0.0.1"``.
+    `start_hint` says how to start the server, e.g. ``"python main.py --listen 127.0.0.1"``;
+    `url_setting` names the setting that points at it (``COMFYUI_URL``).
     """
+    where = f"set {url_setting}" if url_setting else f"the {engine} URL setting"
     try:
         yield
     except KittyError:
@@ -76,7 +80,7 @@ def speaking_to(engine: str, base_url: str, start_hint: str) -> Iterator[None]:
             f"{engine} is not reachable at {base_url}: {exc}",
             remediation=[
                 f"Start {engine}: {start_hint}",
-                f"Or point the service at it ({engine} URL setting).",
+                f"Or point the service at a running one: {where}.",
             ],
         ) from exc
     except httpx.HTTPStatusError as exc:
