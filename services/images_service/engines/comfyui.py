@@ -1,0 +1,629 @@
+"""The ComfyUI engine: renders through a ComfyUI server's own API — ``POST /prompt``, the ``/ws``
+event stream (``/history`` polling when it is unavailable), ``/view`` — from a built-in txt2img
+template or from a raw API-format graph sent by the client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from services.contracts import RenderSpec
+
+from ..errors import EngineError, EngineOffline, EngineTimeout, KittyError, ModelNotFound, ValidationFailed
+from ..settings import Settings
+from .base import EngineHealth, ProgressFn, RenderedImage, RenderResult
+from .remote import HEALTH_TIMEOUT_S, decode_image, make_client, png_text_chunks, speaking_to
+
+log = logging.getLogger("kitty.images.engines.comfyui")
+
+SERVER = "ComfyUI"
+START_HINT = "python main.py --listen 127.0.0.1 --port 8188"
+"""How to start ComfyUI where this service expects it (COMFYUI_URL's default)."""
+
+COMFYUI_SAMPLERS: dict[str, tuple[str, str]] = {
+    "euler": ("euler", "normal"),
+    "euler_a": ("euler_ancestral", "normal"),
+    "heun": ("heun", "normal"),
+    "lms": ("lms", "normal"),
+    "ddim": ("ddim", "ddim_uniform"),
+    # ComfyUI has no PNDM/PLMS; "ipndm" (improved PNDM) is the same pseudo-numerical family.
+    "pndm": ("ipndm", "normal"),
+    "dpmpp_2m": ("dpmpp_2m", "normal"),
+    "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
+    "dpmpp_sde": ("dpmpp_sde", "normal"),
+    "unipc": ("uni_pc", "normal"),
+}
+"""Our scheduler names → ComfyUI's KSampler (``sampler_name``, ``scheduler``)."""
+
+DEFAULT_SAMPLER = ("euler", "normal")
+"""ComfyUI's own KSampler defaults, used when a request names no scheduler."""
+
+OUTPUT_PREFIX = "kitty"
+"""SaveImage's ``filename_prefix``: our renders are recognisable in ComfyUI's output folder."""
+
+KEPT_CHUNKS = ("prompt", "workflow")
+"""ComfyUI's PNG text chunks kept in the stored image, so it can be dragged back into ComfyUI."""
+
+WS_MAX_MESSAGE_BYTES = 64 * 2**20
+"""Previews are small JPEGs, but custom nodes may stream bigger frames; a larger one closes the
+socket, and the render goes on by polling ``/history``."""
+
+CHECKPOINT_NODE, SAMPLER_NODE, SAVE_NODE = "4", "3", "9"
+"""Node ids of the template (those of ComfyUI's default workflow, familiar to its users)."""
+
+CONTROL_AFTER_GENERATE = "fixed"
+"""The UI's seed widget mode written into the workflow chunk: reloading it reproduces the image."""
+
+_Ports = tuple[tuple[str, str], ...]
+_UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
+    # class_type: ((linked inputs (name, type)), (outputs (name, type)), widget inputs in UI order)
+    "CheckpointLoaderSimple": ((), (("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")), ("ckpt_name",)),
+    "CLIPTextEncode": ((("clip", "CLIP"),), (("CONDITIONING", "CONDITIONING"),), ("text",)),
+    "EmptyLatentImage": ((), (("LATENT", "LATENT"),), ("width", "height", "batch_size")),
+    "KSampler": (
+        (
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ),
+        (("LATENT", "LATENT"),),
+        ("seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+    ),
+    "VAEDecode": ((("samples", "LATENT"), ("vae", "VAE")), (("IMAGE", "IMAGE"),), ()),
+    "SaveImage": ((("images", "IMAGE"),), (), ("filename_prefix",)),
+}
+"""The template's node types as ComfyUI's UI describes them, to write a loadable ``workflow`` chunk."""
+
+
+def template_graph(spec: RenderSpec, ckpt_name: str) -> dict[str, Any]:
+    """The built-in txt2img graph in ComfyUI's API format (links are ``[node_id, output_index]``)."""
+    sampler_name, scheduler = COMFYUI_SAMPLERS.get(spec.scheduler or "", DEFAULT_SAMPLER)
+    return {
+        CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": spec.prompt, "clip": [CHECKPOINT_NODE, 1]}},
+        "7": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": spec.negative_prompt, "clip": [CHECKPOINT_NODE, 1]},
+        },
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": spec.width, "height": spec.height, "batch_size": spec.num_images},
+        },
+        SAMPLER_NODE: {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": spec.seed,
+                "steps": spec.steps,
+                "cfg": spec.cfg,
+                "sampler_name": sampler_name,
+                "scheduler": scheduler,
+                "denoise": 1.0,
+                "model": [CHECKPOINT_NODE, 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        "8": {
+            "class_type": "VAEDecode",
+            "inputs": {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+        },
+        SAVE_NODE: {
+            "class_type": "SaveImage",
+            "inputs": {"filename_prefix": OUTPUT_PREFIX, "images": ["8", 0]},
+        },
+    }
+
+
+def ui_workflow(graph: dict[str, Any]) -> dict[str, Any]:
+    """The template `graph` in the UI's format (nodes, links, widget values), which ComfyUI writes
+    into the PNG's ``workflow`` chunk and loads back when the image is dropped on its canvas."""
+    links: list[list[Any]] = []
+    outgoing: dict[tuple[str, int], list[int]] = {}
+    depth: dict[str, int] = {}
+    nodes: list[dict[str, Any]] = []
+    for order, (node_id, node) in enumerate(graph.items()):
+        linked, outputs, widgets = _UI_NODE_SHAPES[node["class_type"]]
+        inputs = []
+        for slot, (name, kind) in enumerate(linked):
+            source, source_slot = node["inputs"][name]
+            links.append([len(links) + 1, int(source), source_slot, int(node_id), slot, kind])
+            outgoing.setdefault((str(source), source_slot), []).append(len(links))
+            inputs.append({"name": name, "type": kind, "link": len(links)})
+        sources = [str(node["inputs"][name][0]) for name, _ in linked]
+        depth[node_id] = 1 + max((depth[s] for s in sources), default=-1)
+        values = [
+            CONTROL_AFTER_GENERATE if name == "control_after_generate" else node["inputs"][name]
+            for name in widgets
+        ]
+        nodes.append(
+            {
+                "id": int(node_id),
+                "type": node["class_type"],
+                "pos": [
+                    40 + 360 * depth[node_id],
+                    40 + 260 * sum(d == depth[node_id] for d in depth.values()),
+                ],
+                "size": [320, 120],
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": [
+                    {"name": name, "type": kind, "slot_index": slot}
+                    for slot, (name, kind) in enumerate(outputs)
+                ],
+                "properties": {"Node name for S&R": node["class_type"]},
+                "widgets_values": values,
+            }
+        )
+    for ui_node in nodes:
+        for output in ui_node["outputs"]:
+            output["links"] = outgoing.get((str(ui_node["id"]), output["slot_index"]), [])
+    return {
+        "last_node_id": max(int(node_id) for node_id in graph),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
+
+
+def combo_options(input_spec: Any) -> list[str]:
+    """The choices of a combo input in ``/object_info``: ``[[choices...], {...}]`` (classic nodes)
+    or ``["COMBO", {"options": [...]}]`` (the newer node schema)."""
+    if isinstance(input_spec, list) and input_spec:
+        if isinstance(input_spec[0], list):
+            return [str(choice) for choice in input_spec[0]]
+        if input_spec[0] == "COMBO" and len(input_spec) > 1 and isinstance(input_spec[1], dict):
+            return [str(choice) for choice in input_spec[1].get("options", [])]
+    return []
+
+
+def match_checkpoint(model: str, available: list[str]) -> str | None:
+    """`model` as ComfyUI names it: exact, or by file name or stem (``sd_xl_base_1.0`` finds
+    ``SDXL/sd_xl_base_1.0.safetensors``); None when nothing or several match."""
+    if model in available:
+        return model
+    paths = {name: PurePosixPath(name.replace("\\", "/")) for name in available}
+    found = [name for name, path in paths.items() if model in (path.name, path.stem)]
+    return found[0] if len(found) == 1 else None
+
+
+def _in_queue(items: Any, prompt_id: str) -> bool:
+    """Whether a ``/queue`` list (``[[number, prompt_id, prompt, extra_data, outputs], ...]``) holds it."""
+    return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items or [])
+
+
+class _PromptFailed(EngineError):
+    """The prompt ended badly on the server: there is nothing left to stop there."""
+
+
+@dataclass
+class _Run:
+    """One prompt being followed: its deadline and the progress reported so far.
+
+    Steps are reported monotonically: a raw graph with several samplers adds each pass's steps to
+    the total instead of starting again from 1.
+    """
+
+    prompt_id: str
+    report_to: ProgressFn
+    deadline: float
+    poll_interval_s: float
+    sampler_node: str | None
+    """The template counts only its KSampler's steps (a tiled VAE decode sends progress too)."""
+    total: int
+    step: int = 0
+    finished_passes: int = 0
+    pass_node: str | None = None
+    pass_value: int = 0
+    pass_max: int = 0
+    reported_at: float = 0.0
+
+    def report(self) -> None:
+        self.reported_at = time.monotonic()
+        self.report_to(self.step, self.total)
+
+    def heartbeat(self) -> None:
+        """Report even when nothing moved, so a cancel request (raised by `report_to`) is seen."""
+        if time.monotonic() - self.reported_at >= self.poll_interval_s:
+            self.report()
+
+    def wait_s(self) -> float:
+        """How long to wait for the next event; raises `EngineTimeout` past the deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise EngineTimeout(
+                f"{SERVER} did not finish prompt {self.prompt_id} in time (IMAGES_JOB_TIMEOUT)"
+            )
+        return min(self.poll_interval_s, remaining)
+
+    def advance(self, data: dict[str, Any]) -> None:
+        node = None if data.get("node") is None else str(data["node"])
+        value, maximum = int(data.get("value", 0)), int(data.get("max", 0))
+        if self.sampler_node is not None:
+            if node is not None and node != self.sampler_node:
+                return
+            step, total = value, max(maximum, self.total)
+        else:
+            if self.pass_max and (node != self.pass_node or value < self.pass_value):
+                self.finished_passes += self.pass_max
+            self.pass_node, self.pass_value, self.pass_max = node, value, maximum
+            step, total = self.finished_passes + value, self.finished_passes + maximum
+        self.step = max(self.step, min(step, total))
+        self.total = max(self.total, total, self.step)
+        self.report()
+
+    def finish(self) -> None:
+        self.total = max(self.total, self.step, 1)
+        self.step = self.total
+        self.report()
+
+
+class ComfyUIEngine:
+    """Renders on a ComfyUI server (``COMFYUI_URL``).
+
+    Without ``spec.workflow`` the built-in template runs (checkpoint `spec.model`, or the server's
+    first checkpoint when None) and all ``num_images`` come from one batch: ComfyUI draws a batch's
+    noise from a single seed, so every image of it records ``spec.seed`` (its ``index`` in the
+    sidecar tells them apart; re-running the same request reproduces the whole batch). A raw
+    ``spec.workflow`` is sent as is and its images record ``spec.seed`` as well.
+
+    Canceling (the progress callback raising `JobCanceled`) or running out of time deletes the
+    prompt from ComfyUI's queue when it is still pending, or interrupts it when it is running.
+    """
+
+    name = "comfyui"
+
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.settings = settings
+        self.base_url = settings.comfyui_url.rstrip("/")
+        self.client_id = uuid.uuid4().hex
+        """Our websocket session: ComfyUI sends a prompt's events only to the client that queued it."""
+        # An injected transport carries HTTP only; the event stream cannot go through it.
+        self._use_websocket = transport is None
+        self._client = make_client(
+            self.base_url, connect_timeout_s=settings.engine_connect_timeout_s, transport=transport
+        )
+
+    # --- the protocol ---------------------------------------------------------------------------
+    def health(self) -> EngineHealth:
+        try:
+            response = self._client.get("/system_stats", timeout=HEALTH_TIMEOUT_S)
+            response.raise_for_status()
+            stats = response.json()
+            version = str(stats["system"]["comfyui_version"])
+        except httpx.TransportError as exc:
+            return EngineHealth(
+                "offline", f"{SERVER} is not reachable at {self.base_url}: {exc}. Start it: {START_HINT}"
+            )
+        except httpx.HTTPStatusError as exc:
+            return EngineHealth(
+                "misconfigured", f"{self.base_url} answered HTTP {exc.response.status_code} to /system_stats"
+            )
+        except (ValueError, KeyError, TypeError):
+            return EngineHealth(
+                "misconfigured", f"{self.base_url} does not answer /system_stats like {SERVER}"
+            )
+        devices = [
+            str(device.get("name")) for device in stats.get("devices") or [] if isinstance(device, dict)
+        ]
+        on = f" on {devices[0]}" if devices else ""
+        return EngineHealth("ready", f"{SERVER} {version} at {self.base_url}{on}", version=version)
+
+    def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        started = time.monotonic()
+        version = self._server_version()
+        is_template = spec.workflow is None
+        engine_info: dict[str, Any] = {
+            "server": "comfyui",
+            "version": version,
+            "versions": {"comfyui": version},
+        }
+        if is_template:
+            checkpoint = self._checkpoint(spec.model)
+            graph = template_graph(spec, checkpoint)
+            pnginfo: dict[str, Any] | None = {"workflow": ui_workflow(graph)}
+            engine_info["checkpoint"] = checkpoint
+        else:
+            graph = dict(spec.workflow or {})
+            # A UI workflow cannot be rebuilt from an API graph without the node definitions;
+            # without one ComfyUI loads a dropped image from its `prompt` chunk, the exact graph.
+            pnginfo = None
+        run = _Run(
+            prompt_id=str(uuid.uuid4()),
+            report_to=progress,
+            deadline=started + self.settings.job_timeout_s,
+            poll_interval_s=self.settings.engine_poll_interval_s,
+            sampler_node=SAMPLER_NODE if is_template else None,
+            total=spec.steps if is_template else 0,
+        )
+        run.report()
+        with ExitStack() as stack:
+            # Connected before the prompt is queued, or its first events would be missed.
+            socket = self._open_socket(stack)
+            run.prompt_id = self._submit(graph, run.prompt_id, pnginfo, is_template)
+            try:
+                if socket is not None:
+                    self._follow_events(socket, run)
+                entry = self._wait_for_history(run)
+            except _PromptFailed:
+                raise
+            except BaseException:
+                self._stop(run.prompt_id)
+                raise
+        images = self._fetch_images(entry, run.prompt_id, is_template)
+        run.finish()
+        engine_info.update(prompt_id=run.prompt_id, workflow="template" if is_template else "raw")
+        return RenderResult(
+            images=[
+                RenderedImage(decode_image(data), spec.seed, png_text_chunks(data, KEPT_CHUNKS))
+                for data in images
+            ],
+            device=self.base_url,
+            engine_info=engine_info,
+            timings={"render_s": time.monotonic() - started},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- the server's routes --------------------------------------------------------------------
+    def _speaking(self) -> AbstractContextManager[None]:
+        return speaking_to(SERVER, self.base_url, START_HINT, "COMFYUI_URL")
+
+    def _get_json(self, path: str) -> Any:
+        with self._speaking():
+            response = self._client.get(path)
+            response.raise_for_status()
+            return response.json()
+
+    def _server_version(self) -> str:
+        """ComfyUI's version; asked first, so an unreachable server fails fast as ENGINE_OFFLINE."""
+        stats = self._get_json("/system_stats")
+        system = stats.get("system") if isinstance(stats, dict) else None
+        return str((system or {}).get("comfyui_version") or "unknown")
+
+    def _checkpoint(self, model: str | None) -> str:
+        info = self._get_json("/object_info/CheckpointLoaderSimple")
+        node = info.get("CheckpointLoaderSimple") if isinstance(info, dict) else None
+        required = ((node or {}).get("input") or {}).get("required") or {}
+        available = combo_options(required.get("ckpt_name"))
+        if not available:
+            raise EngineOffline(
+                f"{SERVER} at {self.base_url} has no checkpoint to render with",
+                remediation=[
+                    "Put a checkpoint (.safetensors) in ComfyUI's models/checkpoints folder; it is seen "
+                    "without a restart.",
+                    "Or send a raw workflow that loads its own models.",
+                ],
+            )
+        if model is None:
+            return available[0]
+        found = match_checkpoint(model, available)
+        if found is None:
+            raise ModelNotFound(
+                f"{SERVER} has no checkpoint named '{model}'",
+                remediation=[
+                    f"Use one of: {', '.join(available[:20])}",
+                    f"Or put '{model}' in ComfyUI's models/checkpoints folder.",
+                ],
+            )
+        return found
+
+    def _submit(
+        self, graph: dict[str, Any], prompt_id: str, pnginfo: dict[str, Any] | None, is_template: bool
+    ) -> str:
+        body: dict[str, Any] = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        if pnginfo is not None:
+            body["extra_data"] = {"extra_pnginfo": pnginfo}
+        with self._speaking():
+            response = self._client.post("/prompt", json=body)
+            if response.status_code == 400:
+                raise self._refusal(response, is_template)
+            response.raise_for_status()
+            answer = response.json()
+        # Servers older than client-chosen ids make their own: follow whichever it runs.
+        queued = str(answer.get("prompt_id") or prompt_id) if isinstance(answer, dict) else prompt_id
+        log.info("comfyui prompt queued", extra={"prompt_id": queued, "comfyui_url": self.base_url})
+        return queued
+
+    def _refusal(self, response: httpx.Response, is_template: bool) -> KittyError:
+        """``POST /prompt``'s 400 as a validation error naming each failing node and input."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {"message": str(error or response.text)}
+        node_errors = body.get("node_errors") if isinstance(body, dict) else None
+        problems: list[dict[str, Any]] = []
+        for node_id, entry in (node_errors if isinstance(node_errors, dict) else {}).items():
+            for item in entry.get("errors") or []:
+                problems.append(
+                    {
+                        "node_id": node_id,
+                        "class_type": entry.get("class_type"),
+                        "type": item.get("type"),
+                        "message": item.get("message"),
+                        "details": item.get("details"),
+                        "input_name": (item.get("extra_info") or {}).get("input_name"),
+                    }
+                )
+        if problems:
+            what = "; ".join(
+                f"node {p['node_id']} ({p['class_type']}): {p['message']}"
+                + (f": {p['details'] or p['input_name']}" if p["details"] or p["input_name"] else "")
+                for p in problems
+            )
+        else:
+            what = str(error.get("message") or "the prompt was refused")
+            if error.get("details"):
+                what += f" ({error['details']})"
+        # Only these fields cross: a node's extra_info can carry a Python traceback.
+        return ValidationFailed(
+            f"{SERVER} refused the workflow: {what}",
+            remediation=[
+                "Check the request's values; ComfyUI's console shows the validation in full."
+                if is_template
+                else "Fix the named node inputs; export the graph from ComfyUI with 'Export (API)'.",
+            ],
+            detail={"error_type": error.get("type"), "node_errors": problems},
+        )
+
+    def _stop(self, prompt_id: str) -> None:
+        """Delete the prompt from the queue if still pending, else interrupt it if it is running.
+        Never interrupts blindly: an old server's /interrupt stops whatever runs, maybe not ours."""
+        try:
+            queue = self._client.get("/queue", timeout=HEALTH_TIMEOUT_S).json()
+            if _in_queue(queue.get("queue_pending"), prompt_id):
+                self._client.post("/queue", json={"delete": [prompt_id]}, timeout=HEALTH_TIMEOUT_S)
+                # It may have started between the two requests.
+                queue = self._client.get("/queue", timeout=HEALTH_TIMEOUT_S).json()
+            if _in_queue(queue.get("queue_running"), prompt_id):
+                self._client.post("/interrupt", json={"prompt_id": prompt_id}, timeout=HEALTH_TIMEOUT_S)
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("could not stop a comfyui prompt", extra={"prompt_id": prompt_id, "error": str(exc)})
+
+    # --- following a prompt ---------------------------------------------------------------------
+    def _socket_url(self) -> str:
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit(
+            (scheme, parts.netloc, parts.path + "/ws", urlencode({"clientId": self.client_id}), "")
+        )
+
+    def _open_socket(self, stack: ExitStack) -> ClientConnection | None:
+        """ComfyUI's event stream, or None (then ``/history`` is polled). No Origin header is sent:
+        ComfyUI refuses a foreign one."""
+        if not self._use_websocket:
+            return None
+        try:
+            return stack.enter_context(  # type: ignore[no-any-return]
+                connect(
+                    self._socket_url(),
+                    open_timeout=self.settings.engine_connect_timeout_s,
+                    max_size=WS_MAX_MESSAGE_BYTES,
+                    close_timeout=self.settings.engine_connect_timeout_s,
+                    proxy=None,  # like the HTTP client: a proxy meant for the internet never applies
+                )
+            )
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            log.warning("comfyui websocket unavailable; polling history", extra={"error": str(exc)})
+            return None
+
+    def _follow_events(self, socket: ClientConnection, run: _Run) -> None:
+        """Read events until the prompt is over (``executing`` with node null) or the socket drops."""
+        succeeded = False
+        while True:
+            try:
+                message = socket.recv(timeout=run.wait_s())
+            except TimeoutError:
+                if succeeded:
+                    return  # success was announced; the closing `executing` frame is not needed
+                run.heartbeat()
+                continue
+            except (ConnectionClosed, OSError) as exc:
+                log.warning("comfyui websocket lost; polling history", extra={"error": str(exc)})
+                return
+            run.heartbeat()
+            if isinstance(message, bytes):
+                continue  # a preview: 4-byte event type, 4-byte image format, then the image
+            try:
+                event = json.loads(message)
+                kind, data = event["type"], event["data"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not isinstance(data, dict) or data.get("prompt_id") != run.prompt_id:
+                continue
+            if kind == "progress":
+                run.advance(data)
+            elif kind == "executing" and data.get("node") is None:
+                return
+            elif kind == "execution_success":
+                succeeded = True
+            elif kind in ("execution_error", "execution_interrupted"):
+                raise self._failure(kind, data)
+
+    def _wait_for_history(self, run: _Run) -> dict[str, Any]:
+        """The prompt's ``/history`` entry, polled until the server has written it."""
+        while True:
+            history = self._get_json(f"/history/{run.prompt_id}")
+            entry = history.get(run.prompt_id) if isinstance(history, dict) else None
+            if isinstance(entry, dict):
+                status = entry.get("status") or {}
+                if status.get("status_str") == "error":
+                    for kind, data in status.get("messages") or []:
+                        if kind in ("execution_error", "execution_interrupted"):
+                            raise self._failure(kind, data)
+                    raise _PromptFailed(f"{SERVER} reports prompt {run.prompt_id} failed")
+                return entry
+            time.sleep(run.wait_s())
+            run.heartbeat()
+
+    def _failure(self, kind: str, data: dict[str, Any]) -> _PromptFailed:
+        node = f"node {data.get('node_id')} ({data.get('node_type')})"
+        if kind == "execution_interrupted":
+            # We never wait for our own interrupt (JobCanceled is raised at once): someone else's.
+            return _PromptFailed(
+                f"{SERVER} interrupted the prompt at {node}: it was canceled on the server",
+                remediation=["Submit the request again; ComfyUI's Cancel (or another client) stopped it."],
+                detail={"node_id": data.get("node_id"), "node_type": data.get("node_type")},
+            )
+        # The traceback stays in ComfyUI's console: no stack trace reaches a client.
+        return _PromptFailed(
+            f"{SERVER} failed in {node}: {data.get('exception_type')}: {data.get('exception_message')}",
+            remediation=[
+                "See ComfyUI's console for the full error.",
+                "Out of memory: try a smaller size or fewer images.",
+            ],
+            detail={
+                "node_id": data.get("node_id"),
+                "node_type": data.get("node_type"),
+                "exception_type": data.get("exception_type"),
+            },
+        )
+
+    def _fetch_images(self, entry: dict[str, Any], prompt_id: str, is_template: bool) -> list[bytes]:
+        outputs = entry.get("outputs") or {}
+        if is_template:
+            refs = list((outputs.get(SAVE_NODE) or {}).get("images") or [])
+        else:
+            refs = [ref for node in outputs.values() for ref in (node or {}).get("images") or []]
+            # Saved images are the result; previews (type "temp") only when nothing was saved.
+            refs = [ref for ref in refs if ref.get("type") == "output"] or refs
+        if not refs:
+            raise EngineError(
+                f"{SERVER} finished prompt {prompt_id} without an image",
+                remediation=["Give the workflow a SaveImage node."],
+            )
+        images = []
+        with self._speaking():
+            for ref in refs:
+                response = self._client.get(
+                    "/view",
+                    params={
+                        "filename": ref.get("filename", ""),
+                        "subfolder": ref.get("subfolder", ""),
+                        "type": ref.get("type", "output"),
+                    },
+                )
+                response.raise_for_status()
+                images.append(response.content)
+        return images

@@ -1,0 +1,401 @@
+"""The ComfyUI engine against a fake ComfyUI served for real (HTTP + websocket on loopback): what a
+user sees from a render, a refusal, a failure, a cancel, a lost event stream, an absent server —
+and the whole queue path from submit to a stored PNG that ComfyUI can load back."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from services.contracts import RenderSpec
+from services.images_service.app import create_app
+from services.images_service.engines import JobCanceled
+from services.images_service.engines.comfyui import ComfyUIEngine, template_graph
+from services.images_service.errors import KittyError
+from services.images_service.metadata import read_png_text
+from services.images_service.settings import Settings
+from services.images_service.storage import make_store
+from tests.support.asgi_server import serve_asgi
+from tests.support.harness import Harness, make_settings
+from tests.support.peers.comfyui import DEFAULT_CHECKPOINTS, DEVICE_NAME, VERSION, FakeComfyUI
+from tests.support.servers import free_port
+
+POLL_S = 0.05
+"""Poll/heartbeat interval in these tests: short, so cancels and fallbacks are quick."""
+
+SOLID_RED = 0xFF0000
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeComfyUI]:
+    yield FakeComfyUI()
+
+
+@pytest.fixture
+def url(fake: FakeComfyUI) -> Iterator[str]:
+    with serve_asgi(fake.app) as base_url:
+        yield base_url
+
+
+def comfyui_settings(base_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "comfyui_url": base_url,
+        "engine_poll_interval_s": POLL_S,
+        "engine_connect_timeout_s": 2.0,
+        "job_timeout_s": 20,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def engine_factory(url: str) -> Iterator[Callable[..., ComfyUIEngine]]:
+    engines: list[ComfyUIEngine] = []
+
+    def build(base_url: str | None = None, **overrides: object) -> ComfyUIEngine:
+        engines.append(ComfyUIEngine(comfyui_settings(base_url or url, **overrides)))
+        return engines[-1]
+
+    yield build
+    for engine in engines:
+        engine.close()
+
+
+@pytest.fixture
+def engine(engine_factory: Callable[..., ComfyUIEngine]) -> ComfyUIEngine:
+    return engine_factory()
+
+
+def make_spec(**fields: object) -> RenderSpec:
+    values: dict[str, object] = {
+        "prompt": "a red fox",
+        "negative_prompt": "blurry",
+        "model": None,
+        "width": 64,
+        "height": 48,
+        "steps": 5,
+        "cfg": 6.5,
+        "seed": 42,
+        "scheduler": "dpmpp_2m_karras",
+        "num_images": 1,
+        "engine": "comfyui",
+    }
+    values.update(fields)
+    return RenderSpec.model_validate(values)
+
+
+def solid_image_graph(**inputs: object) -> dict[str, object]:
+    """A graph that needs no model: EmptyImage → SaveImage (as in PEERS.md)."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 32, "height": 24, "batch_size": 2, "color": SOLID_RED, **inputs},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "raw"}},
+    }
+
+
+class Recorder:
+    """A progress callback that records (step, total) and can cancel like the worker does."""
+
+    def __init__(self, cancel_when: Callable[[list[tuple[int, int]]], bool] | None = None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.cancel_when = cancel_when
+
+    def __call__(self, step: int, total: int) -> None:
+        self.calls.append((step, total))
+        if self.cancel_when is not None and self.cancel_when(self.calls):
+            raise JobCanceled("job-1")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_template_render_streams_progress_and_keeps_comfyui_chunks(
+    engine: ComfyUIEngine, fake: FakeComfyUI, url: str
+) -> None:
+    progress = Recorder()
+    result = engine.render(make_spec(num_images=2), progress)
+
+    steps = [step for step, _ in progress.calls]
+    assert steps == sorted(steps), progress.calls
+    assert {total for _, total in progress.calls} == {5}
+    assert progress.calls[-1] == (5, 5)
+    assert {1, 2, 3, 4} <= set(steps), "each sampler step is reported from the event stream"
+    assert fake.socket_clients == [engine.client_id]
+
+    assert [image.image.size for image in result.images] == [(64, 48), (64, 48)]
+    assert [image.seed for image in result.images] == [42, 42]
+    assert result.device == url
+    info = result.engine_info
+    assert (info["server"], info["version"], info["workflow"]) == ("comfyui", VERSION, "template")
+    assert info["checkpoint"] == DEFAULT_CHECKPOINTS[0]
+    assert info["prompt_id"] == fake.submitted[-1]["prompt_id"]
+
+    graph = json.loads(result.images[0].text_chunks["prompt"])
+    sampler = next(node["inputs"] for node in graph.values() if node["class_type"] == "KSampler")
+    assert (sampler["sampler_name"], sampler["scheduler"], sampler["seed"], sampler["steps"]) == (
+        "dpmpp_2m",
+        "karras",
+        42,
+        5,
+    )
+    workflow = json.loads(result.images[0].text_chunks["workflow"])
+    ksampler = next(node for node in workflow["nodes"] if node["type"] == "KSampler")
+    assert ksampler["widgets_values"] == [42, "fixed", 5, 6.5, "dpmpp_2m", "karras", 1.0]
+    assert len(workflow["links"]) == 9 and workflow["version"] == 0.4
+    assert fake.submitted[-1]["client_id"] == engine.client_id
+
+
+def test_identical_resubmission_is_served_from_cache(engine: ComfyUIEngine) -> None:
+    first = engine.render(make_spec(), Recorder())
+    progress = Recorder()
+    second = engine.render(make_spec(), progress)
+    assert progress.calls[-1] == (5, 5)
+    assert second.images[0].image.tobytes() == first.images[0].image.tobytes()
+
+
+def test_named_checkpoint_is_found_by_stem_and_unknown_one_is_model_not_found(
+    engine: ComfyUIEngine,
+) -> None:
+    result = engine.render(make_spec(model="sd_xl_base_1.0"), Recorder())
+    assert result.engine_info["checkpoint"] == "SDXL/sd_xl_base_1.0.safetensors"
+
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(model="flux-dev"), Recorder())
+    assert caught.value.code == "MODEL_NOT_FOUND"
+    assert "flux-dev" in caught.value.message
+    assert any("v1-5-pruned-emaonly.safetensors" in hint for hint in caught.value.remediation)
+
+
+def test_no_checkpoint_on_the_server_says_where_to_put_one(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    fake.checkpoints = []
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(), Recorder())
+    assert caught.value.code == "ENGINE_OFFLINE"
+    assert any("models/checkpoints" in hint for hint in caught.value.remediation)
+    assert fake.submitted == []
+
+
+def test_raw_workflow_runs_as_sent(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    graph = solid_image_graph()
+    progress = Recorder()
+    result = engine.render(make_spec(workflow=graph, seed=7), progress)
+
+    assert fake.submitted[-1]["prompt"] == graph
+    assert [image.image.size for image in result.images] == [(32, 24), (32, 24)]
+    assert result.images[0].image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    assert [image.seed for image in result.images] == [7, 7]
+    assert json.loads(result.images[0].text_chunks["prompt"]) == graph
+    assert result.engine_info["workflow"] == "raw"
+    assert progress.calls[-1] == (1, 1)
+
+
+def test_raw_workflow_with_two_samplers_reports_steps_monotonically(engine: ComfyUIEngine) -> None:
+    """A second, hires-fix style pass adds its steps to the total instead of restarting at 1."""
+    graph = template_graph(make_spec(steps=4), DEFAULT_CHECKPOINTS[0])
+    second = {**graph["3"]["inputs"], "steps": 3, "denoise": 0.5, "latent_image": ["3", 0]}
+    graph["10"] = {"class_type": "KSampler", "inputs": second}
+    graph["8"]["inputs"]["samples"] = ["10", 0]
+    progress = Recorder()
+    engine.render(make_spec(workflow=graph), progress)
+    steps = [step for step, _ in progress.calls]
+    assert steps == sorted(steps) and progress.calls[-1] == (7, 7)
+    assert (4, 4) in progress.calls and (5, 7) in progress.calls
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        (
+            {
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 1}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+            },
+            "node 1 (EmptyImage): Required input is missing: color",
+        ),
+        (
+            {"1": {"class_type": "NoSuchNode", "inputs": {}}},
+            "Cannot execute because node NoSuchNode does not exist.",
+        ),
+        (
+            {
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+                }
+            },
+            "Prompt has no outputs",
+        ),
+    ],
+    ids=["missing-input", "unknown-node", "no-outputs"],
+)
+def test_refused_workflow_is_a_validation_error_naming_the_problem(
+    engine: ComfyUIEngine, graph: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(workflow=graph), Recorder())
+    assert caught.value.code == "VALIDATION_ERROR"
+    assert caught.value.message.startswith("ComfyUI refused the workflow: ")
+    assert expected in caught.value.message
+
+
+def test_execution_error_is_engine_error_with_the_servers_words(
+    engine: ComfyUIEngine, fake: FakeComfyUI
+) -> None:
+    fake.fail_node_type = "KSampler"
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(), Recorder())
+    error = caught.value
+    assert error.code == "ENGINE_ERROR"
+    assert "KSampler" in error.message and "torch.OutOfMemoryError" in error.message
+    assert "Allocation on device" in error.message
+    assert "Traceback" not in json.dumps(error.to_info().model_dump()) and "execution.py" not in str(
+        error.detail
+    )
+    assert fake.interrupts == [] and fake.deleted == []
+
+
+def test_cancel_while_running_interrupts_our_prompt(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    fake.step_delay_s = 0.05
+    progress = Recorder(cancel_when=lambda calls: calls[-1][0] >= 2)
+    with pytest.raises(JobCanceled):
+        engine.render(make_spec(steps=10), progress)
+    prompt_id = fake.submitted[-1]["prompt_id"]
+    assert fake.interrupts == [{"prompt_id": prompt_id}]
+    assert fake.deleted == []
+    # ComfyUI stops at the next node boundary: the prompt ends interrupted, not rendered.
+    wait_until(lambda: prompt_id in fake.history)
+    status = fake.history[prompt_id]["status"]
+    assert status["status_str"] == "error"
+    assert [kind for kind, _ in status["messages"]][-1] == "execution_interrupted"
+
+
+def test_cancel_while_pending_deletes_it_from_the_queue(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    fake.paused = True  # another client's prompt holds the GPU
+    progress = Recorder(cancel_when=lambda calls: len(calls) >= 2)  # the first heartbeat after queuing
+    started = time.monotonic()
+    with pytest.raises(JobCanceled):
+        engine.render(make_spec(), progress)
+    assert time.monotonic() - started < 2.0
+    prompt_id = fake.submitted[-1]["prompt_id"]
+    assert fake.deleted == [prompt_id]
+    assert fake.interrupts == []
+    assert fake.pending == []
+
+
+def test_without_websocket_history_polling_completes(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    fake.websocket_enabled = False
+    fake.step_delay_s = 0.04
+    progress = Recorder()
+    result = engine.render(make_spec(), progress)
+    assert fake.socket_clients == []
+    assert [image.image.size for image in result.images] == [(64, 48)]
+    assert len(progress.calls) >= 3, "heartbeats while polling let a cancel be seen"
+    assert progress.calls[-1] == (5, 5)
+
+
+def test_interrupt_from_someone_else_is_an_engine_error(
+    engine: ComfyUIEngine, fake: FakeComfyUI, url: str
+) -> None:
+    fake.step_delay_s = 0.03
+
+    def interrupt_from_comfyui_ui(calls: list[tuple[int, int]]) -> bool:
+        if calls[-1][0] == 2:
+            httpx.post(f"{url}/api/interrupt", json={})
+        return False
+
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(steps=10), Recorder(cancel_when=interrupt_from_comfyui_ui))
+    assert caught.value.code == "ENGINE_ERROR"
+    assert "interrupted" in caught.value.message
+
+
+def test_job_timeout_is_engine_timeout_and_stops_the_prompt(
+    engine_factory: Callable[..., ComfyUIEngine], fake: FakeComfyUI
+) -> None:
+    fake.step_delay_s = 0.2
+    engine = engine_factory(job_timeout_s=1)
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(steps=50), Recorder())
+    assert caught.value.code == "ENGINE_TIMEOUT"
+    assert fake.interrupts == [{"prompt_id": fake.submitted[-1]["prompt_id"]}]
+
+
+def test_unreachable_server_is_engine_offline_quickly(engine_factory: Callable[..., ComfyUIEngine]) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    engine = engine_factory(closed)
+    started = time.monotonic()
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(), Recorder())
+    assert time.monotonic() - started < 2.0
+    assert caught.value.code == "ENGINE_OFFLINE"
+    assert closed in caught.value.message
+    assert any("python main.py --listen 127.0.0.1 --port 8188" in hint for hint in caught.value.remediation)
+
+    health = engine.health()
+    assert health.status == "offline" and closed in health.detail
+
+
+def test_health_ready_names_version_and_device(engine: ComfyUIEngine) -> None:
+    health = engine.health()
+    assert health.status == "ready"
+    assert health.version == VERSION
+    assert DEVICE_NAME in health.detail
+
+
+def test_fake_refuses_foreign_origin_and_answers_under_api(url: str) -> None:
+    """The fake's fidelity: what the adapter relies on not sending, and the /api aliases."""
+    assert httpx.get(f"{url}/system_stats", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert httpx.get(f"{url}/api/system_stats").json()["system"]["comfyui_version"] == VERSION
+    missing = httpx.get(f"{url}/view", params={"filename": "nope.png", "type": "output"})
+    assert missing.status_code == 404 and missing.content == b""
+    assert httpx.get(f"{url}/history/unknown").json() == {}
+
+
+def test_queue_path_stores_comfyui_image_with_all_chunks(tmp_path: Path, redis_url: str, url: str) -> None:
+    settings = make_settings(
+        tmp_path, redis_url, comfyui_url=url, engine_poll_interval_s=POLL_S, image_engine="comfyui"
+    )
+    store = make_store(settings)
+    engine = ComfyUIEngine(settings)
+    with TestClient(create_app(settings, store=store)) as client:
+        harness = Harness(client, settings, store, {"comfyui": engine})
+        job_id = harness.generate(engine="comfyui", seed=99, width=64, height=64, steps=3)
+        harness.work("comfyui")
+        view = harness.job(job_id)
+        assert view["status"] == "done", view
+        assert view["progress"] == {"step": 3, "total": 3}
+        png_key = view["result"]["png_key"]
+
+        latest = client.get("/api/images/latest").json()["items"]
+        assert latest[0]["key"] == png_key
+        ref = client.post("/api/images/select", json={"key": png_key}).json()["imageRef"]
+        assert ref["storageUri"].endswith(png_key)
+        stored = store.get(png_key)
+        assert client.get(ref["downloadUrl"]).content == stored
+
+    engine.close()
+    assert Image.open(io.BytesIO(stored)).size == (64, 64)
+    chunks = read_png_text(stored)
+    assert {"prompt", "workflow", "parameters", "kitty"} <= set(chunks)
+    assert json.loads(chunks["prompt"])["3"]["inputs"]["seed"] == 99
+    assert "Seed: 99" in chunks["parameters"]
+    sidecar = json.loads(store.get(view["result"]["meta_key"]))
+    assert sidecar["engine"] == "comfyui" and sidecar["device"] == url
+    assert sidecar["engine_info"]["server"] == "comfyui"
+    assert sidecar["versions"]["comfyui"] == VERSION
+    assert json.loads(chunks["kitty"])["job_id"] == job_id

@@ -1,0 +1,671 @@
+"""A fake ComfyUI server for adapter tests: v0.3.64's routes, bodies and websocket event order
+(``/work/shared/PEERS.md``), served for real by `serve_asgi`. It "renders" solid-colour PNGs with
+Pillow, carrying ComfyUI's ``prompt``/``workflow`` text chunks, and keeps a per-node cache.
+
+Switches a test may flip at any time: `step_delay_s`, `checkpoints`, `paused` (hold the queue),
+`fail_node_type` (that node raises → ``execution_error``), `websocket_enabled`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+VERSION = "0.3.64"
+DEVICE_NAME = "cuda:0 NVIDIA H200 : cudaMallocAsync"
+DEFAULT_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors", "SDXL/sd_xl_base_1.0.safetensors")
+
+QUEUE_POLL_S = 0.005
+"""How often the fake's executor looks for queued work."""
+
+PREVIEW_EVENT, PREVIEW_JPEG = 1, 1
+"""Binary frame header: event type 1 (preview image), image format 1 (JPEG)."""
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NodeType:
+    required: tuple[str, ...]
+    outputs: tuple[str, ...]
+    is_output: bool = False
+
+
+NODE_TYPES: dict[str, NodeType] = {
+    "CheckpointLoaderSimple": NodeType(("ckpt_name",), ("MODEL", "CLIP", "VAE")),
+    "CLIPTextEncode": NodeType(("text", "clip"), ("CONDITIONING",)),
+    "EmptyLatentImage": NodeType(("width", "height", "batch_size"), ("LATENT",)),
+    "KSampler": NodeType(
+        (
+            "model",
+            "seed",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "positive",
+            "negative",
+            "latent_image",
+            "denoise",
+        ),
+        ("LATENT",),
+    ),
+    "VAEDecode": NodeType(("samples", "vae"), ("IMAGE",)),
+    "EmptyImage": NodeType(("width", "height", "batch_size", "color"), ("IMAGE",)),
+    "SaveImage": NodeType(("images", "filename_prefix"), (), is_output=True),
+    "PreviewImage": NodeType(("images",), (), is_output=True),
+}
+"""The nodes this fake knows (a real server has hundreds); inputs all required."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+class NodeFailed(Exception):
+    pass
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def _error(
+    kind: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
+
+
+def _is_foreign_origin(host: str | None, origin: str | None) -> bool:
+    """ComfyUI's origin-only middleware: a loopback Host whose Origin names another host."""
+    if not host or not origin:
+        return False
+    host_domain = host.lower()
+    parsed = urlsplit(origin)
+    origin_domain: str | None = parsed.netloc.lower()
+    host_parsed = urlsplit("//" + host_domain)
+    loopback = host_parsed.hostname in ("127.0.0.1", "localhost", "::1")
+    compared_host: str | None = host_domain if parsed.port is not None else host_parsed.hostname
+    if host_parsed.port is None:
+        origin_domain = parsed.hostname
+    return bool(loopback and compared_host and origin_domain and compared_host != origin_domain)
+
+
+class FakeComfyUI:
+    def __init__(
+        self, *, checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS, step_delay_s: float = 0.01
+    ) -> None:
+        self.checkpoints = list(checkpoints)
+        self.step_delay_s = step_delay_s
+        self.paused = False
+        self.fail_node_type: str | None = None
+        self.websocket_enabled = True
+        # What tests assert on.
+        self.submitted: list[dict[str, Any]] = []
+        self.interrupts: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.socket_clients: list[str] = []
+        # Server state, touched only from the server's event loop.
+        self.pending: list[list[Any]] = []
+        self.running: list[Any] | None = None
+        self.history: dict[str, dict[str, Any]] = {}
+        self.files: dict[tuple[str, str, str], bytes] = {}
+        self.sockets: dict[str, WebSocket] = {}
+        self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
+        self.number = 0
+        self.counter = 0
+        self.interrupt_flag = False
+        self._executor: asyncio.Task[None] | None = None
+        self.app = self._origin_check(self._api_prefix(self._build()))
+
+    # --- ASGI wrappers ------------------------------------------------------------------------
+    @staticmethod
+    def _api_prefix(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """Every route also answers under ``/api`` (ComfyUI's frontend uses those)."""
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] in ("http", "websocket") and (path == "/api" or path.startswith("/api/")):
+                scope = dict(scope, path=path[4:] or "/", raw_path=(path[4:] or "/").encode())
+            await app(scope, receive, send)
+
+        return wrapped
+
+    @staticmethod
+    def _origin_check(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """A loopback Host with a different Origin gets 403, HTTP and websocket alike."""
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] in ("http", "websocket"):
+                headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+                if _is_foreign_origin(headers.get("host"), headers.get("origin")):
+                    if scope["type"] == "http":
+                        await send({"type": "http.response.start", "status": 403, "headers": []})
+                        await send({"type": "http.response.body", "body": b""})
+                    else:
+                        await send({"type": "websocket.close", "code": 1008})
+                    return
+            await app(scope, receive, send)
+
+        return wrapped
+
+    # --- routes -------------------------------------------------------------------------------
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.websocket("/ws")
+        async def websocket(ws: WebSocket) -> None:
+            if not self.websocket_enabled:
+                await ws.close()  # before accept: the handshake is refused (HTTP 403)
+                return
+            await ws.accept()
+            sid = ws.query_params.get("clientId") or uuid.uuid4().hex
+            self.sockets[sid] = ws
+            self.socket_clients.append(sid)
+            try:
+                await ws.send_json({"type": "status", "data": {"status": self._queue_info(), "sid": sid}})
+                while True:
+                    await ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                if self.sockets.get(sid) is ws:
+                    del self.sockets[sid]
+
+        @app.post("/prompt")
+        async def post_prompt(request: Request) -> Response:
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                return Response(
+                    "500 Internal Server Error\n\nServer got itself in trouble", 500, media_type="text/plain"
+                )
+            self.submitted.append(body)
+            if "prompt" not in body:
+                return JSONResponse(
+                    {"error": _error("no_prompt", "No prompt provided"), "node_errors": {}}, status_code=400
+                )
+            prompt = body["prompt"]
+            error, outputs, node_errors = self._validate(prompt)
+            if error is not None:
+                return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
+            number = self.number
+            self.number += 1
+            if body.get("front"):
+                number = -number
+            prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+            extra_data = dict(body.get("extra_data") or {})
+            if "client_id" in body:
+                extra_data["client_id"] = body["client_id"]
+            extra_data["create_time"] = _now_ms()
+            self.pending.append([number, prompt_id, prompt, extra_data, outputs])
+            self.pending.sort(key=lambda item: item[0])
+            if self._executor is None or self._executor.done():
+                self._executor = asyncio.create_task(self._execute_queue())
+            await self._broadcast("status", {"status": self._queue_info()})
+            return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+
+        @app.get("/prompt")
+        async def get_prompt() -> dict[str, Any]:
+            return self._queue_info()
+
+        @app.get("/queue")
+        async def get_queue() -> dict[str, Any]:
+            return {"queue_running": [self.running] if self.running else [], "queue_pending": self.pending}
+
+        @app.post("/queue")
+        async def post_queue(request: Request) -> Response:
+            body = await request.json()
+            if body.get("clear"):
+                self.pending.clear()
+            for prompt_id in body.get("delete") or []:
+                self.deleted.append(prompt_id)
+                self.pending[:] = [item for item in self.pending if item[1] != prompt_id]
+            return Response(status_code=200)
+
+        @app.post("/interrupt")
+        async def post_interrupt(request: Request) -> Response:
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                body = {}
+            self.interrupts.append(body)
+            prompt_id = body.get("prompt_id")
+            if self.running is not None and (not prompt_id or self.running[1] == prompt_id):
+                self.interrupt_flag = True
+            return Response(status_code=200)
+
+        @app.get("/history")
+        async def get_all_history() -> dict[str, Any]:
+            return self.history
+
+        @app.get("/history/{prompt_id}")
+        async def get_history(prompt_id: str) -> dict[str, Any]:
+            return {prompt_id: self.history[prompt_id]} if prompt_id in self.history else {}
+
+        @app.get("/view")
+        async def view(filename: str = "", subfolder: str = "", type: str = "output") -> Response:
+            if not filename or filename.startswith("/") or ".." in filename:
+                return Response(status_code=400)
+            data = self.files.get((type, subfolder, filename))
+            if data is None:
+                return Response(status_code=404)
+            return Response(
+                data, media_type="image/png", headers={"Content-Disposition": f'filename="{filename}"'}
+            )
+
+        @app.get("/system_stats")
+        async def system_stats() -> dict[str, Any]:
+            return {
+                "system": {
+                    "os": "posix",
+                    "ram_total": 137438953472,
+                    "ram_free": 120000000000,
+                    "comfyui_version": VERSION,
+                    "required_frontend_version": "1.27.10",
+                    "python_version": "3.11.9",
+                    "pytorch_version": "2.8.0+cu128",
+                    "embedded_python": False,
+                    "argv": ["main.py", "--listen", "127.0.0.1"],
+                },
+                "devices": [
+                    {
+                        "name": DEVICE_NAME,
+                        "type": "cuda",
+                        "index": 0,
+                        "vram_total": 150754820096,
+                        "vram_free": 149000000000,
+                        "torch_vram_total": 0,
+                        "torch_vram_free": 0,
+                    }
+                ],
+            }
+
+        @app.get("/object_info")
+        async def object_info() -> dict[str, Any]:
+            return {name: self._node_info(name) for name in NODE_TYPES}
+
+        @app.get("/object_info/{node_class}")
+        async def object_info_node(node_class: str) -> dict[str, Any]:
+            return {node_class: self._node_info(node_class)} if node_class in NODE_TYPES else {}
+
+        return app
+
+    def _node_info(self, name: str) -> dict[str, Any]:
+        node = NODE_TYPES[name]
+        required: dict[str, Any] = {key: ["*", {}] for key in node.required}
+        if name == "CheckpointLoaderSimple":
+            required["ckpt_name"] = [
+                list(self.checkpoints),
+                {"tooltip": "The name of the checkpoint (model) to load."},
+            ]
+        return {
+            "input": {"required": required},
+            "input_order": {"required": list(node.required)},
+            "output": list(node.outputs),
+            "output_is_list": [False] * len(node.outputs),
+            "output_name": list(node.outputs),
+            "name": name,
+            "display_name": name,
+            "description": "",
+            "python_module": "nodes",
+            "category": "fake",
+            "output_node": node.is_output,
+        }
+
+    # --- validation (execution.validate_prompt's answers) -------------------------------------
+    def _validate(self, prompt: Any) -> tuple[dict[str, Any] | None, list[str], dict[str, Any]]:
+        if not isinstance(prompt, dict):
+            return _error("invalid_prompt", "Prompt must be a dict"), [], {}
+        for node_id, node in prompt.items():
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            if class_type is None:
+                return (
+                    _error(
+                        "invalid_prompt",
+                        "Cannot execute because a node is missing the class_type property.",
+                        f"Node ID '#{node_id}'",
+                    ),
+                    [],
+                    {},
+                )
+            if class_type not in NODE_TYPES:
+                return (
+                    _error(
+                        "invalid_prompt",
+                        f"Cannot execute because node {class_type} does not exist.",
+                        f"Node ID '#{node_id}'",
+                    ),
+                    [],
+                    {},
+                )
+        outputs = [node_id for node_id, node in prompt.items() if NODE_TYPES[node["class_type"]].is_output]
+        if not outputs:
+            return _error("prompt_no_outputs", "Prompt has no outputs"), [], {}
+        node_errors: dict[str, Any] = {}
+        good: list[str] = []
+        for output in outputs:
+            bad = False
+            for node_id in self._ancestry(prompt, output):
+                errors = self._node_errors(prompt, node_id)
+                if errors:
+                    bad = True
+                    entry = node_errors.setdefault(
+                        node_id,
+                        {
+                            "errors": errors,
+                            "dependent_outputs": [],
+                            "class_type": prompt[node_id]["class_type"],
+                        },
+                    )
+                    entry["dependent_outputs"].append(output)
+            if not bad:
+                good.append(output)
+        if not good:
+            return (
+                _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"),
+                [],
+                node_errors,
+            )
+        return None, good, node_errors
+
+    def _ancestry(self, prompt: dict[str, Any], node_id: str, seen: set[str] | None = None) -> list[str]:
+        """`node_id` and every node it depends on, dependencies first."""
+        seen = set() if seen is None else seen
+        if node_id in seen or node_id not in prompt:
+            return []
+        seen.add(node_id)
+        order: list[str] = []
+        for value in prompt[node_id].get("inputs", {}).values():
+            if _is_link(value):
+                order += self._ancestry(prompt, value[0], seen)
+        return order + [node_id]
+
+    def _node_errors(self, prompt: dict[str, Any], node_id: str) -> list[dict[str, Any]]:
+        node = prompt[node_id]
+        inputs = node.get("inputs", {})
+        errors = []
+        for name in NODE_TYPES[node["class_type"]].required:
+            if name not in inputs:
+                errors.append(
+                    _error("required_input_missing", "Required input is missing", name, {"input_name": name})
+                )
+            elif _is_link(inputs[name]) and inputs[name][0] not in prompt:
+                errors.append(
+                    _error(
+                        "bad_linked_input",
+                        "Bad linked input, must be a length-2 list of [string, int]",
+                        name,
+                        {"input_name": name},
+                    )
+                )
+        if node["class_type"] == "CheckpointLoaderSimple" and "ckpt_name" in inputs:
+            value = inputs["ckpt_name"]
+            if value not in self.checkpoints:
+                errors.append(
+                    _error(
+                        "value_not_in_list",
+                        "Value not in list",
+                        f"ckpt_name: '{value}' not in {self.checkpoints}",
+                        {"input_name": "ckpt_name", "received_value": value},
+                    )
+                )
+        return errors
+
+    # --- execution ----------------------------------------------------------------------------
+    def _queue_info(self) -> dict[str, Any]:
+        return {"exec_info": {"queue_remaining": len(self.pending) + (1 if self.running else 0)}}
+
+    async def _send(self, sid: str | None, event: str, data: Any) -> None:
+        ws = self.sockets.get(sid or "")
+        if ws is None:
+            return
+        try:
+            if isinstance(data, bytes):
+                await ws.send_bytes(data)
+            else:
+                await ws.send_json({"type": event, "data": data})
+        except Exception:  # a client that went away must not stop execution
+            self.sockets.pop(sid or "", None)
+
+    async def _broadcast(self, event: str, data: Any) -> None:
+        for sid in list(self.sockets):
+            await self._send(sid, event, data)
+
+    async def _execute_queue(self) -> None:
+        while True:
+            if self.paused or not self.pending:
+                await asyncio.sleep(QUEUE_POLL_S)
+                continue
+            item = self.running = self.pending.pop(0)
+            try:
+                await self._execute(*item)
+            finally:
+                self.running = None
+            # The history is written before these two: a client may fetch it on `executing` null.
+            await self._broadcast("status", {"status": self._queue_info()})
+            client = item[3].get("client_id")
+            await self._send(client, "executing", {"node": None, "display_node": None, "prompt_id": item[1]})
+
+    async def _execute(
+        self,
+        number: int,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        extra_data: dict[str, Any],
+        outputs: list[str],
+    ) -> None:
+        client = extra_data.get("client_id")
+        self.interrupt_flag = False
+        messages: list[list[Any]] = []
+        ui_outputs: dict[str, Any] = {}
+        executed: list[str] = []
+
+        async def emit(event: str, data: dict[str, Any]) -> None:
+            data = {**data, "prompt_id": prompt_id}
+            if event.startswith("execution_"):
+                messages.append([event, data])
+            await self._send(client, event, data)
+
+        order: list[str] = []
+        seen: set[str] = set()
+        for output in outputs:
+            order += self._ancestry(prompt, output, seen)
+        signatures = {node_id: self._signature(prompt, node_id) for node_id in order}
+        cached = [node_id for node_id in order if signatures[node_id] in self.cache]
+        await emit("execution_start", {"timestamp": _now_ms()})
+        await emit("execution_cached", {"nodes": cached, "timestamp": _now_ms()})
+        values: dict[str, tuple[Any, ...]] = {}
+        status = "success"
+        try:
+            for node_id in order:
+                class_type = prompt[node_id]["class_type"]
+                if node_id in cached:
+                    values[node_id], ui = self.cache[signatures[node_id]]
+                else:
+                    if self.interrupt_flag:
+                        raise Interrupted(node_id)
+                    await self._send(
+                        client, "progress_state", self._progress_state(prompt_id, node_id, 0, 1, "running")
+                    )
+                    await emit(
+                        "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}
+                    )
+                    inputs = {
+                        name: values[value[0]][value[1]] if _is_link(value) else value
+                        for name, value in prompt[node_id]["inputs"].items()
+                    }
+                    if class_type == self.fail_node_type:
+                        raise NodeFailed(node_id)
+                    values[node_id], ui = await self._run_node(
+                        class_type, node_id, inputs, prompt_id, prompt, extra_data, emit, client
+                    )
+                    self.cache[signatures[node_id]] = (values[node_id], ui)
+                    executed.append(node_id)
+                if ui is not None:
+                    ui_outputs[node_id] = ui
+                    await emit(
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
+                    )
+            await emit("execution_success", {"timestamp": _now_ms()})
+        except Interrupted as stop:
+            status = "error"
+            node_id = stop.args[0]
+            await emit(
+                "execution_interrupted",
+                {
+                    "node_id": node_id,
+                    "node_type": prompt[node_id]["class_type"],
+                    "executed": executed,
+                    "timestamp": _now_ms(),
+                },
+            )
+        except NodeFailed as failed:
+            status = "error"
+            node_id = failed.args[0]
+            await emit(
+                "execution_error",
+                {
+                    "node_id": node_id,
+                    "node_type": prompt[node_id]["class_type"],
+                    "executed": executed,
+                    "exception_message": "Allocation on device would exceed allowed memory. (out of memory)",
+                    "exception_type": "torch.OutOfMemoryError",
+                    "traceback": ['  File "/ComfyUI/execution.py", line 496, in execute\n'],
+                    "current_inputs": {},
+                    "current_outputs": {},
+                    "timestamp": _now_ms(),
+                },
+            )
+        self.history[prompt_id] = {
+            "prompt": [number, prompt_id, prompt, extra_data, outputs],
+            "outputs": ui_outputs,
+            "status": {"status_str": status, "completed": status == "success", "messages": messages},
+            "meta": {
+                node_id: {
+                    "node_id": node_id,
+                    "display_node": node_id,
+                    "parent_node": None,
+                    "real_node_id": node_id,
+                }
+                for node_id in ui_outputs
+            },
+        }
+
+    @staticmethod
+    def _progress_state(prompt_id: str, node_id: str, value: int, maximum: int, state: str) -> dict[str, Any]:
+        return {
+            "prompt_id": prompt_id,
+            "nodes": {
+                node_id: {
+                    "value": value,
+                    "max": maximum,
+                    "state": state,
+                    "node_id": node_id,
+                    "prompt_id": prompt_id,
+                    "display_node_id": node_id,
+                    "parent_node_id": None,
+                    "real_node_id": node_id,
+                }
+            },
+        }
+
+    def _signature(self, prompt: dict[str, Any], node_id: str) -> str:
+        node = prompt[node_id]
+        inputs = {
+            name: self._signature(prompt, value[0]) + f"#{value[1]}" if _is_link(value) else value
+            for name, value in sorted(node["inputs"].items())
+        }
+        return json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
+
+    async def _run_node(
+        self,
+        class_type: str,
+        node_id: str,
+        inputs: dict[str, Any],
+        prompt_id: str,
+        prompt: dict[str, Any],
+        extra_data: dict[str, Any],
+        emit: Callable[[str, dict[str, Any]], Awaitable[None]],
+        client: str | None,
+    ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        if class_type == "CheckpointLoaderSimple":
+            return (f"model:{inputs['ckpt_name']}", "clip", "vae"), None
+        if class_type == "CLIPTextEncode":
+            return (str(inputs["text"]),), None
+        if class_type == "EmptyLatentImage":
+            return (
+                {"width": inputs["width"], "height": inputs["height"], "batch": inputs["batch_size"]},
+            ), None
+        if class_type == "KSampler":
+            steps = int(inputs["steps"])
+            for step in range(1, steps + 1):
+                await asyncio.sleep(self.step_delay_s)
+                await emit("progress", {"value": step, "max": steps, "node": node_id})
+                await self._send(
+                    client, "progress_state", self._progress_state(prompt_id, node_id, step, steps, "running")
+                )
+                if step == 1:
+                    await self._send(client, "", self._preview())
+            return ({**inputs["latent_image"], "seed": int(inputs["seed"])},), None
+        if class_type == "VAEDecode":
+            latent = inputs["samples"]
+            seed = latent["seed"]
+            colors = [
+                ((seed * 37 + 91 * i) % 256, (seed * 11 + 53 * i) % 256, (seed + 29 * i) % 256)
+                for i in range(latent["batch"])
+            ]
+            return ([(latent["width"], latent["height"], color) for color in colors],), None
+        if class_type == "EmptyImage":
+            color = int(inputs["color"])
+            rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
+            return ([(int(inputs["width"]), int(inputs["height"]), rgb)] * int(inputs["batch_size"]),), None
+        # SaveImage / PreviewImage
+        saved = class_type == "SaveImage"
+        kind = "output" if saved else "temp"
+        prefix = str(inputs.get("filename_prefix", "ComfyUI")) if saved else "ComfyUI_temp_fake"
+        refs = []
+        for width, height, color in inputs["images"]:
+            self.counter += 1
+            filename = f"{prefix}_{self.counter:05}_.png"
+            info = PngInfo()
+            info.add_text("prompt", json.dumps(prompt))
+            for key, value in (extra_data.get("extra_pnginfo") or {}).items():
+                info.add_text(key, json.dumps(value))
+            buffer = io.BytesIO()
+            Image.new("RGB", (width, height), color).save(
+                buffer, format="PNG", pnginfo=info, compress_level=4
+            )
+            self.files[(kind, "", filename)] = buffer.getvalue()
+            refs.append({"filename": filename, "subfolder": "", "type": kind})
+        return (), {"images": refs}
+
+    @staticmethod
+    def _preview() -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="JPEG")
+        return struct.pack(">I", PREVIEW_EVENT) + struct.pack(">I", PREVIEW_JPEG) + buffer.getvalue()
