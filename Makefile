@@ -35,3 +35,25 @@ lint: install
 
 clean:
 	rm -rf $(VENV) var test-output .pytest_cache
+
+# --- deployment: docker compose (Linux, NVIDIA with COMPOSE_PROFILES=gpu) and launchd (macOS) ---
+COMPOSE_FILE := deploy/compose/docker-compose.yml
+# The repository's .env when there is one; otherwise compose reads deploy/compose/.env by itself.
+COMPOSE_ENV := $(if $(wildcard .env),--env-file .env,)
+
+.PHONY: compose-up compose-down launchd-install launchd-uninstall
+
+compose-up:  ## build and start Redis, MinIO, images-service, worker(s), gateway (127.0.0.1:8080)
+	docker compose -f $(COMPOSE_FILE) $(COMPOSE_ENV) up -d --build
+
+compose-down:  ## stop and remove the containers; volumes (queue, images, models) are kept
+	docker compose -f $(COMPOSE_FILE) $(COMPOSE_ENV) down
+
+launchd-install:  ## macOS: images-service, worker, gateway as user agents (WITH_REDIS=1 WITH_MINIO=1 to add those)
+	@# Off macOS, let install.sh refuse (and say why) before the venv is built for nothing.
+	@test "$$(uname -s)" = Darwin || test "$${DRY_RUN:-0}" = 1 || deploy/launchd/install.sh
+	$(MAKE) install
+	VENV="$(abspath $(VENV))" deploy/launchd/install.sh
+
+launchd-uninstall:  ## macOS: stop and remove the user agents (data and logs are kept)
+	deploy/launchd/uninstall.sh

@@ -1,4 +1,4 @@
-"""`kitty-images`: the operator's command — models (tiny, pull, list), running the stack, the demo."""
+"""`kitty-images`: the operator's command — models (tiny, pull, list), the stack, the demo, the doctor."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import httpx
 
+from .doctor import CHECK_NAMES
 from .models import CATALOG, ModelRegistry, register_model
 from .settings import get_settings
 
@@ -191,3 +192,25 @@ def demo(prompt: str) -> None:
         f"downloaded {len(downloaded)} bytes through the imageRef; identical to the stored {key}", err=True
     )
     click.echo(json.dumps({"imageRef": ref}, indent=2))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print a bundle: checks, settings, versions")
+@click.option(
+    "--skip",
+    multiple=True,
+    type=click.Choice(CHECK_NAMES),
+    help="leave a check out (repeatable)",
+)
+def doctor(as_json: bool, skip: tuple[str, ...]) -> None:
+    """Check Redis, storage, engines, models, the device and disk; say what to fix. Exit 1 on a FAIL."""
+    from .doctor import diagnose, render_text
+
+    # Settings are read afresh (not get_settings()'s cached copy): the doctor must see the
+    # environment as it is now, and report invalid settings rather than crash on them.
+    report = diagnose(skip)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        click.echo(render_text(report))
+    sys.exit(1 if report.failed else 0)
