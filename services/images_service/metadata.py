@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import platform
-import re
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -18,6 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 from services.contracts import RenderSpec
 
 from . import __version__
+from .redaction import redact
 
 PARAMETERS_CHUNK = "parameters"
 """A1111's chunk name; its PNG Info tab, ComfyUI and most galleries read it."""
@@ -28,9 +28,7 @@ KITTY_CHUNK = "kitty"
 SIDECAR_VERSION = 1
 """Bumped when the sidecar's shape changes incompatibly."""
 
-REDACTED = "[redacted]"
 
-_SECRET_NAME = re.compile(r"api[_-]?key|token|passw(or)?d|secret|authorization|credential", re.IGNORECASE)
 
 # Our scheduler names → (A1111 sampler, A1111 "Schedule type" or None). A1111 v1.9+ splits the
 # old "DPM++ 2M Karras" into sampler "DPM++ 2M" plus schedule type "Karras"; diffusers' PNDM is
@@ -119,18 +117,6 @@ def build_sidecar(
         "png_key": png_key,
         "meta_key": meta_key,
     }
-
-
-def redact(value: Any) -> Any:
-    """A copy of `value` with every field named like a secret blanked, at any depth."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTED if isinstance(key, str) and _SECRET_NAME.search(key) else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
-    return value
 
 
 def encode_png(

@@ -21,6 +21,25 @@ MIN_SCRUB_CHARS = 4
 they are still redacted wherever they appear as a setting's value."""
 
 
+FIELD_SECRET_NAME = re.compile(
+    r"api[_-]?key|token|passw(or)?d|secret|authorization|credential", re.IGNORECASE
+)
+"""A request field named like this is blanked in sidecars. Narrower than SECRET_NAME: a stored
+request has fields such as `png_key` that are not secrets."""
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with every field named like a secret blanked, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if isinstance(key, str) and FIELD_SECRET_NAME.search(key) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
 def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 

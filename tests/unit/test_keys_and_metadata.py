@@ -12,14 +12,8 @@ from PIL import Image
 
 from services.contracts import RenderSpec
 from services.images_service.errors import ValidationFailed
-from services.images_service.metadata import (
-    REDACTED,
-    build_sidecar,
-    encode_png,
-    infotext,
-    read_png_text,
-    redact,
-)
+from services.images_service.metadata import build_sidecar, encode_png, infotext, read_png_text
+from services.images_service.redaction import REDACTED, redact
 from services.images_service.storage.keys import meta_key_for, new_image_key, validate_image_key
 
 PREFIX = "images/"
