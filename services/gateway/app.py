@@ -16,11 +16,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.logs import configure_logging
+from services.common.request_id import RequestIdMiddleware
+
 from . import __version__
 from .errors import install_error_handlers
-from .logs import configure_logging
 from .proxy import PROXY_METHODS, check_upstream_ready, forward
-from .request_id import RequestIdMiddleware
 from .settings import GatewaySettings
 
 GALLERY_DIR = Path(__file__).parent / "gallery"

@@ -15,9 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.request_id import REQUEST_ID_HEADER, request_id_of
 from services.contracts import ErrorBody, ErrorCode, ErrorInfo
-
-from .request_id import REQUEST_ID_HEADER, request_id_of
 
 log = logging.getLogger("kitty.gateway")
 

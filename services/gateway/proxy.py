@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from services.common.request_id import request_id_of
 from services.contracts import ErrorCode
 
 from .errors import GatewayError, route_not_found, upstream_timeout, upstream_unavailable
 from .metrics import PROXY_REQUESTS, PROXY_SECONDS, UPSTREAM_ERRORS, route_template
-from .request_id import request_id_of
 from .settings import GatewaySettings
 
 log = logging.getLogger("kitty.gateway.proxy")

@@ -13,11 +13,13 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from redis import Redis
 
+from services.common.logs import configure_logging
+from services.common.request_id import RequestIdMiddleware
+
 from . import __version__
 from .api import engines, handlers, health, images
 from .errors import KittyError
 from .gallery import GalleryIndex
-from .logs import configure_logging
 from .metrics import HTTP_SECONDS
 from .models import ModelRegistry
 from .queue import JobQueue, connect_redis
@@ -68,6 +70,7 @@ def create_app(
             connection.close()
 
     app = FastAPI(title="KITTY images-service", version=__version__, lifespan=lifespan)
+    app.add_middleware(RequestIdMiddleware)
     handlers.install_error_handlers(app)
     app.include_router(images.router)
     app.include_router(engines.router)

@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from services.common.logs import request_id_var
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
@@ -119,6 +120,7 @@ class JobQueue:
                     "engine": spec.engine,
                     "model": spec.model,
                     "progress": {"step": 0, "total": spec.steps},
+                    "request_id": request_id_var.get(),
                 },
             )
         log.info("job enqueued", extra={"job_id": job_id, "engine": spec.engine, "model": spec.model})

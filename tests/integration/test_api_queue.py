@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,9 +15,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client import REGISTRY
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from services.common.logs import JsonFormatter
 from services.images_service.app import create_app
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
@@ -287,6 +290,23 @@ def test_health_ready_and_metrics(harness: Harness) -> None:
     metrics = harness.client.get("/metrics").text
     assert 'images_jobs_enqueued_total{engine="diffusers"}' in metrics
     assert "images_http_request_seconds_bucket" in metrics
+    assert 'images_queue_depth{engine="diffusers"} 1.0' in metrics
+
+
+def test_worker_metrics_count_bytes_stored_and_queue_wait(harness: Harness) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    png, waits = (
+        sample("images_bytes_stored_total", kind="png"),
+        sample("images_job_queue_wait_seconds_count", engine="diffusers"),
+    )
+    job_id = harness.generate()
+    harness.work()
+    stored = harness.store.get(harness.job(job_id)["result"]["png_key"])
+    assert sample("images_bytes_stored_total", kind="png") - png == len(stored)
+    assert sample("images_job_queue_wait_seconds_count", engine="diffusers") - waits == 1
+    assert sample("images_jobs_finished_total", engine="diffusers", status="done") >= 1
 
 
 def test_fs_download_link_refuses_tampering(harness_factory: Callable[..., Harness]) -> None:
@@ -335,3 +355,37 @@ def test_engines_matrix_without_models_is_misconfigured(tmp_path: Path, redis_ur
         rows = {r["engine_id"]: r for r in client.get("/api/images/engines").json()["engines"]}
     assert rows["diffusers"]["status"] == "misconfigured"
     assert "kitty-images models tiny" in rows["diffusers"]["detail"]
+
+
+class JsonLines(logging.Handler):
+    """Collects records as the services write them: JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_request_id_reaches_the_job_and_its_worker_log_lines(harness: Harness) -> None:
+    response = harness.client.post(
+        "/api/images/generate", json={"prompt": "a fox"}, headers={"X-Request-ID": "req-123"}
+    )
+    assert response.headers["x-request-id"] == "req-123"
+    job_id = response.json()["job_id"]
+    assert harness.client.get(f"/api/images/jobs/{job_id}").headers["x-request-id"] != "req-123"
+
+    lines = JsonLines()
+    logger = logging.getLogger("kitty.images.worker")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        harness.work()
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    finished = [line for line in lines.lines if line["msg"] == "job finished"]
+    assert finished and finished[0]["request_id"] == "req-123" and finished[0]["job_id"] == job_id

@@ -6,7 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..engines import ENGINES
 from ..errors import KittyError
+from ..metrics import QUEUE_DEPTH
 from .deps import QueueDep, StoreDep
 
 router = APIRouter(tags=["health"])
@@ -33,5 +35,10 @@ def readyz(queue: QueueDep, store: StoreDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics() -> Response:
+def metrics(queue: QueueDep) -> Response:
+    for engine in ENGINES:
+        try:
+            QUEUE_DEPTH.labels(engine=engine).set(queue.depth(engine))
+        except KittyError:  # Redis down: /readyz says so; the scrape still answers
+            break
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

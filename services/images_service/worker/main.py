@@ -17,7 +17,8 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from ..logs import configure_logging
+from services.common.logs import configure_logging
+
 from ..queue import connect_redis
 from ..settings import get_settings
 from .tasks import Runtime, set_runtime

@@ -32,3 +32,14 @@ JOB_RUN_SECONDS = Histogram(
     ["engine"],
     buckets=JOB_SECONDS_BUCKETS,
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    "images_job_queue_wait_seconds",
+    "Seconds a job waited in the queue before a worker started it, by engine.",
+    ["engine"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0),
+)
+BYTES_STORED = Counter(
+    "images_bytes_stored_total",
+    "Bytes written to storage by jobs, by kind (png, sidecar, thumbnail).",
+    ["kind"],
+)

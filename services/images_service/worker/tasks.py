@@ -18,6 +18,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from services.common.logs import log_context
 from services.contracts import ImageInfo, JobResult, RenderSpec
 
 from ..engines import Engine, JobCanceled, RenderResult, make_engine
@@ -29,7 +30,7 @@ from ..queue import CANCEL_KEY
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
-from .metrics import JOB_RUN_SECONDS, JOBS_FINISHED
+from .metrics import BYTES_STORED, JOB_RUN_SECONDS, JOBS_FINISHED, QUEUE_WAIT_SECONDS
 
 log = logging.getLogger("kitty.images.worker")
 
@@ -140,9 +141,12 @@ def store_result(
             sidecar=sidecar,
             extra_chunks=rendered.text_chunks,
         )
-        runtime.store.put(meta_key, json.dumps(sidecar, indent=2).encode(), "application/json")
-        runtime.store.put(thumb_key, encode_thumbnail(rendered.image), "image/webp")
+        meta, thumb = json.dumps(sidecar, indent=2).encode(), encode_thumbnail(rendered.image)
+        runtime.store.put(meta_key, meta, "application/json")
+        runtime.store.put(thumb_key, thumb, "image/webp")
         runtime.store.put(png_key, png, "image/png")
+        for kind, data in (("sidecar", meta), ("thumbnail", thumb), ("png", png)):
+            BYTES_STORED.labels(kind=kind).inc(len(data))
         if index is not None:
             index.add(item_from_sidecar(sidecar, size=len(png), last_modified=created_at))
         images.append(
@@ -152,13 +156,23 @@ def store_result(
 
 
 def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
-    """The RQ job function. Failures are recorded as a wire error in the job's meta, then re-raised
-    so RQ marks the job failed."""
+    """The RQ job function: log lines inside carry the job id and the request id that submitted it."""
     job = get_current_job()
+    request_id = job.meta.get("request_id") if job else None
+    with log_context(request_id=request_id, job_id=job.id if job else None):
+        return _render(job, spec_data)
+
+
+def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Failures are recorded as a wire error in the job's meta, then re-raised so RQ marks the job
+    failed."""
     runtime = get_runtime()
     reporter = JobReporter(job, job.connection if job else None)
     job_id = job.id if job else "local"
     spec = RenderSpec.model_validate(spec_data)
+    if job is not None and job.enqueued_at is not None:
+        waited = datetime.now(UTC) - job.enqueued_at.replace(tzinfo=job.enqueued_at.tzinfo or UTC)
+        QUEUE_WAIT_SECONDS.labels(engine=spec.engine).observe(max(0.0, waited.total_seconds()))
     started = time.perf_counter()
     status = "error"
     try:

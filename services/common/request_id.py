@@ -1,4 +1,5 @@
-"""Request ids: keep the caller's ``X-Request-ID`` when it is sane, else make one; echo it on every response.
+"""Request ids (gateway and images-service): keep the caller's ``X-Request-ID`` when it is sane,
+else make one; echo it on every response; tag the request's log lines with it.
 
 A pure ASGI middleware (not ``BaseHTTPMiddleware``) so streamed bodies and server-sent events pass
 through it untouched.
@@ -12,6 +13,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .logs import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -51,7 +54,11 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
