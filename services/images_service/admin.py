@@ -214,3 +214,20 @@ def doctor(as_json: bool, skip: tuple[str, ...]) -> None:
     else:
         click.echo(render_text(report))
     sys.exit(1 if report.failed else 0)
+
+
+@cli.command()
+def reindex() -> None:
+    """Rebuild the gallery index in Redis from what storage holds (storage is the source of truth)."""
+    from .errors import KittyError
+    from .gallery import GalleryIndex
+    from .queue import connect_redis
+    from .storage import make_store
+
+    settings = get_settings()
+    try:
+        index = GalleryIndex(connect_redis(settings.redis_url), settings.queue_prefix)
+        count = index.rebuild(make_store(settings), settings.s3_prefix)
+    except KittyError as exc:
+        _fail(exc.message, *exc.remediation)
+    click.echo(f"indexed {count} images")

@@ -165,3 +165,20 @@ def test_event_stream_ends_with_the_terminal_view(build: Callable[..., Harness])
 def test_event_stream_of_unknown_job_is_404(build: Callable[..., Harness]) -> None:
     response = build().client.get("/api/images/jobs/nope/events")
     assert response.status_code == 404 and response.json()["error"]["code"] == "JOB_NOT_FOUND"
+
+
+def test_reindex_command_rebuilds_the_index(
+    build: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from services.images_service import admin
+
+    harness = build()
+    keys = make_images(harness, 2)
+    connect_redis(harness.settings.redis_url).flushdb()
+    monkeypatch.setattr(admin, "get_settings", lambda: harness.settings)
+    result = CliRunner().invoke(admin.cli, ["reindex"])
+    assert result.exit_code == 0 and "indexed 2 images" in result.output
+    listed = [i["key"] for i in harness.client.get("/api/images/latest").json()["items"]]
+    assert listed == list(reversed(keys))
