@@ -1,4 +1,5 @@
-"""What every command shares: where the gateway is, the API key, and how the `ImagesClient` is made.
+"""What every command shares: where the gateway is, the API key, how the `ImagesClient` is made, and
+the exit codes.
 
 The factory lives in ``ctx.obj`` so tests hand in a client backed by ``httpx.MockTransport``.
 """
@@ -15,6 +16,15 @@ from services.contracts.client import POLL_INTERVAL_S
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 """The gateway's default bind (GATEWAY_HOST:GATEWAY_PORT)."""
+
+PROG_NAME = "kitty-cli"
+"""The installed command's name, which shell completion scripts are written for."""
+
+EXIT_FAILED = 1
+"""The job or the call failed; the reason is on stderr."""
+
+EXIT_INTERRUPTED = 130
+"""Ctrl-C while waiting (128 + SIGINT), as shells report it."""
 
 ClientFactory = Callable[[str, str | None], ImagesClient]
 """Makes a client from (base URL, API key)."""

@@ -14,8 +14,9 @@ import click
 from services.contracts import ApiError, ErrorCode, ErrorInfo
 
 from . import __version__
-from .context import DEFAULT_GATEWAY_URL, CliState, state_of
-from .images import COMMANDS, EXIT_FAILED
+from .completion import completion
+from .context import DEFAULT_GATEWAY_URL, EXIT_FAILED, PROG_NAME, CliState, state_of
+from .images import COMMANDS, images
 from .render import print_error
 
 DEBUG_ENV = "KITTY_DEBUG"
@@ -55,17 +56,29 @@ class KittyGroup(click.Group):
     help="The gateway's base URL (KITTY_GATEWAY_URL).",
 )
 @click.option("--api-key", envvar="KITTY_API_KEY", help="API key sent as X-API-Key (KITTY_API_KEY).")
-@click.version_option(__version__, prog_name="kitty-cli")
+@click.version_option(__version__, prog_name=PROG_NAME)
 @click.pass_context
 def cli(ctx: click.Context, url: str, api_key: str | None) -> None:
-    """KITTY Images from the terminal: generate, list and select images through the gateway."""
+    """KITTY Images from the terminal: generate, list and select images through the gateway.
+
+    Data (keys, tables, JSON, imageRefs) goes to stdout; progress and messages go to stderr.
+    Every `images.NAME` command is also `images NAME`.
+
+    
+    Examples:
+      kitty-cli images.generate "a watercolor fox in the snow" --out fox.png
+      kitty-cli images.latest --limit 12
+      kitty-cli images.select 1
+      kitty-cli --url http://gpu-box:8080 images models
+      eval "$(kitty-cli completion bash)"       # Tab completion
+    """
     state: CliState = state_of(ctx)
     state.base_url = url
     state.api_key = api_key or None
     ctx.call_on_close(state.close)
 
 
-for command in COMMANDS:
+for command in (*COMMANDS, images, completion):
     cli.add_command(command)
 
 

@@ -1,20 +1,39 @@
-"""How results look in a terminal: error lines, the latest table, a job's view and the progress line.
+"""How results look in a terminal: error lines, aligned tables (latest, models, engines), a job's view
+and the progress line.
 
 Data goes to stdout, messages (errors, progress) to stderr.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import unicodedata
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 
 import click
 
-from services.contracts import EngineRow, ErrorInfo, JobStatus, JobView, LatestItem
+from services.contracts import EngineRow, ErrorInfo, JobStatus, JobView, LatestItem, ModelsView
 
 PROGRESS_BAR_WIDTH = 30
 """Characters of the progress bar, short enough to fit an 80-column line with the counts."""
+
+PROMPT_EXCERPT_WIDTH = 40
+"""Terminal columns a prompt gets in `images.latest`: enough to recognise it, short enough that the key
+after it stays on a 100-column line."""
+
+COLUMN_GAP = "  "
+"""Between table columns: two spaces read as a column break where one reads as a word break."""
+
+MISSING = "-"
+"""An empty cell, so every row splits into the same number of words."""
+
+
+def echo_json(data: Any) -> None:
+    """Indented JSON on stdout: what scripts read (`jq`)."""
+    click.echo(json.dumps(data, indent=2))
 
 
 def print_error(info: ErrorInfo) -> None:
@@ -45,17 +64,94 @@ def format_time(value: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide (CJK, emoji) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def excerpt(text: str | None, width: int = PROMPT_EXCERPT_WIDTH) -> str:
+    """``text`` on one line in at most ``width`` columns, ending in ``…`` when cut.
+
+    Control characters are dropped: a prompt is user input, and an escape sequence in it must not
+    drive the terminal.
+    """
+    if not text:
+        return MISSING
+    line = " ".join("".join(ch for ch in text if ch.isprintable() or ch.isspace()).split())
+    if display_width(line) <= width:
+        return line or MISSING
+    cut, used = [], 0
+    for ch in line:
+        used += display_width(ch)
+        if used > width - 1:
+            break
+        cut.append(ch)
+    return "".join(cut).rstrip() + "…"
+
+
+def aligned(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as lines of columns padded to their widest cell (by terminal width); columns in ``right``
+    are right-aligned. The last column is not padded, so lines carry no trailing spaces."""
+    widths = [max(display_width(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = []
+        for c, cell in enumerate(row):
+            pad = " " * (widths[c] - display_width(cell))
+            is_last = c == len(row) - 1
+            cells.append(pad + cell if c in right else cell if is_last else cell + pad)
+        lines.append(COLUMN_GAP.join(cells).rstrip())
+    return lines
+
+
+def format_created(value: str | None) -> str:
+    """A listing's timestamp in UTC to the second, without a zone suffix (the header says UTC)."""
+    return format_time(value).removesuffix("Z")
+
+
+def format_dimensions(width: int | None, height: int | None) -> str:
+    return f"{width}x{height}" if width and height else MISSING
+
+
 def latest_table(items: list[LatestItem]) -> list[str]:
-    """Aligned rows, newest first and numbered from 1: the numbers `images.select N` accepts."""
-    rows = [("#", "LAST MODIFIED (UTC)", "SIZE", "KEY")]
+    """Aligned rows, newest first and numbered from 1 (the numbers `images.select N` accepts); the key
+    comes last so ``awk '{print $NF}'`` picks it whatever the prompt holds."""
+    rows = [("#", "CREATED (UTC)", "MODEL", "SIZE", "PROMPT", "KEY")]
     rows += [
-        (str(i), format_time(it.last_modified), format_size(it.size), it.key) for i, it in enumerate(items, 1)
+        (
+            str(i),
+            format_created(item.last_modified),
+            item.model or MISSING,
+            format_dimensions(item.width, item.height),
+            excerpt(item.prompt),
+            item.key,
+        )
+        for i, item in enumerate(items, 1)
     ]
-    widths = [max(len(row[c]) for row in rows) for c in range(3)]
-    return [
-        f"{index:>{widths[0]}}  {modified:<{widths[1]}}  {size:>{widths[2]}}  {key}"
-        for index, modified, size, key in rows
-    ]
+    return aligned(rows, right={0, 3})
+
+
+def models_table(view: ModelsView) -> list[str]:
+    """One row per registered model: whether it is the default, where it loads from, its refiner and
+    the size and steps a request gets when it names neither."""
+    rows = [("NAME", "DEFAULT", "SOURCE", "REFINER", "SIZE", "STEPS", "DESCRIPTION")]
+    for model in view.models:
+        defaults = model.defaults
+        rows.append(
+            (
+                model.name,
+                "yes" if model.name == view.default else MISSING,
+                "local" if model.local else "hub",
+                model.refiner or MISSING,
+                format_dimensions(defaults.get("width"), defaults.get("height")),
+                str(defaults["steps"]) if defaults.get("steps") else MISSING,
+                excerpt(model.description, width=60) if model.description else "",
+            )
+        )
+    return aligned(rows)
 
 
 def image_keys(view: JobView) -> list[str]:
@@ -90,27 +186,32 @@ def job_lines(view: JobView) -> list[str]:
 
 
 class ProgressLine:
-    """Shows a waiting job on stderr: redrawn in place on a terminal, one line per change otherwise."""
+    """Shows a waiting job on stderr: one line redrawn in place on a terminal, one line per change
+    otherwise (a log file or CI output gets no carriage returns)."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         # Looked up at call time: click's test runner swaps sys.stderr for each invocation.
         self.stream: IO[str] = stream or sys.stderr
         self.is_tty = self.stream.isatty()
+        self._drawn_width = 0
         self._drawn = False
 
     def __call__(self, view: JobView) -> None:
         text = self.describe(view)
         if self.is_tty:
             # Pad so a shorter line fully covers the one it replaces.
-            click.echo(f"\r{text:<{PROGRESS_BAR_WIDTH + 40}}", file=self.stream, nl=False)
+            padding = " " * max(0, self._drawn_width - len(text))
+            click.echo(f"\r{text}{padding}", file=self.stream, nl=False)
+            self._drawn_width = len(text)
         else:
             click.echo(text, file=self.stream)
         self._drawn = True
 
     def finish(self) -> None:
+        """End the redrawn line, so what follows starts on a line of its own."""
         if self.is_tty and self._drawn:
             click.echo("", file=self.stream)
-        self._drawn = False
+        self._drawn, self._drawn_width = False, 0
 
     @staticmethod
     def describe(view: JobView) -> str:
@@ -118,16 +219,12 @@ class ProgressLine:
         if view.status is JobStatus.STARTED and total:
             filled = PROGRESS_BAR_WIDTH * min(step, total) // total
             bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
-            return f"{view.status.value:<8} [{bar}] {step}/{total}"
+            return f"{view.status.value:<8} [{bar}] {step}/{total} {100 * min(step, total) // total:>3}%"
         return f"{view.status.value:<8} job {view.job_id}"
 
 
 def engines_table(rows: list[EngineRow]) -> list[str]:
     """One aligned line per engine: name, status, workers, version, then what to do about it."""
     table = [("ENGINE", "STATUS", "WORKERS", "VERSION", "DETAIL")]
-    table += [(r.engine_id, r.status, str(r.workers), r.version or "-", r.detail) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in table
-    ]
+    table += [(r.engine_id, r.status, str(r.workers), r.version or MISSING, r.detail) for r in rows]
+    return aligned(table)

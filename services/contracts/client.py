@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -16,6 +18,7 @@ from .schema import (
     GenerateView,
     JobView,
     LatestView,
+    ModelsView,
     SelectView,
 )
 
@@ -23,7 +26,18 @@ DEFAULT_TIMEOUT_S = 30.0
 """Per-request timeout; generation itself is asynchronous, so no call should take long."""
 
 POLL_INTERVAL_S = 0.25
-"""How often `wait` asks for a job's view while it runs."""
+"""How often `wait` asks for a job's view while it runs, when the service has no event stream."""
+
+EVENTS_READ_TIMEOUT_S = 60.0
+"""Longest silence tolerated on a job's event stream. The service sends a keep-alive comment every
+15 s, so only a stream that is really dead goes this long without a byte."""
+
+JOB_EVENT = "job"
+"""The server-sent event type that carries a `JobView`."""
+
+STREAM_UNAVAILABLE_STATUSES = frozenset({404, 405, 501, 502, 503, 504})
+"""Answers to ``/events`` after which `watch` polls instead: no such route (an older service or a
+proxy that does not know it), or a transport failure. Polling then shows the real error, if any."""
 
 
 class ApiError(Exception):
@@ -47,6 +61,67 @@ def _error_from_response(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, info)
 
 
+def _unreachable(base_url: str, exc: httpx.HTTPError) -> ApiError:
+    """A transport failure (no answer, a dropped connection) as the API error a caller handles."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ApiError(
+            504,
+            ErrorInfo(
+                code=ErrorCode.UPSTREAM_TIMEOUT,
+                message=f"{base_url} did not answer in time",
+                remediation=["Check that the service is running and not overloaded."],
+            ),
+        )
+    return ApiError(
+        502,
+        ErrorInfo(
+            code=ErrorCode.UPSTREAM_UNAVAILABLE,
+            message=f"cannot reach {base_url}: {exc}",
+            remediation=[
+                "Start the stack with `make run`, or set KITTY_GATEWAY_URL to a running gateway.",
+            ],
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    """One dispatched event of a ``text/event-stream``; ``event`` is ``"message"`` when unnamed."""
+
+    event: str
+    data: str
+    id: str | None = None
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[ServerSentEvent | None]:
+    """Parse ``text/event-stream`` lines (without their line endings) as the HTML spec says.
+
+    Yields each event when its blank line arrives, and ``None`` for each comment line (keep-alives),
+    so a consumer can notice the stream is alive. An event cut off by the stream's end is dropped.
+    """
+    event, last_id = "", None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield ServerSentEvent(event or "message", "\n".join(data), last_id)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            yield None
+            continue
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\0" not in value:
+            last_id = value
+        # `retry` and unknown fields are ignored: a consumer that reconnects polls instead.
+
+
 class ImagesClient:
     """Sync client; pass ``transport`` to drive it against an in-process app or a mock."""
 
@@ -60,6 +135,9 @@ class ImagesClient:
     ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        self._api_headers = headers
+        self._timeout = timeout
+        self._transport = transport
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
@@ -76,28 +154,12 @@ class ImagesClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ApiError(
-                504,
-                ErrorInfo(
-                    code=ErrorCode.UPSTREAM_TIMEOUT,
-                    message=f"{self.base_url} did not answer in time",
-                    remediation=["Check that the service is running and not overloaded."],
-                ),
-            ) from exc
         except httpx.HTTPError as exc:
-            raise ApiError(
-                502,
-                ErrorInfo(
-                    code=ErrorCode.UPSTREAM_UNAVAILABLE,
-                    message=f"cannot reach {self.base_url}: {exc}",
-                    remediation=[
-                        "Start the stack with `make run`, or set KITTY_GATEWAY_URL to a running gateway.",
-                    ],
-                ),
-            ) from exc
+            raise _unreachable(self.base_url, exc) from exc
         if response.status_code >= 400:
             raise _error_from_response(response)
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError as exc:
@@ -125,8 +187,54 @@ class ImagesClient:
     def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("POST", f"/api/images/jobs/{job_id}/cancel"))
 
-    def latest(self, limit: int = 36) -> LatestView:
-        return LatestView.model_validate(self._call("GET", "/api/images/latest", params={"limit": limit}))
+    def events(self, job_id: str) -> Iterator[JobView]:
+        """The job's views from its event stream (``GET /api/images/jobs/{id}/events``): one per
+        change, the last one terminal. Raises `ApiError` when the stream cannot be opened or breaks."""
+        for view in self._stream_views(job_id):
+            if view is not None:
+                yield view
+
+    def _stream_views(self, job_id: str) -> Iterator[JobView | None]:
+        """`events`, plus ``None`` for each keep-alive so a waiter can check its deadline."""
+        timeout = httpx.Timeout(self._timeout, read=max(self._timeout, EVENTS_READ_TIMEOUT_S))
+        path = f"/api/images/jobs/{quote(job_id, safe='')}/events"
+        try:
+            with self._http.stream(
+                "GET", path, headers={"Accept": "text/event-stream"}, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from_response(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    # Something answered 200 that is not the stream (a catch-all page): no route here.
+                    raise ApiError(
+                        404,
+                        ErrorInfo(
+                            code=ErrorCode.NOT_FOUND,
+                            message=f"{response.request.url} is not an event stream",
+                        ),
+                    )
+                for event in iter_sse(response.iter_lines()):
+                    if event is None:
+                        yield None
+                    elif event.event == JOB_EVENT:
+                        yield JobView.model_validate_json(event.data)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+
+    def models(self) -> ModelsView:
+        return ModelsView.model_validate(self._call("GET", "/api/images/models"))
+
+    def latest(self, limit: int = 36, cursor: str | None = None) -> LatestView:
+        """Newest first; pass a listing's ``next_cursor`` as ``cursor`` for the next, older page."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return LatestView.model_validate(self._call("GET", "/api/images/latest", params=params))
+
+    def delete(self, key: str) -> None:
+        """Remove an image with its sidecar and thumbnail (``DELETE /api/images/items/{key}``)."""
+        self._call("DELETE", f"/api/images/items/{quote(key, safe='/')}")
 
     def engines(self) -> EnginesView:
         return EnginesView.model_validate(self._call("GET", "/api/images/engines"))
@@ -135,20 +243,56 @@ class ImagesClient:
         return SelectView.model_validate(self._call("POST", "/api/images/select", json={"key": key}))
 
     def download(self, url: str) -> bytes:
-        """GET a `downloadUrl`; it is absolute and carries its own authorisation."""
-        response = httpx.get(url, timeout=DEFAULT_TIMEOUT_S, follow_redirects=True)
+        """GET a `downloadUrl`; it is absolute and carries its own authorisation.
+
+        It goes through this client's transport (so an in-process or mock transport serves it too),
+        but the API key is sent only to this client's own origin, never to an object store's host.
+        """
+        target, own = httpx.URL(url), self._http.base_url
+        is_own_origin = (target.scheme, target.host, target.port) == (own.scheme, own.host, own.port)
+        headers = self._api_headers if is_own_origin else {}
+        try:
+            # A client of its own: redirects are followed here, and the API client's headers stay put.
+            with httpx.Client(
+                transport=self._transport, timeout=self._timeout, follow_redirects=True
+            ) as http:
+                response = http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _unreachable(f"{target.scheme}://{target.netloc.decode()}", exc) from exc
         if response.status_code >= 400:
             raise _error_from_response(response)
         return response.content
 
     def watch(self, job_id: str, *, interval: float = POLL_INTERVAL_S) -> Iterator[JobView]:
         """Yield the job's view each time it changes, ending with its terminal view."""
+        for view in self._follow(job_id, interval):
+            if view is not None:
+                yield view
+
+    def _follow(self, job_id: str, interval: float) -> Iterator[JobView | None]:
+        """Changed views from the event stream, then by polling if the stream is unavailable or ends
+        early; ``None`` in between (keep-alives, unchanged polls) lets a waiter check its deadline."""
         last: JobView | None = None
+        try:
+            for view in self._stream_views(job_id):
+                if view is None or view == last:
+                    yield None
+                    continue
+                last = view
+                yield view
+                if view.status.is_terminal:
+                    return
+        except ApiError as exc:
+            if exc.status not in STREAM_UNAVAILABLE_STATUSES:
+                raise
+        # No stream (an older service), or it broke or ended before the job did: poll from here on.
         while True:
             view = self.job(job_id)
             if view != last:
-                yield view
                 last = view
+                yield view
+            else:
+                yield None
             if view.status.is_terminal:
                 return
             time.sleep(interval)
@@ -161,13 +305,19 @@ class ImagesClient:
         on_update: Callable[[JobView], None] | None = None,
         interval: float = POLL_INTERVAL_S,
     ) -> JobView:
-        """Poll until the job ends; ``on_update`` sees each changed view (progress bars)."""
+        """Follow the job until it ends, from its event stream (polling every ``interval`` seconds
+        where there is none); ``on_update`` sees each changed view (progress bars)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        view = None
-        for view in self.watch(job_id, interval=interval):
-            if on_update:
-                on_update(view)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {view.status.value} after {timeout:.0f}s")
+        view: JobView | None = None
+        # `_follow` ends after the terminal view, which also closes the event stream.
+        for update in self._follow(job_id, interval):
+            if update is not None:
+                view = update
+                if on_update:
+                    on_update(view)
+            is_over = view is not None and view.status.is_terminal
+            if not is_over and deadline is not None and time.monotonic() > deadline:
+                status = view.status.value if view else "unseen"
+                raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f}s")
         assert view is not None
         return view

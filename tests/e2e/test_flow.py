@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,71 +15,22 @@ from click.testing import CliRunner
 from kitty_cli.main import cli
 from PIL import Image
 
-from services.images_service.settings import Settings
 from services.images_service.storage import make_store
-from tests.support.servers import free_port, start_process
+from tests.support.stack import Stack, run_stack
 
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent
 
 JOB_DEADLINE_S = 120
 """A bound on waiting for one tiny job, generous for a loaded 2-core CI machine."""
 
-
-@dataclass
-class Stack:
-    gateway_url: str
-    images_url: str
-    metrics_url: str
-    settings: Settings
-    processes: dict
+E2E_REDIS_DB = 3
+"""This module's Redis database; the browser tests use another, so their galleries never mix."""
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models: Path) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("e2e-var")
-    images_port, gateway_port, metrics_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.rsplit("/", 1)[0] + "/3",
-        "IMAGES_DATA_DIR": str(data_dir),
-        "MODELS_YAML": str(tiny_models),
-        "IMAGES_PORT": str(images_port),
-        "IMAGES_WORKER_METRICS_PORT": str(metrics_port),
-        "IMAGES_BASE": f"http://127.0.0.1:{images_port}",
-        "GATEWAY_PORT": str(gateway_port),
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("S3_BUCKET", None)
-    logs = data_dir / "logs"
-    logs.mkdir()
-    processes = {
-        "images": start_process(
-            [str(BIN / "images-service")], env, f"http://127.0.0.1:{images_port}/readyz", logs / "images.log"
-        ),
-        "worker": start_process(
-            [str(BIN / "images-worker"), "--preload", "tiny-sd15"],
-            env,
-            f"http://127.0.0.1:{metrics_port}/metrics",
-            logs / "worker.log",
-        ),
-        "gateway": start_process(
-            [str(BIN / "gateway")], env, f"http://127.0.0.1:{gateway_port}/readyz", logs / "gateway.log"
-        ),
-    }
-    settings = Settings(_env_file=None, data_dir=data_dir, redis_url=env["REDIS_URL"])  # type: ignore[call-arg]
-    try:
-        yield Stack(
-            gateway_url=f"http://127.0.0.1:{gateway_port}",
-            images_url=f"http://127.0.0.1:{images_port}",
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-            settings=settings,
-            processes=processes,
-        )
-    finally:
-        for proc in processes.values():
-            proc.stop()
+    with run_stack(tmp_path_factory.mktemp("e2e-var"), redis_server, tiny_models, redis_db=E2E_REDIS_DB) as s:
+        yield s
 
 
 def kitty(stack: Stack, *args: str) -> str:

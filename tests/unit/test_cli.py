@@ -3,16 +3,21 @@ requests it sends, against a scripted API behind ``httpx.MockTransport``."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
+from click.shell_completion import BashComplete
 from click.testing import CliRunner, Result
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +28,10 @@ except ImportError:  # not installed: import it from the source tree, as `pip in
 
 from kitty_cli.context import CliState  # noqa: E402
 from kitty_cli.main import cli  # noqa: E402
+from kitty_cli.render import ProgressLine  # noqa: E402
 
-from services.contracts import ImagesClient  # noqa: E402
+from services.contracts import ApiError, ImagesClient, JobView  # noqa: E402
+from services.contracts.client import ServerSentEvent, iter_sse  # noqa: E402
 
 GATEWAY = "http://gateway.test:8080"
 IMAGE_KEYS = ["images/20240501_120300_cccccccc.png", "images/20240501_120200_bbbbbbbb.png"]
@@ -49,18 +56,41 @@ LATEST = {
             "key": "images/20240501_120300_cccccccc.png",
             "size": 1_572_864,
             "last_modified": "2024-05-01T12:03:00+00:00",
+            "prompt": "a watercolor fox\nin the snow, \x1b[31mred\x1b[0m scarf, soft light over the hills",
+            "model": "sdxl_base",
+            "width": 1024,
+            "height": 768,
+            "seed": 7,
         },
         {
             "key": "images/20240501_120200_bbbbbbbb.png",
             "size": 2048,
             "last_modified": "2024-05-01T12:02:00+00:00",
+            "prompt": "雪の中の狐",
+            "model": "tiny-sd15",
+            "width": 64,
+            "height": 64,
         },
-        {
+        {  # an image indexed by an older service: no card fields
             "key": "images/20240501_120100_aaaaaaaa.png",
             "size": 512,
             "last_modified": "2024-05-01T12:01:00+00:00",
         },
     ]
+}
+
+MODELS = {
+    "models": [
+        {
+            "name": "sdxl_base",
+            "local": True,
+            "refiner": "sdxl_refiner",
+            "defaults": {"width": 1024, "height": 1024, "steps": 30, "cfg": 7.0},
+        },
+        {"name": "tiny-sd15", "local": True, "defaults": {"width": 64, "height": 64, "steps": 4}},
+        {"name": "flux_schnell", "local": False, "defaults": {"steps": 4, "cfg": 0.0}},
+    ],
+    "default": "tiny-sd15",
 }
 
 ENGINES = {
@@ -85,21 +115,70 @@ ENGINES = {
 }
 
 
-class FakeApi:
-    """A scripted gateway: job views are served in order, the last one repeating; requests are kept."""
+def sse(views: list[dict[str, Any]]) -> bytes:
+    """The service's event stream for ``views``, with a keep-alive comment and a foreign event mixed in."""
+    frames = [": keep-alive\n\n", "event: ping\ndata: {}\n\n"]
+    frames += [f"event: job\ndata: {json.dumps(view)}\n\n" for view in views]
+    return "".join(frames).encode()
 
-    def __init__(self, job_views: list[dict[str, Any]] | None = None) -> None:
+
+def breaking_stream(views: list[dict[str, Any]]) -> Iterator[bytes]:
+    """An event stream whose connection drops after ``views``."""
+    yield sse(views)
+    raise httpx.ReadError("connection reset by peer")
+
+
+DOWNLOAD_HOST = "minio.test"
+
+
+def png_bytes(key: str) -> bytes:
+    return b"\x89PNG fake " + key.encode()
+
+
+class FakeApi:
+    """A scripted gateway: job views are served in order, the last one repeating; requests are kept.
+
+    ``events`` says how ``/jobs/job-1/events`` answers: ``"stream"`` (every job view as an event),
+    ``"404"`` (an older service without the route), or ``"break"`` (the first ``break_after`` views,
+    then a dropped connection).
+    """
+
+    def __init__(
+        self,
+        job_views: list[dict[str, Any]] | None = None,
+        *,
+        events: str = "stream",
+        break_after: int = 1,
+        cancel_view: dict[str, Any] | None = None,
+    ) -> None:
         self.job_views = list(job_views or [job_view("done", result=DONE_RESULT)])
+        self.events = events
+        self.break_after = break_after
+        self.cancel_view = cancel_view or job_view("canceled")
         self.requests: list[httpx.Request] = []
+
+    def next_view(self) -> dict[str, Any]:
+        return self.job_views.pop(0) if len(self.job_views) > 1 else self.job_views[0]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
+        if request.url.host == DOWNLOAD_HOST:
+            return httpx.Response(200, content=png_bytes(path.lstrip("/")))
         if path == "/api/images/generate":
             return httpx.Response(202, json={"job_id": "job-1", "status": "queued"})
         if path == "/api/images/jobs/job-1":
-            view = self.job_views.pop(0) if len(self.job_views) > 1 else self.job_views[0]
-            return httpx.Response(200, json=view)
+            return httpx.Response(200, json=self.next_view())
+        if path == "/api/images/jobs/job-1/events" and self.events != "404":
+            if self.events == "break":
+                streamed = [self.next_view() for _ in range(self.break_after)]
+                return httpx.Response(
+                    200, headers={"content-type": "text/event-stream"}, content=breaking_stream(streamed)
+                )
+            views = [self.job_views.pop(0) for _ in range(len(self.job_views) - 1)] + self.job_views
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse(views))
+        if path == "/api/images/jobs/job-1/cancel":
+            return httpx.Response(200, json=self.cancel_view)
         if path.startswith("/api/images/jobs/"):
             return httpx.Response(404, json=error_body("JOB_NOT_FOUND", "no such job", ["Check the id."]))
         if path == "/api/images/latest":
@@ -111,17 +190,24 @@ class FakeApi:
                 200,
                 json={
                     "imageRef": {
-                        "downloadUrl": f"http://minio.test/{key}?sig=x",
+                        "downloadUrl": f"http://{DOWNLOAD_HOST}/{key}?sig=x",
                         "storageUri": f"s3://kitty/{key}",
                     }
                 },
             )
+        if path.startswith("/api/images/items/") and request.method == "DELETE":
+            return httpx.Response(204)
         if path == "/api/images/engines":
             return httpx.Response(200, json=ENGINES)
+        if path == "/api/images/models":
+            return httpx.Response(200, json=MODELS)
         return httpx.Response(404, json=error_body("NOT_FOUND", "no route", []))
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [json.loads(r.content) for r in self.requests if r.url.path == path]
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
 
 
 def run(args: list[str], handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Result:
@@ -174,22 +260,75 @@ def test_generate_sends_every_option_under_its_wire_name() -> None:
     ]
 
 
-def test_generate_waits_through_progress_and_prints_the_keys() -> None:
-    api = FakeApi(
-        [
-            job_view("queued"),
-            job_view("started", 1, 3),
-            job_view("started", 3, 3),
-            job_view("done", 3, 3, result=DONE_RESULT),
-        ]
-    )
+PROGRESSING = [
+    job_view("queued"),
+    job_view("started", 1, 3),
+    job_view("started", 3, 3),
+    job_view("done", 3, 3, result=DONE_RESULT),
+]
+
+
+def test_generate_follows_the_event_stream_and_prints_the_keys() -> None:
+    api = FakeApi(list(PROGRESSING))
 
     result = run(["images.generate", "a red fox"], api)
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == IMAGE_KEYS
-    assert "queued" in result.stderr
+    assert result.stderr.splitlines()[:3] == [
+        "queued   job job-1",
+        "started  [##########--------------------] 1/3  33%",
+        "started  [##############################] 3/3 100%",
+    ]
+    assert "\r" not in result.stderr  # not a terminal: plain lines
+    assert api.paths() == ["/api/images/generate", "/api/images/jobs/job-1/events"]  # no polling
+    events = api.requests[1]
+    assert events.headers["accept"] == "text/event-stream"
+    assert events.extensions["timeout"]["read"] > 15  # the service's keep-alive interval
+
+
+def test_generate_polls_when_the_service_has_no_event_stream() -> None:
+    api = FakeApi(list(PROGRESSING), events="404")
+
+    result = run(["images.generate", "a red fox"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS
     assert "1/3" in result.stderr and "3/3" in result.stderr
+    assert api.paths()[1] == "/api/images/jobs/job-1/events"
+    assert api.paths()[2:] == ["/api/images/jobs/job-1"] * 4
+
+
+def test_generate_keeps_following_by_polling_when_the_stream_drops() -> None:
+    api = FakeApi(list(PROGRESSING), events="break", break_after=2)
+
+    result = run(["images.generate", "a red fox"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS
+    progress = result.stderr.splitlines()
+    assert [line.split()[0] for line in progress] == ["queued", "started", "started", "done"]
+    assert api.paths()[2:] == ["/api/images/jobs/job-1"] * 2  # the rest came by polling
+    assert "Error" not in result.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_redraws_one_line_on_a_terminal() -> None:
+    screen = Terminal()
+    progress = ProgressLine(screen)
+    for view in PROGRESSING:
+        progress(JobView.model_validate(view))
+    progress.finish()
+
+    drawn = screen.getvalue()
+    assert drawn.count("\n") == 1 and drawn.endswith("\n")
+    frames = drawn.rstrip("\n").split("\r")[1:]
+    assert [frame.split()[0] for frame in frames] == ["queued", "started", "started", "done"]
+    assert len(frames[-1]) >= len(frames[-2])  # a shorter line is padded over the longer one
 
 
 def test_generate_json_prints_the_final_job_view() -> None:
@@ -253,17 +392,57 @@ def test_api_error_from_the_gateway_is_one_clear_line() -> None:
     assert_no_traceback(result)
 
 
+def columns(text: str) -> int:
+    """Terminal columns of ``text`` (CJK characters take two), measured independently of the CLI."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def test_latest_numbers_newest_first_in_aligned_columns() -> None:
     result = run(["images.latest", "--limit", "3"], FakeApi())
 
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
-    assert header.split()[0] == "#"
+    assert header.split() == ["#", "CREATED", "(UTC)", "MODEL", "SIZE", "PROMPT", "KEY"]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     assert [row.split()[-1] for row in rows] == [item["key"] for item in LATEST["items"]]
-    assert "1.5 MiB" in rows[0] and "2.0 KiB" in rows[1]
-    key_column = {row.index("images/") for row in rows}
-    assert len(key_column) == 1  # keys start in the same column
+    assert rows[0].split()[1:5] == ["2024-05-01", "12:03:00", "sdxl_base", "1024x768"]
+    assert rows[1].split()[3:6] == ["tiny-sd15", "64x64", "雪の中の狐"]
+    assert rows[2].split()[3:6] == ["-", "-", "-"]  # an older item without card fields
+    spans = [cell_spans(line) for line in (header, *rows)]
+    assert all(len(line_spans) == 6 for line_spans in spans)
+    for column in (1, 2, 4, 5):  # CREATED, MODEL, PROMPT, KEY: left-aligned, start together
+        assert len({line_spans[column][0] for line_spans in spans}) == 1, header.split()[column]
+    for column in (0, 3):  # #, SIZE: right-aligned, end together
+        assert len({line_spans[column][1] for line_spans in spans}) == 1
+
+
+def cell_spans(line: str) -> list[tuple[int, int]]:
+    """(first, past-last) terminal column of each cell; cells are split by two or more spaces."""
+    return [
+        (columns(line[: m.start()]), columns(line[: m.end()])) for m in re.finditer(r"\S+(?: \S+)*", line)
+    ]
+
+
+def test_latest_shows_a_one_line_prompt_excerpt_without_control_characters() -> None:
+    result = run(["images.latest"], FakeApi())
+
+    first = result.stdout.splitlines()[1]
+    prompt = first[first.index("a watercolor") : first.index("images/")].rstrip()
+    assert prompt.startswith("a watercolor fox in the snow, ")  # the newline became a space
+    assert "\x1b" not in result.stdout
+    assert prompt.endswith("…") and columns(prompt) <= 40
+    assert len(result.stdout.splitlines()) == 4
+
+
+def test_latest_with_no_images_says_how_to_make_one_on_stderr() -> None:
+    def empty(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"items": []})
+
+    result = run(["images.latest"], empty)
+
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "images.generate" in result.stderr
 
 
 def test_latest_json_is_the_listing() -> None:
@@ -287,7 +466,10 @@ def test_select_by_index_resolves_the_key_from_the_newest_first_listing() -> Non
     assert int(api.requests[0].url.params["limit"]) >= 2
     assert api.bodies("/api/images/select") == [{"key": chosen}]
     assert json.loads(result.stdout) == {
-        "imageRef": {"downloadUrl": f"http://minio.test/{chosen}?sig=x", "storageUri": f"s3://kitty/{chosen}"}
+        "imageRef": {
+            "downloadUrl": f"http://{DOWNLOAD_HOST}/{chosen}?sig=x",
+            "storageUri": f"s3://kitty/{chosen}",
+        }
     }
 
 
@@ -395,3 +577,324 @@ def test_engines_prints_an_aligned_matrix_and_json() -> None:
 
     as_json = run(["images.engines", "--json"], FakeApi())
     assert json.loads(as_json.stdout) == ENGINES
+
+
+# --- generate --out -------------------------------------------------------------------------------
+def test_generate_out_downloads_every_image_next_to_the_file(tmp_path: Path) -> None:
+    api = FakeApi()
+    out = tmp_path / "fox.png"
+
+    result = run(
+        ["--api-key", "s3cret", "images.generate", "a fox", "--num-images", "2", "--out", str(out)], api
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS  # stdout stays data
+    second = tmp_path / "fox-2.png"
+    assert out.read_bytes() == png_bytes(IMAGE_KEYS[0])
+    assert second.read_bytes() == png_bytes(IMAGE_KEYS[1])
+    assert f"Saved {out} " in result.stderr and f"Saved {second} " in result.stderr
+    downloads = [r for r in api.requests if r.url.host == DOWNLOAD_HOST]
+    assert [r.url.params["sig"] for r in downloads] == ["x", "x"]
+    assert all("x-api-key" not in r.headers for r in downloads)  # the key stays with the gateway
+
+
+def test_generate_json_with_out_keeps_stdout_parseable(tmp_path: Path) -> None:
+    result = run(["images.generate", "a fox", "--json", "--out", str(tmp_path / "fox.png")], FakeApi())
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "done"
+    assert (tmp_path / "fox.png").exists() and "Saved" in result.stderr
+
+
+def test_generate_out_is_refused_before_queueing_when_it_cannot_be_written(tmp_path: Path) -> None:
+    api = FakeApi()
+
+    missing_dir = run(["images.generate", "a fox", "--out", str(tmp_path / "nope" / "fox.png")], api)
+    no_wait = run(["images.generate", "a fox", "--out", str(tmp_path / "fox.png"), "--no-wait"], api)
+
+    assert missing_dir.exit_code == 2 and "does not exist" in missing_dir.stderr
+    assert no_wait.exit_code == 2 and "--no-wait" in no_wait.stderr
+    assert api.requests == []
+
+
+def test_generate_failed_job_writes_no_file(tmp_path: Path) -> None:
+    result = run(
+        ["images.generate", "a fox", "--out", str(tmp_path / "fox.png")], FakeApi([job_view("canceled")])
+    )
+
+    assert result.exit_code == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- jobs, cancel ---------------------------------------------------------------------------------
+def test_jobs_wait_follows_the_job_to_its_end() -> None:
+    api = FakeApi(list(PROGRESSING))
+
+    result = run(["images.jobs", "job-1", "--wait"], api)
+
+    assert result.exit_code == 0, result.output
+    assert "3/3" in result.stderr
+    assert "done" in result.stdout and IMAGE_KEYS[0] in result.stdout
+
+
+def test_cancel_a_queued_job_prints_canceled() -> None:
+    api = FakeApi()
+
+    result = run(["images.cancel", "job-1"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "canceled\n"
+    assert result.stderr == "Canceled job job-1.\n"
+    assert [(r.method, r.url.path) for r in api.requests] == [("POST", "/api/images/jobs/job-1/cancel")]
+
+
+def test_cancel_a_running_job_says_it_stops_at_the_next_step_and_can_wait_for_it() -> None:
+    running = job_view("started", 2, 8)
+
+    asked = run(["images.cancel", "job-1"], FakeApi(cancel_view=running))
+    waited = run(["images.cancel", "job-1", "--wait"], FakeApi([job_view("canceled")], cancel_view=running))
+
+    assert asked.stdout == "started\n" and "stops at its next step" in asked.stderr
+    assert waited.exit_code == 0, waited.output
+    assert waited.stdout == "canceled\n" and "stopped: canceled" in waited.stderr
+
+
+def test_cancel_a_finished_job_leaves_it_done() -> None:
+    result = run(
+        ["images.cancel", "job-1", "--json"], FakeApi(cancel_view=job_view("done", result=DONE_RESULT))
+    )
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "done"
+    assert "already ended (done)" in result.stderr
+
+
+def test_cancel_unknown_job_exits_1() -> None:
+    result = run(["images.cancel", "nope"], FakeApi())
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error [JOB_NOT_FOUND]")
+
+
+# --- models, delete -------------------------------------------------------------------------------
+def test_models_marks_the_default_and_shows_source_refiner_size_and_steps() -> None:
+    result = run(["images.models"], FakeApi())
+
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["NAME", "DEFAULT", "SOURCE", "REFINER", "SIZE", "STEPS", "DESCRIPTION"]
+    assert [row.split() for row in rows] == [
+        ["sdxl_base", "-", "local", "sdxl_refiner", "1024x1024", "30"],
+        ["tiny-sd15", "yes", "local", "-", "64x64", "4"],
+        ["flux_schnell", "-", "hub", "-", "-", "4"],
+    ]
+    assert json.loads(run(["images.models", "--json"], FakeApi()).stdout)["default"] == "tiny-sd15"
+
+
+def test_delete_with_yes_deletes_the_numbered_image() -> None:
+    api = FakeApi()
+
+    result = run(["images.delete", "2", "--yes"], api)
+
+    assert result.exit_code == 0, result.output
+    deleted = [r for r in api.requests if r.method == "DELETE"]
+    assert [r.url.path for r in deleted] == [f"/api/images/items/{LATEST['items'][1]['key']}"]
+    assert result.stdout == ""
+    assert f"Deleted {LATEST['items'][1]['key']}" in result.stderr
+
+
+def test_delete_asks_first_and_does_nothing_when_declined() -> None:
+    key = str(LATEST["items"][0]["key"])
+    declined_api, accepted_api = FakeApi(), FakeApi()
+
+    declined = run(["images.delete", key], declined_api, input="n\n")
+    accepted = run(["images", "delete", key], accepted_api, input="y\n")
+
+    assert declined.exit_code == 1
+    assert f"Delete {key}" in declined.stderr and "Aborted" in declined.stderr
+    assert [r for r in declined_api.requests if r.method == "DELETE"] == []
+    assert accepted.exit_code == 0, accepted.output
+    assert [r.method for r in accepted_api.requests] == ["DELETE"]
+
+
+def test_delete_of_a_missing_key_is_one_clear_line() -> None:
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json=error_body("KEY_NOT_FOUND", "no image with key 'x'", []))
+
+    result = run(["images.delete", "images/20240101_000000_00000000.png", "-y"], missing)
+
+    assert result.exit_code == 1
+    assert result.stderr == "Error [KEY_NOT_FOUND]: no image with key 'x'\n"
+
+
+# --- the group form, help, completion -------------------------------------------------------------
+IMAGE_COMMANDS = ["generate", "latest", "select", "jobs", "cancel", "models", "engines", "delete"]
+
+
+def test_images_group_offers_the_same_commands() -> None:
+    group = cli.commands["images"]
+    assert isinstance(group, click.Group)
+    assert sorted(group.commands) == sorted(IMAGE_COMMANDS)
+    for name in IMAGE_COMMANDS:
+        assert group.commands[name] is cli.commands[f"images.{name}"]
+
+    dotted, grouped = FakeApi(), FakeApi()
+    first = run(["images.generate", "a fox", "--seed", "3"], dotted)
+    second = run(["images", "generate", "a fox", "--seed", "3"], grouped)
+    assert (first.exit_code, first.stdout, first.stderr) == (second.exit_code, second.stdout, second.stderr)
+    assert dotted.paths() == grouped.paths()
+    assert dotted.bodies("/api/images/generate") == grouped.bodies("/api/images/generate")
+
+
+@pytest.mark.parametrize(
+    "args", [[f"images.{name}"] for name in IMAGE_COMMANDS] + [["images"], ["completion"], []]
+)
+def test_help_has_examples_with_their_line_breaks(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--help"])
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    examples = lines.index("  Examples:")
+    assert lines[examples + 1].lstrip().startswith(("kitty-cli", "eval", "JOB=", "curl"))
+    assert lines[examples + 2].lstrip().startswith(("kitty-cli", "eval", "JOB=", "curl"))  # not rewrapped
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_script_for_the_shell(shell: str) -> None:
+    result = CliRunner().invoke(cli, ["completion", shell])
+
+    assert result.exit_code == 0, result.output
+    assert "_KITTY_CLI_COMPLETE" in result.stdout
+    assert f"{shell}_complete" in result.stdout  # the protocol value the script sends back
+    assert "kitty-cli" in result.stdout
+
+
+def test_completion_defaults_to_the_login_shell() -> None:
+    result = CliRunner().invoke(cli, ["completion"], env={"SHELL": "/usr/bin/zsh"})
+
+    assert result.exit_code == 0, result.output
+    assert "compdef" in result.stdout
+
+
+def completions(
+    args: list[str], incomplete: str, handler: Callable[[httpx.Request], httpx.Response]
+) -> list[Any]:
+    """What a shell would be offered after ``kitty-cli ARGS INCOMPLETE<Tab>``."""
+    state = CliState(
+        make_client=lambda url, key: ImagesClient(url, key, transport=httpx.MockTransport(handler))
+    )
+    completer = BashComplete(cli, {"obj": state}, "kitty-cli", "_KITTY_CLI_COMPLETE")
+    return completer.get_completions(args, incomplete)
+
+
+def test_completion_offers_commands_image_numbers_keys_and_models() -> None:
+    api = FakeApi()
+
+    commands = [c.value for c in completions([], "images.s", api)]
+    numbers = [(c.value, c.help) for c in completions(["--url", GATEWAY, "images.select"], "", api)]
+    keys = [c.value for c in completions(["images", "delete"], "images/20240501_1202", api)]
+    models = [c.value for c in completions(["images.generate", "x", "--model"], "t", api)]
+
+    assert commands == ["images.select"]
+    assert [n for n, _ in numbers] == ["1", "2", "3"] and numbers[1][1] == "雪の中の狐"
+    assert keys == [LATEST["items"][1]["key"]]
+    assert models == ["tiny-sd15"]
+    assert str(api.requests[0].url).startswith(GATEWAY)
+
+
+def test_completion_offers_nothing_when_the_gateway_is_down() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    assert completions(["images.select"], "", down) == []
+
+
+# --- the client ------------------------------------------------------------------------------------
+def test_sse_parser_follows_the_spec() -> None:
+    lines = [
+        ": keep-alive",
+        "",
+        "event: job",
+        'data: {"a":',
+        "data:1}",
+        "id: 7",
+        "",
+        "data: unnamed",
+        "retry: 100",
+        "",
+        "event: job",
+        "",  # no data: not dispatched
+        "event: cut",
+        "data: the stream ended before the blank line",
+    ]
+
+    events = list(iter_sse(lines))
+
+    assert events == [
+        None,
+        ServerSentEvent("job", '{"a":\n1}', "7"),
+        ServerSentEvent("message", "unnamed", "7"),
+    ]
+
+
+def test_client_events_yields_job_views_and_raises_on_errors() -> None:
+    api = FakeApi(list(PROGRESSING))
+    with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
+        views = list(client.events("job-1"))
+        with pytest.raises(ApiError) as missing:
+            list(client.events("nope"))
+
+    assert [v.status.value for v in views] == ["queued", "started", "started", "done"]
+    assert missing.value.info.code.value == "JOB_NOT_FOUND"
+
+
+def test_client_events_of_a_dropped_stream_raises_upstream_unavailable() -> None:
+    api = FakeApi(list(PROGRESSING), events="break", break_after=1)
+    with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
+        seen = []
+        with pytest.raises(ApiError) as dropped:
+            for view in client.events("job-1"):
+                seen.append(view.status.value)
+
+    assert seen == ["queued"]
+    assert dropped.value.info.code.value == "UPSTREAM_UNAVAILABLE"
+
+
+def test_client_latest_pages_with_a_cursor_and_delete_takes_a_204() -> None:
+    api = FakeApi()
+    with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
+        client.latest(5)
+        client.latest(limit=5, cursor="0001714564980000|images/a.png")
+        client.delete("images/20240501_120100_aaaaaaaa.png")  # a 204: no body to parse
+
+    first, paged, deleted = api.requests
+    assert "cursor" not in first.url.params
+    assert paged.url.params["cursor"] == "0001714564980000|images/a.png"
+    assert (deleted.method, deleted.url.path) == (
+        "DELETE",
+        "/api/images/items/images/20240501_120100_aaaaaaaa.png",
+    )
+
+
+def test_client_download_sends_the_api_key_only_to_its_own_origin() -> None:
+    api = FakeApi()
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        api.requests.append(request)
+        return httpx.Response(200, content=b"png")
+
+    with ImagesClient(GATEWAY, "s3cret", transport=httpx.MockTransport(serve)) as client:
+        assert client.download(f"{GATEWAY}/api/images/files/images/a.png?sig=1") == b"png"
+        assert client.download(f"http://{DOWNLOAD_HOST}/kitty/images/a.png?X-Amz-Signature=1") == b"png"
+
+    own, foreign = api.requests
+    assert own.headers["x-api-key"] == "s3cret"
+    assert "x-api-key" not in foreign.headers
+
+
+def test_client_wait_gives_up_after_its_timeout() -> None:
+    api = FakeApi([job_view("started", 1, 3)], events="404")
+    with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
+        with pytest.raises(TimeoutError, match="still started"):
+            client.wait("job-1", timeout=0.05, interval=0.01)

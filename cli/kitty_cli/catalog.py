@@ -1,0 +1,55 @@
+"""What the service offers: `images.models` (registered models and their defaults) and `images.engines`
+(each engine's health)."""
+
+from __future__ import annotations
+
+import click
+
+from .context import state_of
+from .render import echo_json, engines_table, models_table
+
+
+@click.command("images.models", short_help="List the registered models; the default is marked.")
+@click.option("--json", "as_json", is_flag=True, help="Print the models' JSON.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the models the service can render with: which one is the default, whether it loads from a
+    local folder or the hub, its refiner, and the size and steps a request gets when it names neither.
+
+    \b
+    Examples:
+      kitty-cli images.models
+      kitty-cli images models --json | jq -r .default
+    """
+    view = state_of(ctx).client().models()
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    if not view.models:
+        click.echo(
+            "No models registered; build the demo ones with `kitty-images models tiny` "
+            "or fetch one with `kitty-images models pull sdxl_base`.",
+            err=True,
+        )
+        return
+    for line in models_table(view):
+        click.echo(line)
+
+
+@click.command("images.engines", short_help="Show each engine: ready, offline or misconfigured.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix's JSON.")
+@click.pass_context
+def engines(ctx: click.Context, as_json: bool) -> None:
+    """Show the engines matrix: status, version, workers serving it, and why when not ready.
+
+    \b
+    Examples:
+      kitty-cli images.engines
+      kitty-cli images engines --json | jq '.engines[] | select(.status == "ready") | .engine_id'
+    """
+    view = state_of(ctx).client().engines()
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    for line in engines_table(view.engines):
+        click.echo(line)

@@ -1,0 +1,225 @@
+"""Job commands: `images.generate` (queue, follow the event stream with a progress line, download with
+``--out``), `images.jobs` and `images.cancel`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from services.contracts import (
+    ENGINE_NAMES,
+    SCHEDULER_NAMES,
+    ApiError,
+    ErrorCode,
+    ErrorInfo,
+    GenerateRequest,
+    ImagesClient,
+    JobStatus,
+    JobView,
+)
+
+from .completion import complete_model
+from .context import EXIT_FAILED, EXIT_INTERRUPTED, state_of
+from .render import ProgressLine, echo_json, format_size, image_keys, job_lines, print_error
+
+
+def request_from_options(options: dict[str, Any]) -> GenerateRequest:
+    """Validate here, so a bad flag is named before anything is queued."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    try:
+        return GenerateRequest(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ApiError(
+            400,
+            ErrorInfo(
+                code=ErrorCode.VALIDATION_ERROR,
+                message=problems,
+                remediation=["See `kitty-cli images.generate --help` for each option's range."],
+            ),
+        ) from exc
+
+
+def failure_of(view: JobView) -> ErrorInfo:
+    """Why a job did not finish, for jobs that ended ``error`` or ``canceled``."""
+    if view.error is not None:
+        return view.error
+    if view.status is JobStatus.CANCELED:
+        return ErrorInfo(code=ErrorCode.CANCELED, message=f"job {view.job_id} was canceled")
+    return ErrorInfo(
+        code=ErrorCode.ENGINE_ERROR,
+        message=f"job {view.job_id} ended {view.status.value} without saying why",
+        remediation=["Check the worker's log for this job id."],
+    )
+
+
+def follow(ctx: click.Context, client: ImagesClient, job_id: str) -> JobView:
+    """Wait for the job with a progress line on stderr; Ctrl-C stops waiting, not the job."""
+    progress = ProgressLine()
+    try:
+        view = client.wait(job_id, on_update=progress, interval=state_of(ctx).poll_interval)
+    except KeyboardInterrupt:
+        progress.finish()
+        click.echo(f"Stopped waiting; the job keeps running: kitty-cli images.jobs {job_id}", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    progress.finish()
+    return view
+
+
+def out_paths(out: Path, count: int) -> list[Path]:
+    """``out`` for the first image, then ``-2``, ``-3``… before the extension: fox.png, fox-2.png."""
+    return [out] + [out.with_name(f"{out.stem}-{n}{out.suffix}") for n in range(2, count + 1)]
+
+
+def check_out_path(out: Path) -> None:
+    """Refuse an unwritable ``--out`` before queueing, not after the image is rendered."""
+    if not out.parent.is_dir():
+        raise click.BadParameter(f"directory '{out.parent}' does not exist", param_hint="'--out'")
+
+
+def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
+    """Download each image of a finished job through its imageRef into ``out`` (and its siblings)."""
+    keys = image_keys(view)
+    for key, path in zip(keys, out_paths(out, len(keys)), strict=True):
+        data = client.download(client.select(key).imageRef.downloadUrl)
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
+        click.echo(f"Saved {path} ({format_size(len(data))})", err=True)
+
+
+@click.command("images.generate", short_help="Queue a prompt; follow its progress; print its image keys.")
+@click.argument("prompt")
+@click.option(
+    "--model",
+    help="Model name from the service's models.yaml (its default when omitted).",
+    shell_complete=complete_model,
+)
+@click.option("--width", type=int, help="Pixels, a multiple of 8 in 64-2048.")
+@click.option("--height", type=int, help="Pixels, a multiple of 8 in 64-2048.")
+@click.option("--steps", type=int, help="Denoising steps, 1-150.")
+@click.option("--cfg", type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, help="Fixed seed for a reproducible image (random when omitted).")
+@click.option("--negative", "negative_prompt", help="Negative prompt: what the image should not show.")
+@click.option("--num-images", type=int, help="Images in this job, 1-4.")
+@click.option(
+    "--engine", type=click.Choice(ENGINE_NAMES), help="Engine (the service's IMAGE_ENGINE when omitted)."
+)
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Sampler.")
+@click.option("--refiner/--no-refiner", default=None, help="Run the SDXL refiner pass after the base model.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="FILE",
+    help="Download the image into FILE; more images go to FILE-2, FILE-3 before the extension.",
+)
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its images."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job's final JSON instead of image keys.")
+@click.pass_context
+def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **options: Any) -> None:
+    """Queue PROMPT, show its progress on stderr, and print its image keys on stdout when it is done
+    (or only the job id with --no-wait).
+
+    \b
+    Examples:
+      kitty-cli images.generate "a watercolor fox in the snow"
+      kitty-cli images generate "a fox" --model tiny-sd15 --seed 42 --out fox.png
+      kitty-cli images.generate "a fox" --num-images 3 --out fox.png   # fox.png fox-2.png fox-3.png
+      kitty-cli images.generate "a fox" --json | jq -r .result.png_key
+      JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
+    """
+    if out is not None:
+        if not wait:
+            raise click.UsageError("--out needs the finished image; it cannot be combined with --no-wait.")
+        check_out_path(out)
+    request = request_from_options(options)
+    client = state_of(ctx).client()
+    submitted = client.generate(request)
+    if not wait:
+        if as_json:
+            echo_json(submitted.model_dump(mode="json"))
+        else:
+            click.echo(submitted.job_id)
+        return
+
+    view = follow(ctx, client, submitted.job_id)
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+    elif view.status is JobStatus.DONE:
+        for key in image_keys(view):
+            click.echo(key)
+    if view.status is not JobStatus.DONE:
+        print_error(failure_of(view))
+        ctx.exit(EXIT_FAILED)
+    if out is not None:
+        save_images(client, view, out)
+
+
+@click.command("images.jobs", short_help="Show a job: status, progress, images, error.")
+@click.argument("job_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Follow the job's progress until it ends, then show it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's JSON.")
+@click.pass_context
+def jobs(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
+    """Show job ID: status, progress, engine and model, times, images or error.
+
+    \b
+    Examples:
+      kitty-cli images.jobs 6f1c0e2a-…
+      kitty-cli images.jobs "$JOB" --wait          # progress bar until it ends
+      kitty-cli images.jobs "$JOB" --json | jq -r .status
+    """
+    client = state_of(ctx).client()
+    view = follow(ctx, client, job_id) if wait else client.job(job_id)
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    for line in job_lines(view):
+        click.echo(line)
+
+
+@click.command("images.cancel", short_help="Cancel a job; print its resulting status.")
+@click.argument("job_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait until a running job has actually stopped.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's JSON after the cancel.")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
+    """Cancel job ID and print its resulting status on stdout. A queued job is removed at once; a
+    running one stops at its next denoising step; a finished one is left as it is.
+
+    \b
+    Examples:
+      kitty-cli images.cancel "$JOB"
+      kitty-cli images cancel "$JOB" --wait      # returns once the job has stopped
+    """
+    client = state_of(ctx).client()
+    before = client.cancel(job_id)
+    view = follow(ctx, client, job_id) if wait and not before.status.is_terminal else before
+    click.echo(cancel_message(before, view), err=True)
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+    else:
+        click.echo(view.status.value)
+
+
+def cancel_message(before: JobView, after: JobView) -> str:
+    """What the cancel did, judged from the view it answered and, with --wait, the final one."""
+    if before.status is JobStatus.CANCELED:
+        return f"Canceled job {before.job_id}."
+    if before.status.is_terminal:
+        return f"Job {before.job_id} had already ended ({before.status.value}); nothing to cancel."
+    if after.status.is_terminal:
+        return f"Job {after.job_id} stopped: {after.status.value}."
+    return (
+        f"Cancel requested: job {before.job_id} stops at its next step; "
+        f"follow it with `kitty-cli images.jobs {before.job_id} --wait`."
+    )

@@ -1,0 +1,139 @@
+"""kitty-cli against the real stack (images-service, a tiny-diffusers worker, the gateway as processes):
+progress from the job event stream, ``--out`` downloads, the latest table, cancel, models, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from kitty_cli.main import cli
+
+from services.contracts import ImagesClient, JobStatus
+from services.images_service.storage import make_store
+from tests.support.stack import Stack, run_stack
+
+pytestmark = pytest.mark.e2e
+
+CLI_E2E_REDIS_DB = 5
+"""This module's Redis database, apart from the other stacks' so its gallery holds only its images."""
+
+EVENTS_ROUTE = 'route="/api/images/jobs/{job_id}/events"'
+"""The gateway's metric label for the job event stream."""
+
+LONG_JOB_STEPS = 150
+"""The most steps a request may ask for: a job that runs long enough to be canceled mid-way."""
+
+IDLE_ENGINE = "comfyui"
+"""An engine no worker of this stack serves: a job sent to it stays queued until canceled."""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models: Path) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("cli-e2e-var")
+    with run_stack(data_dir, redis_server, tiny_models, redis_db=CLI_E2E_REDIS_DB) as running:
+        yield running
+
+
+def kitty(stack: Stack, *args: str, input: str | None = None) -> Result:
+    result = CliRunner().invoke(cli, ["--url", stack.gateway_url, *args], input=input)
+    assert "Traceback" not in result.output
+    return result
+
+
+def events_streamed(stack: Stack) -> float:
+    """How many event streams the gateway has relayed so far."""
+    metrics = httpx.get(f"{stack.gateway_url}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("kitty_gateway_proxied_requests_total") and EVENTS_ROUTE in line
+    )
+
+
+def test_generate_out_writes_the_stored_image_and_latest_lists_it(stack: Stack, tmp_path: Path) -> None:
+    streams_before = events_streamed(stack)
+    out = tmp_path / "harbor.png"
+    prompt = "a quiet harbor at dawn with fishing boats and gulls over the water"
+
+    generated = kitty(
+        stack, "images.generate", prompt, "--model", "tiny-sd15", "--steps", "5", "--out", str(out)
+    )
+
+    assert generated.exit_code == 0, generated.output
+    (key,) = generated.stdout.split()
+    assert out.read_bytes() == make_store(stack.settings).get(key)
+    assert f"Saved {out}" in generated.stderr
+    # The stream may skip steps (the service looks every 0.2 s); its last view is always the end.
+    assert generated.stderr.splitlines()[-2].startswith("done "), generated.stderr
+    assert events_streamed(stack) == streams_before + 1  # progress came from the event stream
+
+    listed = kitty(stack, "images", "latest", "--limit", "5")
+    assert listed.exit_code == 0, listed.output
+    header, first, *_ = listed.stdout.splitlines()
+    assert header.split()[:4] == ["#", "CREATED", "(UTC)", "MODEL"]
+    assert first.split()[0] == "1" and first.split()[-1] == key
+    assert " tiny-sd15 " in first and " 64x64 " in first
+    assert "a quiet harbor at dawn with fishing" in first and "…" in first
+
+
+def test_cancel_of_a_queued_job_cancels_it(stack: Stack) -> None:
+    queued = kitty(stack, "images.generate", "never rendered", "--engine", IDLE_ENGINE, "--no-wait")
+    assert queued.exit_code == 0, queued.output
+    job_id = queued.stdout.strip()
+
+    canceled = kitty(stack, "images.cancel", job_id)
+
+    assert canceled.exit_code == 0, canceled.output
+    assert canceled.stdout == "canceled\n"
+    assert f"Canceled job {job_id}." in canceled.stderr
+    assert kitty(stack, "images.jobs", job_id, "--json").stdout.count('"status": "canceled"') == 1
+
+
+def test_cancel_of_a_running_job_stops_it_at_its_next_step(stack: Stack) -> None:
+    # Large and long enough that the cancel lands while it runs; being canceled, it never takes long.
+    args = ["--width", "128", "--height", "128", "--steps", str(LONG_JOB_STEPS), "--no-wait"]
+    job_id = kitty(stack, "images.generate", "a long exposure of stars", *args).stdout.strip()
+    with ImagesClient(stack.gateway_url) as client:
+        running = next(v for v in client.events(job_id) if v.status is JobStatus.STARTED and v.progress.step)
+
+    result = kitty(stack, "images.cancel", job_id, "--wait")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "canceled\n"
+    final = ImagesClient(stack.gateway_url).job(job_id)
+    assert running.progress.step <= final.progress.step < LONG_JOB_STEPS
+
+
+def test_cancel_of_a_finished_job_leaves_it_done(stack: Stack) -> None:
+    job_id = kitty(stack, "images.generate", "a pebble", "--steps", "2", "--no-wait").stdout.strip()
+    assert kitty(stack, "images.jobs", job_id, "--wait").exit_code == 0
+
+    result = kitty(stack, "images.cancel", job_id)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "done\n"
+    assert "already ended (done)" in result.stderr
+
+
+def test_models_lists_tiny_sd15_as_the_default(stack: Stack) -> None:
+    result = kitty(stack, "images.models")
+
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["tiny-sd15"][1:5] == ["yes", "local", "-", "64x64"]
+    assert rows["tiny-sdxl"][1:4] == ["-", "local", "tiny-sdxl-refiner"]
+
+
+def test_delete_removes_the_image_from_storage_and_the_listing(stack: Stack) -> None:
+    (key,) = kitty(stack, "images.generate", "a paper boat", "--steps", "2").stdout.split()
+
+    declined = kitty(stack, "images.delete", key, input="n\n")
+    assert declined.exit_code == 1 and make_store(stack.settings).head(key) is not None
+
+    deleted = kitty(stack, "images.delete", "1", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert make_store(stack.settings).head(key) is None
+    assert key not in kitty(stack, "images.latest").stdout
