@@ -41,6 +41,18 @@ def rebuild_gallery_if_empty(gallery: GalleryIndex, store: Store, settings: Sett
         log.warning("gallery index not rebuilt", extra={"code": exc.code.value, "error": exc.message})
 
 
+def run_janitor(queue: JobQueue, stop: threading.Event, interval_s: float) -> None:
+    """Look for jobs of dead workers every `interval_s`: with the default 10 s heartbeat (30 s to be
+    declared lost) and 10 s interval, a killed worker's job is requeued or failed within 40 s."""
+    while not stop.wait(interval_s):
+        try:
+            queue.reap_lost_jobs()
+        except KittyError as exc:  # Redis down: /readyz reports it; try again next round
+            log.debug("janitor skipped", extra={"error": exc.message})
+        except Exception:
+            log.exception("janitor failed")
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -64,7 +76,14 @@ def create_app(
             target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
         )
         rebuild.start()
+        stop_janitor = threading.Event()
+        janitor = threading.Thread(
+            target=run_janitor, args=(app.state.queue, stop_janitor, settings.janitor_interval_s), daemon=True
+        )
+        janitor.start()
         yield
+        stop_janitor.set()
+        janitor.join(timeout=REBUILD_JOIN_S)
         rebuild.join(timeout=REBUILD_JOIN_S)
         if redis is None:
             connection.close()

@@ -29,7 +29,6 @@ SIDECAR_VERSION = 1
 """Bumped when the sidecar's shape changes incompatibly."""
 
 
-
 # Our scheduler names → (A1111 sampler, A1111 "Schedule type" or None). A1111 v1.9+ splits the
 # old "DPM++ 2M Karras" into sampler "DPM++ 2M" plus schedule type "Karras"; diffusers' PNDM is
 # the pseudo-linear multistep method A1111 calls PLMS.

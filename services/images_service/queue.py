@@ -14,13 +14,15 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import Job, Retry
 from rq.job import JobStatus as RQStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from services.common.logs import request_id_var
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
+from .engines import ENGINES
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
 from .settings import Settings
 
@@ -114,6 +116,10 @@ class JobQueue:
                 spec.model_dump(),
                 job_id=job_id,
                 job_timeout=self.settings.job_timeout_s,
+                # Retries are for lost workers only: the task zeroes them when an engine fails.
+                retry=Retry(max=self.settings.lost_job_retries, enqueue_at_front=True)
+                if self.settings.lost_job_retries
+                else None,
                 result_ttl=self.settings.result_ttl_s,
                 failure_ttl=FAILURE_TTL_S,
                 meta={
@@ -171,6 +177,13 @@ class JobQueue:
             elif status == RQStatus.STARTED:
                 self.redis.set(CANCEL_KEY.format(job_id=job_id), 1, ex=self.settings.job_timeout_s + 60)
         return self.view(job_id)
+
+    def reap_lost_jobs(self) -> None:
+        """Jobs whose worker stopped heartbeating go back to the queue (retries left) or fail as
+        WORKER_LOST; RQ's own registry cleanup does both."""
+        with redis_errors():
+            for engine in ENGINES:
+                StartedJobRegistry(queue=self.queue(engine)).cleanup()
 
     def depth(self, engine: str) -> int:
         with redis_errors():

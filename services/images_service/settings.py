@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=600, ge=1, alias="IMAGES_JOB_TIMEOUT")
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, alias="IMAGES_RESULT_TTL")
     queue_prefix: str = Field(default="kitty-images", alias="IMAGES_QUEUE_PREFIX")
+    lost_job_retries: int = Field(default=1, ge=0, le=5, alias="IMAGES_LOST_JOB_RETRIES")
+    """Times a job whose worker died is run again (on any worker) before it ends as WORKER_LOST."""
+    heartbeat_s: float = Field(default=10.0, gt=0, alias="IMAGES_WORKER_HEARTBEAT")
+    """Seconds between a busy worker's heartbeats; three missed ones mark its job lost."""
+    janitor_interval_s: float = Field(default=10.0, gt=0, alias="IMAGES_JANITOR_INTERVAL")
+    """Seconds between the images-service's looks for jobs of dead workers."""
     model_cache_size: int = Field(default=1, ge=1, alias="IMAGES_MODEL_CACHE_SIZE")
     """Pipelines kept resident per worker (LRU)."""
     device: str | None = Field(default=None, alias="IMAGES_DEVICE")

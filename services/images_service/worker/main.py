@@ -25,12 +25,20 @@ from .tasks import Runtime, set_runtime
 
 log = logging.getLogger("kitty.images.worker")
 
-HEARTBEAT_INTERVAL_S = 10
-"""How often a running job's worker and job heartbeats are renewed."""
+MISSED_HEARTBEATS = 3
+"""A running job whose last heartbeat is this many intervals old belongs to a dead worker (RQ's
+default TTL for a non-forking worker is the whole job timeout plus a minute: far too late to
+notice a kill -9)."""
 
 
 class KittyWorker(SimpleWorker):
-    job_monitoring_interval = HEARTBEAT_INTERVAL_S
+    """RQ's non-forking worker, heartbeating from a thread while a job runs
+    (`job_monitoring_interval` seconds apart; set it from IMAGES_WORKER_HEARTBEAT)."""
+
+    job_monitoring_interval = 10
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return max(1, round(MISSED_HEARTBEATS * self.job_monitoring_interval))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     connection = connect_redis(settings.redis_url)
     queue = Queue(settings.queue_name(args.engine), connection=connection, serializer=JSONSerializer)
     worker = KittyWorker([queue], connection=connection, serializer=JSONSerializer)
+    worker.job_monitoring_interval = settings.heartbeat_s
     log.info("worker starting", extra={"engine": args.engine, "queue": queue.name})
     try:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)

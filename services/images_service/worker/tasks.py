@@ -155,6 +155,16 @@ def store_result(
     return JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
 
 
+def _as_kitty_error(exc: Exception, settings: Settings) -> KittyError:
+    if isinstance(exc, KittyError):
+        return exc
+    if isinstance(exc, JobCanceled):
+        return Canceled("the job was canceled")
+    if isinstance(exc, JobTimeoutException):
+        return EngineTimeout(f"the job ran longer than its {settings.job_timeout_s}s timeout")
+    return EngineError(f"rendering failed: {type(exc).__name__}: {exc}")
+
+
 def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     """The RQ job function: log lines inside carry the job id and the request id that submitted it."""
     job = get_current_job()
@@ -182,19 +192,14 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         stored = store_result(runtime, job_id, spec, result, spec.engine, index)
         status = "done"
         return stored.model_dump()
-    except JobCanceled:
-        status = "canceled"
-        reporter.fail(Canceled("the job was canceled"))
-        raise
-    except JobTimeoutException:
-        reporter.fail(EngineTimeout(f"the job ran longer than its {runtime.settings.job_timeout_s}s timeout"))
-        raise
-    except KittyError as exc:
-        reporter.fail(exc)
-        raise
     except Exception as exc:
-        log.exception("job failed", extra={"job_id": job_id})
-        reporter.fail(EngineError(f"rendering failed: {type(exc).__name__}: {exc}"))
+        if job is not None:
+            job.retries_left = 0  # an engine's own failure would only fail again
+        reporter.fail(_as_kitty_error(exc, runtime.settings))
+        if isinstance(exc, JobCanceled):
+            status = "canceled"
+        elif not isinstance(exc, KittyError | JobTimeoutException):
+            log.exception("job failed")
         raise
     finally:
         elapsed = time.perf_counter() - started
