@@ -1,89 +1,138 @@
-// Placeholder /vision gallery: lists the latest images and selects one into an imageRef.
-// Plain browser JS talking to the gateway's own /api/images routes; no framework, no build.
-"use strict";
+// /vision: the KITTY image gallery. Plain ES modules served by the gateway, no build step, no CDN.
+// This module wires the parts together: the generate form (composer.js), the grid (grid.js), the
+// image dialog (viewer.js) and the API key prompt for gateways that require one.
 
-const LATEST_LIMIT = 36; // the seed's page size
+import { keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
+import { createComposer } from "./composer.js";
+import { createGrid } from "./grid.js";
+import { createViewer } from "./viewer.js";
+
+/** Images per page of the grid (the seed's 36); `/vision?page=N` overrides it. */
+const DEFAULT_PAGE_SIZE = 36;
+const MAX_PAGE_SIZE = 500;
+
+/** The API routes the gallery calls, in one place; the gateway serves the images-service's. */
+const ROUTES = {
+  models: "/api/images/models",
+  generate: "/api/images/generate",
+  job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
+  latest: "/api/images/latest",
+  select: "/api/images/select",
+  item: (key) => `/api/images/items/${keyPath(key)}`,
+};
+
+/** How long a status line stays before it clears. */
+const STATUS_CLEAR_MS = 6_000;
+
+function pageSize() {
+  const asked = Number.parseInt(new URLSearchParams(location.search).get("page") || "", 10);
+  return Number.isInteger(asked) && asked >= 1 ? Math.min(asked, MAX_PAGE_SIZE) : DEFAULT_PAGE_SIZE;
+}
 
 const statusLine = document.getElementById("status");
-const rows = document.querySelector("#images tbody");
+let statusTimer = null;
 
-function showStatus(text, isError = false) {
+function showStatus(text, { isError = false } = {}) {
   statusLine.textContent = text;
-  statusLine.classList.toggle("error", isError);
+  statusLine.classList.toggle("is-error", isError);
+  clearTimeout(statusTimer);
+  if (!isError) statusTimer = setTimeout(() => (statusLine.textContent = ""), STATUS_CLEAR_MS);
 }
 
-// Every API error has the shape {"error": {"code", "message", "remediation"}}.
-async function callApi(path, options = {}) {
-  const response = await fetch(path, options);
-  const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    const error = body && body.error;
-    const message = error ? `${error.code}: ${error.message}` : `HTTP ${response.status}`;
-    const hint = error && error.remediation && error.remediation.length ? ` (${error.remediation[0]})` : "";
-    throw new Error(message + hint);
+function showFailure(error) {
+  showStatus(`${error.code}: ${error.message}`, { isError: true });
+}
+
+/** The request that renders `item` again: its stored settings, seed included. */
+function requestFrom(item) {
+  const request = { prompt: item.prompt || "", num_images: 1 };
+  for (const name of ["negative_prompt", "model", "width", "height", "steps", "cfg", "seed", "scheduler", "engine"]) {
+    if (item[name] !== undefined && item[name] !== null && item[name] !== "") request[name] = item[name];
   }
-  return body;
+  return request;
 }
 
-function formatSize(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+const composer = createComposer({
+  form: document.getElementById("generate-form"),
+  jobs: document.getElementById("jobs"),
+  routes: ROUTES,
+  onImagesReady: async () => {
+    try {
+      const keys = await grid.refreshTop();
+      if (keys.length) showStatus(`${keys.length} new image${keys.length === 1 ? "" : "s"} at the top.`);
+    } catch (error) {
+      showFailure(error);
+    }
+  },
+  onStatus: showStatus,
+});
+
+const viewer = createViewer({
+  dialog: document.getElementById("viewer"),
+  routes: ROUTES,
+  onRerun: (item) => {
+    composer.prefill(item);
+    composer.submit(requestFrom(item));
+  },
+  onEdit: (item) => {
+    composer.prefill(item);
+    composer.focus();
+  },
+  onDeleted: (key) => {
+    const next = grid.remove(key);
+    if (next) next.focus();
+    showStatus("Image deleted.");
+  },
+  onStatus: showStatus,
+});
+
+const grid = createGrid({
+  list: document.getElementById("grid"),
+  sentinel: document.getElementById("load-more"),
+  empty: document.getElementById("empty"),
+  routes: ROUTES,
+  onOpen: (item, card) => viewer.open(item, card),
+  onError: showFailure,
+  pageSize: pageSize(),
+});
+
+// --- API key: asked for only when the gateway answers 401 ------------------------------------------
+const keyForm = document.getElementById("api-key-form");
+const keyInput = document.getElementById("api-key");
+const keyToggle = document.getElementById("api-key-toggle");
+
+function showKeyForm() {
+  keyForm.hidden = false;
+  keyToggle.hidden = true;
+  keyInput.value = storedApiKey();
+  keyInput.focus();
 }
 
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
+onUnauthorized(() => {
+  if (keyForm.hidden) showKeyForm();
+  showStatus("This gateway needs an API key.", { isError: true });
+});
+
+keyToggle.hidden = !storedApiKey();
+keyToggle.addEventListener("click", showKeyForm);
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  storeApiKey(keyInput.value.trim());
+  keyForm.hidden = true;
+  keyToggle.hidden = !storedApiKey();
+  start();
+});
+document.getElementById("api-key-forget").addEventListener("click", () => {
+  storeApiKey("");
+  keyInput.value = "";
+  keyInput.focus();
+});
+
+document.getElementById("refresh").addEventListener("click", () => grid.reload());
+
+async function start() {
+  await Promise.all([composer.loadModels().catch(showFailure), grid.reload()]);
+  document.body.dataset.ready = "true"; // for tests and for anyone waiting on the first render
 }
 
-function renderRow(item, index) {
-  const tr = document.createElement("tr");
-  tr.append(
-    cell(String(index + 1)),
-    cell(new Date(item.last_modified).toLocaleString()),
-    cell(formatSize(item.size), "size"),
-    cell(item.key, "key"),
-  );
-  const button = document.createElement("button");
-  button.type = "button";
-  button.textContent = "Select";
-  button.addEventListener("click", () => selectImage(item.key));
-  const action = document.createElement("td");
-  action.append(button);
-  tr.append(action);
-  return tr;
-}
-
-async function loadLatest() {
-  showStatus("Loading…");
-  try {
-    const latest = await callApi(`/api/images/latest?limit=${LATEST_LIMIT}`);
-    rows.replaceChildren(...latest.items.map(renderRow));
-    const count = latest.items.length;
-    showStatus(count ? `${count} image${count === 1 ? "" : "s"}` : "No images yet.");
-  } catch (error) {
-    showStatus(error.message, true);
-  }
-}
-
-async function selectImage(key) {
-  showStatus(`Selecting ${key}…`);
-  try {
-    const selected = await callApi("/api/images/select", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ key }),
-    });
-    document.getElementById("image-ref").textContent = JSON.stringify(selected, null, 2);
-    document.getElementById("preview").src = selected.imageRef.downloadUrl;
-    document.getElementById("selection").hidden = false;
-    showStatus(`Selected ${key}`);
-  } catch (error) {
-    showStatus(error.message, true);
-  }
-}
-
-document.getElementById("refresh").addEventListener("click", loadLatest);
-loadLatest();
+start();

@@ -1,0 +1,436 @@
+"""The /vision gallery in headless Chromium (Debian's, driven by Playwright) against the real stack:
+images-service, a diffusers worker on the tiny pipeline and the gateway, as processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from PIL import Image
+
+from services.images_service.storage import make_store
+from tests.support.stack import Stack, run_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's chromium; Playwright's own browser downloads are not used (`.ci/run` installs this one)."""
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+"""A quiet, offline browser: no sandbox (containers run as root), no GPU, no calls home."""
+
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+BROWSER_REDIS_DB = 4
+"""This module's Redis database; the end-to-end tests use another, so their galleries never mix."""
+
+UI_TIMEOUT_MS = 30_000
+"""How long an expectation waits for the page: a tiny job takes well under a second, CI is slower."""
+
+JOB_DEADLINE_S = 120
+JOB_POLL_S = 0.05
+
+MAX_TABS_TO_A_CARD = 40
+"""Tab presses allowed from the top of the page to the first card (the form's fields come first)."""
+
+TINY_MODEL = "tiny-sd15"
+SCROLL_PAGE_SIZE = 4
+
+DARK_BRIGHTNESS_MAX = 64
+"""A dark page's background is darker than this (mean RGB channel); a light one is brighter."""
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT_DIR = REPO / "test-output"
+DOCS_SCREENSHOT = REPO / "docs" / "gallery.png"
+UPDATE_SCREENSHOT_ENV = "KITTY_UPDATE_SCREENSHOT"
+"""Set to 1 to refresh the README's screenshot (docs/gallery.png); CI leaves the tree alone."""
+
+DOCS_SCREENSHOT_COLORS = 128
+"""The README's copy is palette-quantized: the grid is noise from random weights and compresses badly."""
+
+SEED_PROMPTS = [
+    "a lighthouse on a cliff at dusk, oil painting",
+    "watercolor fox curled up in fresh snow",
+    "isometric reading nook with plants and soft morning light",
+    "macro photo of dew on a spider web at sunrise",
+    "a red bicycle leaning on a blue door in Lisbon",
+    "retro-futurist city skyline in a synthwave palette",
+    "a bowl of ramen under studio lighting, top-down",
+    "ancient library with floating books and volumetric light",
+    "paper-cut mountains in layered pastel tones",
+]
+"""The gallery the tests start from: more images than one small page holds."""
+
+
+@dataclass
+class Gallery:
+    """A browser page on /vision and every URL it requested."""
+
+    page: Page
+    base_url: str
+    requests: list[str] = field(default_factory=list)
+    script_errors: list[str] = field(default_factory=list)
+
+    def open(self, query: str = "") -> None:
+        self.page.goto(f"{self.base_url}/vision{query}")
+        expect(self.page.locator("body")).to_have_attribute("data-ready", "true")
+
+    def png_requests(self) -> list[str]:
+        return [url for url in self.requests if urlsplit(url).path.endswith(".png")]
+
+    def card(self, text: str) -> Any:
+        return self.page.locator("#grid .card", has_text=text)
+
+    def card_key(self, card: Any) -> str:
+        return str(card.locator("xpath=..").get_attribute("data-key"))
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models: Path) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("browser-var")
+    with run_stack(data_dir, redis_server, tiny_models, redis_db=BROWSER_REDIS_DB) as running:
+        yield running
+
+
+def generate(stack: Stack, **body: Any) -> list[str]:
+    """Submit through the gateway and wait for the job; returns the new image keys."""
+    with httpx.Client(base_url=stack.gateway_url) as client:
+        response = client.post("/api/images/generate", json={"model": TINY_MODEL, **body})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        deadline = time.monotonic() + JOB_DEADLINE_S
+        while time.monotonic() < deadline:
+            view = client.get(f"/api/images/jobs/{job_id}").json()
+            if view["status"] == "done":
+                return [image["key"] for image in view["result"]["images"]]
+            assert view["status"] in ("queued", "started"), view
+            time.sleep(JOB_POLL_S)
+    raise AssertionError(f"job {job_id} not done within {JOB_DEADLINE_S} s")
+
+
+def latest(stack: Stack, limit: int = 100) -> list[dict[str, Any]]:
+    response = httpx.get(f"{stack.gateway_url}/api/images/latest", params={"limit": limit})
+    response.raise_for_status()
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+@pytest.fixture(scope="module")
+def seeded(stack: Stack) -> list[str]:
+    """A gallery of several images with different prompts and seeds."""
+    keys: list[str] = []
+    for number, prompt in enumerate(SEED_PROMPTS):
+        keys += generate(stack, prompt=prompt, seed=1000 + number, steps=6)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def gallery(browser: Browser, stack: Stack, seeded: list[str]) -> Iterator[Gallery]:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    opened = Gallery(page=page, base_url=stack.gateway_url)
+    page.on("request", lambda request: opened.requests.append(request.url))
+    page.on("pageerror", lambda error: opened.script_errors.append(str(error)))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert opened.script_errors == [], "the gallery's scripts threw"
+
+
+def wait_for_visible_thumbnails(page: Page) -> None:
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#grid img')]
+            .filter((img) => img.getBoundingClientRect().top < innerHeight)
+            .every((img) => img.complete && img.naturalWidth > 0)"""
+    )
+
+
+def save_screenshot(page: Page, name: str) -> Path:
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    path = OUTPUT_DIR / name
+    page.mouse.move(0, 0)  # no hover effects in the picture
+    page.screenshot(path=str(path), animations="disabled")
+    return path
+
+
+def publish_screenshot(path: Path) -> None:
+    """Refresh the README's screenshot when asked to (KITTY_UPDATE_SCREENSHOT=1), kept small."""
+    if os.environ.get(UPDATE_SCREENSHOT_ENV) != "1":
+        return
+    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    with Image.open(path) as shot:
+        shot.convert("RGB").quantize(colors=DOCS_SCREENSHOT_COLORS).save(DOCS_SCREENSHOT, optimize=True)
+
+
+def brightness(css_color: str) -> float:
+    """Mean of the channels of a computed `rgb(r, g, b)` colour, 0–255."""
+    channels = [float(part) for part in re.findall(r"[\d.]+", css_color)[:3]]
+    return sum(channels) / len(channels)
+
+
+def pixels(png: bytes) -> bytes:
+    return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+
+# --- tests ----------------------------------------------------------------------------------------
+def test_generate_shows_progress_then_the_card_and_select_gives_the_stored_png(
+    gallery: Gallery, stack: Stack
+) -> None:
+    page = gallery.page
+    gallery.open("?page=12")
+    prompt = "a small glass greenhouse on a moonlit hill"
+    page.fill("#prompt", prompt)
+    page.select_option("#model", TINY_MODEL)
+    page.fill("#steps", "8")
+    page.fill("#seed", "4242")
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+    job = page.locator(".job").first
+    expect(job).to_contain_text(prompt[:30])
+    expect(job).to_have_attribute("data-status", "done")
+    expect(job.locator("progress")).to_have_attribute("value", "8")
+    expect(job.locator(".job-steps")).to_contain_text("Step 8 / 8")
+
+    card = page.locator("#grid .card").first
+    expect(card).to_contain_text(prompt)
+    for shown in (TINY_MODEL, "seed 4242", "64×64", "just now"):
+        expect(card).to_contain_text(shown)
+    key = gallery.card_key(card)
+    assert key == latest(stack, 1)[0]["key"]
+
+    wait_for_visible_thumbnails(page)
+    thumbnails = page.locator("#grid img").evaluate_all("(imgs) => imgs.map((img) => img.src)")
+    assert thumbnails and all(urlsplit(src).path.endswith(".thumb.webp") for src in thumbnails)
+    assert gallery.png_requests() == [], "the grid must show thumbnails, never full PNGs"
+    publish_screenshot(save_screenshot(page, "gallery.png"))
+
+    card.click()
+    expect(page.locator("#viewer")).to_be_visible()
+    expect(page.locator("#viewer-prompt")).to_have_text(prompt)
+    page.locator("#viewer").get_by_role("button", name="Select", exact=True).click()
+    expect(page.locator("#image-ref")).to_contain_text("downloadUrl")
+    ref = json.loads(page.locator("#image-ref").text_content() or "")["imageRef"]
+    assert ref["storageUri"].endswith(key)
+
+    downloaded = httpx.get(ref["downloadUrl"]).content
+    assert downloaded == make_store(stack.settings).get(key)
+    expect(page.locator("#viewer-full")).to_have_class(re.compile(r"\bis-loaded\b"))
+    assert all(urlsplit(url).path.endswith(key) for url in gallery.png_requests())
+    save_screenshot(page, "gallery-select.png")
+
+
+def test_scrolling_to_the_end_loads_older_pages(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    page.set_viewport_size(PHONE)
+    expected = [item["key"] for item in latest(stack)]
+    assert len(expected) > 2 * SCROLL_PAGE_SIZE
+    gallery.open(f"?page={SCROLL_PAGE_SIZE}")
+
+    cards = page.locator("#grid .card")
+    for _ in range(len(expected)):
+        if page.locator("#load-more").is_hidden():
+            break
+        page.mouse.wheel(0, 4000)
+        page.wait_for_timeout(100)
+    expect(page.locator("#load-more")).to_be_hidden()  # the last page came: no older images
+
+    expect(cards).to_have_count(len(expected))
+    shown = page.locator("#grid li").evaluate_all("(items) => items.map((li) => li.dataset.key)")
+    assert shown == expected
+    pages = [url for url in gallery.requests if "/api/images/latest" in url]
+    assert f"limit={SCROLL_PAGE_SIZE}" in pages[0] and "cursor=" not in pages[0]
+    assert sum("cursor=" in url for url in pages) >= 2
+    assert gallery.png_requests() == []
+
+
+def test_a_refused_submit_shows_the_error_code_and_remediation(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    gallery.open()
+    body: dict[str, Any] = {"prompt": "out of range", "model": TINY_MODEL, "seed": 99_999_999_999}
+    refusal = httpx.post(f"{stack.gateway_url}/api/images/generate", json=body).json()["error"]
+
+    page.fill("#prompt", body["prompt"])
+    page.select_option("#model", TINY_MODEL)
+    page.fill("#seed", str(body["seed"]))
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+    error = page.locator("#generate-form .error-box")
+    expect(error).to_be_visible()
+    expect(error.locator(".error-code")).to_have_text("VALIDATION_ERROR")
+    expect(error).to_contain_text("seed")
+    for step in refusal["remediation"]:
+        expect(error.locator(".remediation")).to_contain_text(step)
+    expect(page.locator("#seed")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".job")).to_have_count(0)
+
+
+def test_delete_asks_for_confirmation_then_removes_the_card(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    prompt = "an image that is about to be deleted"
+    (key,) = generate(stack, prompt=prompt, steps=4)
+    gallery.open()
+    card = gallery.card(prompt)
+
+    card.click()
+    page.locator("#viewer").get_by_role("button", name="Delete…", exact=True).click()
+    expect(page.locator("#confirm-delete")).to_be_visible()
+    page.locator("#viewer").get_by_role("button", name="Keep", exact=True).click()
+    expect(page.locator("#confirm-delete")).to_be_hidden()
+    assert key in [item["key"] for item in latest(stack)]
+
+    page.locator("#viewer").get_by_role("button", name="Delete…", exact=True).click()
+    page.locator("#confirm-delete-yes").click()
+    expect(page.locator("#viewer")).to_be_hidden()
+    expect(card).to_have_count(0)
+    assert key not in [item["key"] for item in latest(stack)]
+    assert make_store(stack.settings).head(key) is None
+
+    gallery.open()
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(gallery.card(prompt)).to_have_count(0)
+
+
+def test_keyboard_tab_to_a_card_enter_opens_escape_closes(gallery: Gallery) -> None:
+    page = gallery.page
+    gallery.open()
+    for _ in range(MAX_TABS_TO_A_CARD):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('card')"):
+            break
+    else:
+        pytest.fail(f"no card reached in {MAX_TABS_TO_A_CARD} Tab presses")
+    key = page.evaluate("document.activeElement.parentElement.dataset.key")
+    save_screenshot(page, "gallery-keyboard.png")
+
+    page.keyboard.press("Enter")
+    dialog = page.locator("#viewer")
+    expect(dialog).to_be_visible()
+    assert page.evaluate("document.getElementById('viewer').contains(document.activeElement)")
+
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert page.evaluate("document.activeElement.parentElement.dataset.key") == key
+
+
+def test_rerun_renders_the_same_settings_again(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    prompt = "a paper boat on a rainy street, re-run me"
+    (original_key,) = generate(stack, prompt=prompt, negative_prompt="fog", seed=31337, steps=5, cfg=6.5)
+    gallery.open()
+    gallery.card(prompt).click()
+    page.locator("#viewer").get_by_role("button", name="Re-run", exact=True).click()
+
+    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    expect(gallery.card(prompt)).to_have_count(2)
+    newest, original = latest(stack, 2)
+    assert original["key"] == original_key and newest["key"] != original_key
+    settings = ("prompt", "negative_prompt", "model", "seed", "width", "height", "steps", "cfg")
+    assert {name: newest[name] for name in settings} == {name: original[name] for name in settings}
+    store = make_store(stack.settings)
+    assert pixels(store.get(newest["key"])) == pixels(store.get(original_key))
+    expect(page.locator("#prompt")).to_have_value(prompt)  # the form holds the settings, to tweak
+
+
+def test_phone_viewport_stacks_the_form_and_never_scrolls_sideways(gallery: Gallery) -> None:
+    page = gallery.page
+    page.set_viewport_size(PHONE)
+    gallery.open()
+    expect(page.locator("#grid .card").first).to_be_visible()
+    is_overflowing = "document.documentElement.scrollWidth > document.documentElement.clientWidth"
+    assert not page.evaluate(is_overflowing)
+
+    form = page.locator("#generate-form").bounding_box()
+    grid = page.locator("#grid").bounding_box()
+    assert form and grid and form["y"] + form["height"] <= grid["y"]
+    save_screenshot(page, "gallery-phone.png")
+
+    page.locator("#grid .card").first.click()
+    expect(page.locator("#viewer")).to_be_visible()
+    assert not page.evaluate(is_overflowing)
+    save_screenshot(page, "gallery-phone-dialog.png")
+
+
+def test_the_page_follows_the_dark_color_scheme(gallery: Gallery) -> None:
+    page = gallery.page
+    background = "getComputedStyle(document.body).backgroundColor"
+    gallery.open()
+    light = page.evaluate(background)
+    page.emulate_media(color_scheme="dark")
+    dark = page.evaluate(background)
+    assert brightness(dark) < DARK_BRIGHTNESS_MAX < brightness(light)
+    wait_for_visible_thumbnails(page)
+    save_screenshot(page, "gallery-dark.png")
+
+
+def test_a_401_asks_for_an_api_key_then_sends_it(gallery: Gallery) -> None:
+    page = gallery.page
+    api_key = "kitty-test-key"
+    sent_keys: list[str | None] = []
+
+    def require_key(route: Route) -> None:
+        if "/api/images/files/" in route.request.url:
+            route.continue_()  # signed links (thumbnails, downloads) carry their own authority
+            return
+        sent = route.request.headers.get("x-api-key")
+        sent_keys.append(sent)
+        if sent == api_key:
+            route.continue_()
+            return
+        error = {"code": "UNAUTHORIZED", "message": "an API key is required", "remediation": []}
+        route.fulfill(status=401, json={"error": error})
+
+    page.route("**/api/images/**", require_key)
+    gallery.open()
+    key_field = page.locator("#api-key")
+    expect(key_field).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("API key")
+
+    key_field.fill(api_key)
+    page.locator("#api-key-form").get_by_role("button", name="Save").click()
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page.locator("#api-key-form")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('kitty.apiKey')") == api_key
+    assert sent_keys[-1] == api_key
