@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import threading
 
@@ -32,13 +33,18 @@ notice a kill -9)."""
 
 
 class KittyWorker(SimpleWorker):
-    """RQ's non-forking worker, heartbeating from a thread while a job runs
-    (`job_monitoring_interval` seconds apart; set it from IMAGES_WORKER_HEARTBEAT)."""
+    """RQ's non-forking worker, heartbeating from a thread while a job runs."""
 
-    job_monitoring_interval = 10
+    heartbeat_s: float = 10.0
+    """Seconds between heartbeats while a job runs (IMAGES_WORKER_HEARTBEAT)."""
+
+    def set_heartbeat(self, seconds: float) -> None:
+        self.heartbeat_s = seconds
+        # RQ puts this into EXPIRE commands, which take whole seconds.
+        self.job_monitoring_interval = max(1, math.ceil(seconds))
 
     def get_heartbeat_ttl(self, job: Job) -> int:
-        return max(1, round(MISSED_HEARTBEATS * self.job_monitoring_interval))
+        return max(1, math.ceil(MISSED_HEARTBEATS * self.heartbeat_s))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -51,7 +57,7 @@ class KittyWorker(SimpleWorker):
             beat.join()
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
-        while not stop.wait(self.job_monitoring_interval):
+        while not stop.wait(self.heartbeat_s):
             try:
                 self.maintain_heartbeats(job)
             except Exception:  # a missed beat is retried next interval; never kill the job for it
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     connection = connect_redis(settings.redis_url)
     queue = Queue(settings.queue_name(args.engine), connection=connection, serializer=JSONSerializer)
     worker = KittyWorker([queue], connection=connection, serializer=JSONSerializer)
-    worker.job_monitoring_interval = settings.heartbeat_s
+    worker.set_heartbeat(settings.heartbeat_s)
     log.info("worker starting", extra={"engine": args.engine, "queue": queue.name})
     try:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)

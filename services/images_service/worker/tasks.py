@@ -155,13 +155,25 @@ def store_result(
     return JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def _as_kitty_error(exc: Exception, settings: Settings) -> KittyError:
+    """The error a user sees. RQ's timeout fires inside whatever the engine was doing, and an
+    engine may have wrapped it, so the whole cause chain is looked at."""
+    chain = _causes(exc)
+    if any(isinstance(e, JobTimeoutException) for e in chain):
+        return EngineTimeout(f"the job ran longer than its {settings.job_timeout_s}s timeout")
+    if any(isinstance(e, JobCanceled) for e in chain):
+        return Canceled("the job was canceled")
     if isinstance(exc, KittyError):
         return exc
-    if isinstance(exc, JobCanceled):
-        return Canceled("the job was canceled")
-    if isinstance(exc, JobTimeoutException):
-        return EngineTimeout(f"the job ran longer than its {settings.job_timeout_s}s timeout")
     return EngineError(f"rendering failed: {type(exc).__name__}: {exc}")
 
 
@@ -195,8 +207,9 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         if job is not None:
             job.retries_left = 0  # an engine's own failure would only fail again
-        reporter.fail(_as_kitty_error(exc, runtime.settings))
-        if isinstance(exc, JobCanceled):
+        error = _as_kitty_error(exc, runtime.settings)
+        reporter.fail(error)
+        if isinstance(error, Canceled):
             status = "canceled"
         elif not isinstance(exc, KittyError | JobTimeoutException):
             log.exception("job failed")
