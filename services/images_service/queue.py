@@ -146,7 +146,10 @@ class JobQueue:
             meta: dict[str, Any] = job.meta or {}
             status = _STATUS.get(rq_status, JobStatus.QUEUED) if rq_status else JobStatus.QUEUED
             result = error = None
-            if status is JobStatus.DONE:
+            if status is JobStatus.DONE and meta.get("upload") == "pending":
+                # Rendered, but its images wait in the worker's spool for storage to return.
+                status = JobStatus.STARTED
+            elif status is JobStatus.DONE:
                 result = JobResult.model_validate(job.return_value())
             elif status is JobStatus.ERROR:
                 error = error_from_failure(job)

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     """Times a job whose worker died is run again (on any worker) before it ends as WORKER_LOST."""
     heartbeat_s: float = Field(default=10.0, gt=0, alias="IMAGES_WORKER_HEARTBEAT")
     """Seconds between a busy worker's heartbeats; three missed ones mark its job lost."""
+    spool_retry_s: float = Field(default=5.0, gt=0, alias="IMAGES_SPOOL_RETRY")
+    """Seconds between a worker's attempts to upload images kept while storage was down."""
     janitor_interval_s: float = Field(default=10.0, gt=0, alias="IMAGES_JANITOR_INTERVAL")
     """Seconds between the images-service's looks for jobs of dead workers."""
     model_cache_size: int = Field(default=1, ge=1, alias="IMAGES_MODEL_CACHE_SIZE")

@@ -20,8 +20,10 @@ from rq.serializers import JSONSerializer
 
 from services.common.logs import configure_logging
 
+from ..gallery import GalleryIndex
 from ..queue import connect_redis
 from ..settings import get_settings
+from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
 
 log = logging.getLogger("kitty.images.worker")
@@ -91,6 +93,14 @@ def main(argv: list[str] | None = None) -> None:
             preload(args.preload)
 
     connection = connect_redis(settings.redis_url)
+    uploader = SpoolUploader(
+        runtime.spool,
+        runtime.store,
+        connection,
+        GalleryIndex(connection, settings.queue_prefix),
+        settings.spool_retry_s,
+    )
+    uploader.start()
     queue = Queue(settings.queue_name(args.engine), connection=connection, serializer=JSONSerializer)
     worker = KittyWorker([queue], connection=connection, serializer=JSONSerializer)
     worker.set_heartbeat(settings.heartbeat_s)
@@ -98,4 +108,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)
     finally:
+        uploader.stop()
         runtime.close()

@@ -19,10 +19,10 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from services.common.logs import log_context
-from services.contracts import ImageInfo, JobResult, RenderSpec
+from services.contracts import ImageInfo, JobResult, LatestItem, RenderSpec
 
 from ..engines import Engine, JobCanceled, RenderResult, make_engine
-from ..errors import Canceled, EngineError, EngineTimeout, KittyError
+from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUnavailable
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
 from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
@@ -31,6 +31,7 @@ from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
 from .metrics import BYTES_STORED, JOB_RUN_SECONDS, JOBS_FINISHED, QUEUE_WAIT_SECONDS
+from .spool import UPLOAD_META, Spool, StoredObject, put_with_retry
 
 log = logging.getLogger("kitty.images.worker")
 
@@ -43,6 +44,11 @@ class Runtime:
     registry: ModelRegistry
     store: Store
     engines: dict[str, Engine] = field(default_factory=dict)
+    spool: Spool = field(init=False)
+    """Images storage could not take yet, on this worker's disk (IMAGES_DATA_DIR/spool)."""
+
+    def __post_init__(self) -> None:
+        self.spool = Spool(self.settings.data_dir / "spool")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -100,16 +106,13 @@ class JobReporter:
             self.job.save_meta()
 
 
-def store_result(
-    runtime: Runtime,
-    job_id: str,
-    spec: RenderSpec,
-    result: RenderResult,
-    engine: str,
-    index: GalleryIndex | None = None,
-) -> JobResult:
-    """Sidecar and thumbnail first, then the PNG, then the gallery index: a listed PNG always has
-    its sidecar beside it, and the index never names an image the store does not hold."""
+def prepare_objects(
+    runtime: Runtime, job_id: str, spec: RenderSpec, result: RenderResult, engine: str
+) -> tuple[list[StoredObject], list[LatestItem], JobResult]:
+    """Every object to store for a job's images (per image: sidecar, thumbnail, then PNG, so a
+    listed PNG always has its sidecar), their gallery entries, and the job's result."""
+    objects: list[StoredObject] = []
+    items: list[LatestItem] = []
     images: list[ImageInfo] = []
     for position, rendered in enumerate(result.images):
         created_at = datetime.now(UTC)
@@ -135,24 +138,47 @@ def store_result(
         sidecar["thumb_key"] = thumb_key
         png = encode_png(
             rendered.image,
-            parameters=infotext(
-                spec, seed=rendered.seed, version=sidecar.get("versions", {}).get("kitty-images")
-            ),
+            parameters=infotext(spec, seed=rendered.seed, version=sidecar["versions"].get("kitty-images")),
             sidecar=sidecar,
             extra_chunks=rendered.text_chunks,
         )
-        meta, thumb = json.dumps(sidecar, indent=2).encode(), encode_thumbnail(rendered.image)
-        runtime.store.put(meta_key, meta, "application/json")
-        runtime.store.put(thumb_key, thumb, "image/webp")
-        runtime.store.put(png_key, png, "image/png")
-        for kind, data in (("sidecar", meta), ("thumbnail", thumb), ("png", png)):
-            BYTES_STORED.labels(kind=kind).inc(len(data))
-        if index is not None:
-            index.add(item_from_sidecar(sidecar, size=len(png), last_modified=created_at))
+        objects += [
+            StoredObject(meta_key, json.dumps(sidecar, indent=2).encode(), "application/json"),
+            StoredObject(thumb_key, encode_thumbnail(rendered.image), "image/webp"),
+            StoredObject(png_key, png, "image/png"),
+        ]
+        items.append(item_from_sidecar(sidecar, size=len(png), last_modified=created_at))
         images.append(
             ImageInfo(key=png_key, meta_key=meta_key, seed=rendered.seed, width=width, height=height)
         )
-    return JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
+    return objects, items, JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
+
+
+OBJECT_KINDS = {"application/json": "sidecar", "image/webp": "thumbnail", "image/png": "png"}
+
+
+def store_result(
+    runtime: Runtime,
+    job_id: str,
+    spec: RenderSpec,
+    result: RenderResult,
+    engine: str,
+    index: GalleryIndex | None = None,
+) -> tuple[JobResult, bool]:
+    """Store the job's images, then index them. When storage stays down through the retries, the
+    rest go to the worker's spool; returns the result and whether anything was spooled."""
+    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine)
+    for position, obj in enumerate(objects):
+        try:
+            put_with_retry(runtime.store, obj)
+        except StorageUnavailable:
+            runtime.spool.keep(job_id, objects[position:], items)
+            return job_result, True
+        BYTES_STORED.labels(kind=OBJECT_KINDS[obj.content_type]).inc(len(obj.data))
+    if index is not None:
+        for item in items:
+            index.add(item)
+    return job_result, False
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -201,7 +227,10 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
         index = GalleryIndex(job.connection, runtime.settings.queue_prefix) if job else None
-        stored = store_result(runtime, job_id, spec, result, spec.engine, index)
+        stored, spooled = store_result(runtime, job_id, spec, result, spec.engine, index)
+        if spooled and job is not None:
+            job.meta[UPLOAD_META] = "pending"  # done only once the spool is uploaded
+            job.save_meta()
         status = "done"
         return stored.model_dump()
     except Exception as exc:
