@@ -19,11 +19,11 @@ STARTUP_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
+def serve_asgi(app: Any, *, lifespan: str = "off") -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) while `app` is served; stop it afterwards."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="websockets"
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, ws="websockets"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
