@@ -4,6 +4,7 @@ the wire's `JobView`, cancel. One RQ queue per engine, so each worker takes only
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,9 @@ CANCEL_KEY = "kitty-images:cancel:{job_id}"
 """Set when a running job is canceled; the worker checks it at every progress step."""
 
 FAILURE_TTL_S = 7 * 24 * 3600
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Job ids we make are 32 hex digits; RQ accepts letters, digits, `_` and `-`."""
 
 _STATUS = {
     RQStatus.QUEUED: JobStatus.QUEUED,
@@ -133,6 +137,8 @@ class JobQueue:
         return job_id
 
     def fetch(self, job_id: str) -> Job:
+        if not JOB_ID_PATTERN.fullmatch(job_id):
+            raise JobNotFound(f"no job with id '{job_id[:80]}'")  # RQ refuses such ids outright
         with redis_errors():
             try:
                 return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
