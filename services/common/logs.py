@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,10 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "asctime",
     "color_message",
 }
+
+QUERY_API_KEY = re.compile(r"([?&]api_key=)[^&\s\"'\\]+", re.IGNORECASE)
+"""An API key in a URL's query string (event streams accept one); scrubbed from every line written,
+whatever logged it: a safety net behind never logging query strings in the first place."""
 
 NOISY_LOGGERS = {"httpx": logging.WARNING, "httpcore": logging.WARNING}
 """At INFO httpx logs every URL, including download signatures in query strings."""
@@ -42,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return QUERY_API_KEY.sub(r"\1[redacted]", json.dumps(entry, default=str))
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -218,6 +218,8 @@ class LatestItem(BaseModel):
     steps: int | None = None
     cfg: float | None = None
     scheduler: str | None = None
+    refiner: bool | None = None
+    """Whether the SDXL refiner pass ran (None: unknown, e.g. an image without a sidecar)."""
     job_id: str | None = None
 
 

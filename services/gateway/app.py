@@ -4,25 +4,30 @@ health, metrics and the `/vision` gallery."""
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
 import httpx
-import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.api_keys import ApiKeyMiddleware, KeyRing, warn_if_exposed_without_keys
+from services.common.limits import RequestLimitsMiddleware
 from services.common.logs import configure_logging
 from services.common.request_id import RequestIdMiddleware
+from services.common.server import serve_http
 
 from . import __version__
 from .errors import install_error_handlers
 from .proxy import PROXY_METHODS, check_upstream_ready, forward
 from .settings import GatewaySettings
+
+log = logging.getLogger("kitty.gateway")
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
 """Static assets of `/vision`: plain HTML and JS, no build step."""
@@ -32,6 +37,16 @@ UPSTREAM_MAX_CONNECTIONS = 100
 
 UPSTREAM_MAX_KEEPALIVE = 20
 """Idle connections kept open to the images-service, so steady traffic skips the TCP handshake."""
+
+
+GALLERY_PATHS = frozenset({"/", "/vision"})
+GALLERY_ASSETS_PREFIX = "/vision/static/"
+
+
+def is_gallery_path(path: str) -> bool:
+    """The gallery's page and static assets load without a key: a browser cannot send one with a
+    page load, and the page asks for the key when the API answers 401."""
+    return path in GALLERY_PATHS or path.startswith(GALLERY_ASSETS_PREFIX)
 
 
 def make_upstream_client(
@@ -88,6 +103,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.keyring = KeyRing.parse(settings.api_keys)
+    # Innermost first: the request id wraps the key check (refusals carry it), which wraps the
+    # size limits. The caller's ?api_key= stays in the query: the proxy decides what goes upstream.
+    app.add_middleware(RequestLimitsMiddleware)
+    app.add_middleware(
+        ApiKeyMiddleware, keyring=app.state.keyring, extra_exempt=is_gallery_path, strip_query_key=False
+    )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
 
@@ -113,6 +135,11 @@ def create_app(
 
     app.mount("/vision/static", StaticFiles(directory=GALLERY_DIR), name="vision-static")
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request, client: HttpClientDep, settings: SettingsDep) -> Response:
+        """The images-service's spec: the gateway serves the same API, one hop further."""
+        return await forward(request, client, settings)
+
     @app.api_route("/api/images/{path:path}", methods=PROXY_METHODS, include_in_schema=False)
     async def proxy(request: Request, client: HttpClientDep, settings: SettingsDep) -> Response:
         return await forward(request, client, settings)
@@ -129,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.port, help="bind port (GATEWAY_PORT)")
     args = parser.parse_args(argv)
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+    app = create_app(settings)
+    warn_if_exposed_without_keys(log, args.host, app.state.keyring, "GATEWAY_API_KEYS")
+    serve_http(app, args.host, args.port)
 
 
 if __name__ == "__main__":

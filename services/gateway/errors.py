@@ -88,6 +88,7 @@ _STATUS_CODES: dict[int, ErrorCode] = {
     401: ErrorCode.UNAUTHORIZED,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.NOT_FOUND,
+    413: ErrorCode.VALIDATION_ERROR,
     429: ErrorCode.RATE_LIMITED,
 }
 """Framework-raised HTTP errors (unknown route, wrong method) mapped onto wire codes."""

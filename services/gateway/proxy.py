@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from services.common.api_keys import API_KEY_HEADER, without_query_key
 from services.common.request_id import request_id_of
 from services.contracts import ErrorCode
 
@@ -51,6 +52,9 @@ REQUEST_HEADERS_SET_HERE = frozenset(
 RESPONSE_HEADERS_SET_HERE = frozenset({"date", "server", "x-request-id"})
 """Response headers the gateway's own server writes; passing the upstream's too would duplicate them."""
 
+CALLER_CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+"""The caller's key headers: replaced by IMAGES_API_KEY when the gateway has one."""
+
 READINESS_TIMEOUT_S = 5.0
 """How long `/readyz` waits for the images-service's `/readyz` (which itself pings Redis and storage)."""
 
@@ -65,11 +69,18 @@ def _dropped_by_connection(headers: httpx.Headers) -> set[str]:
     return names
 
 
-def upstream_request_headers(request: Request, request_id: str) -> list[tuple[str, str]]:
-    """The caller's headers minus hop-by-hop ones, plus this hop's forwarding headers."""
+def upstream_request_headers(
+    request: Request, request_id: str, credential: str | None = None
+) -> list[tuple[str, str]]:
+    """The caller's headers minus hop-by-hop ones, plus this hop's forwarding headers. With a
+    ``credential`` (IMAGES_API_KEY) the caller's own key headers are replaced by it."""
     incoming = httpx.Headers(request.headers.raw)
     dropped = HOP_BY_HOP_HEADERS | REQUEST_HEADERS_SET_HERE | _dropped_by_connection(incoming)
+    if credential:
+        dropped |= CALLER_CREDENTIAL_HEADERS
     headers = [(k, v) for k, v in incoming.multi_items() if k.lower() not in dropped]
+    if credential:
+        headers.append((API_KEY_HEADER, credential))
     if "accept-encoding" not in incoming:
         # Bodies are relayed raw; without this httpx would ask for gzip the caller never agreed to read.
         headers.append(("accept-encoding", "identity"))
@@ -115,6 +126,9 @@ def upstream_url(request: Request, settings: GatewaySettings) -> httpx.URL:
     raw_path: bytes | None = request.scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else quote(decoded_path)
     query: bytes = request.scope.get("query_string", b"")
+    if settings.images_api_key:
+        # The gateway speaks for the caller upstream: the caller's own ?api_key= goes no further.
+        query = without_query_key(query)
     url = httpx.URL(settings.images_base + path)
     return url.copy_with(query=query) if query else url
 
@@ -175,7 +189,7 @@ async def _send(request: Request, client: httpx.AsyncClient, settings: GatewaySe
     outgoing = client.build_request(
         request.method,
         upstream_url(request, settings),
-        headers=upstream_request_headers(request, request_id),
+        headers=upstream_request_headers(request, request_id, settings.images_api_key),
         content=request.stream() if has_body else None,
         timeout=upstream_timeout_for(request, settings),
     )

@@ -9,20 +9,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from redis import Redis
 
+from services.common.api_keys import ApiKeyMiddleware, KeyRing, warn_if_exposed_without_keys
+from services.common.limits import RequestLimitsMiddleware
 from services.common.logs import configure_logging
 from services.common.request_id import RequestIdMiddleware
+from services.common.server import serve_http
 
 from . import __version__
 from .api import engines, handlers, health, images
 from .errors import KittyError
 from .gallery import GalleryIndex
+from .idempotency import IdempotencyStore
 from .metrics import HTTP_SECONDS
 from .models import ModelRegistry
 from .queue import JobQueue, connect_redis
+from .quotas import QuotaLedger
 from .settings import Settings, get_settings
 from .storage import Store, make_store
 
@@ -72,6 +76,8 @@ def create_app(
         app.state.registry = registry or ModelRegistry(settings.models_yaml, settings.default_model)
         app.state.engine_probe = engines.EngineProbe()
         app.state.gallery = GalleryIndex(connection, settings.queue_prefix)
+        app.state.quotas = QuotaLedger(connection, settings.queue_prefix)
+        app.state.idempotency = IdempotencyStore(connection, settings.queue_prefix)
         rebuild = threading.Thread(
             target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
         )
@@ -89,6 +95,11 @@ def create_app(
             connection.close()
 
     app = FastAPI(title="KITTY images-service", version=__version__, lifespan=lifespan)
+    app.state.keyring = KeyRing.parse(settings.api_keys, settings.default_tier)
+    # Added innermost first: request id (outermost of these, so refusals carry it too), then the
+    # API key check, then the size limits, so an unauthenticated caller learns nothing about bodies.
+    app.add_middleware(RequestLimitsMiddleware)
+    app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring)
     app.add_middleware(RequestIdMiddleware)
     handlers.install_error_handlers(app)
     app.include_router(images.router)
@@ -115,4 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args(argv)
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+    app = create_app(settings)
+    warn_if_exposed_without_keys(log, args.host, app.state.keyring, "IMAGES_API_KEYS")
+    serve_http(app, args.host, args.port)

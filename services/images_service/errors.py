@@ -3,6 +3,7 @@ they become HTTP only at the edge (``api/handlers.py``) and job errors only in `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from services.contracts import ErrorCode, ErrorInfo
@@ -12,12 +13,22 @@ class KittyError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
     status: int = 500
     default_remediation: tuple[str, ...] = ()
+    default_headers: Mapping[str, str] = {}
+    """HTTP headers the answer carries (a challenge, a Retry-After), merged with ``headers``."""
 
-    def __init__(self, message: str, *, remediation: list[str] | None = None, detail: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        remediation: list[str] | None = None,
+        detail: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.remediation = list(remediation) if remediation is not None else list(self.default_remediation)
         self.detail = detail
+        self.headers = {**self.default_headers, **(headers or {})}
 
     def to_info(self) -> ErrorInfo:
         return ErrorInfo(
@@ -76,3 +87,23 @@ class Canceled(KittyError):
 
 class Unauthorized(KittyError):
     code, status = ErrorCode.UNAUTHORIZED, 401
+    # RFC 9110: a 401 names the scheme that would work; the realm matches the API-key middleware's.
+    default_headers = {"WWW-Authenticate": 'Bearer realm="kitty-images"'}
+
+
+class RateLimited(KittyError):
+    """Over a quota; ``Retry-After`` (seconds) says when asking again can succeed."""
+
+    code, status = ErrorCode.RATE_LIMITED, 429
+
+
+class IdempotencyConflict(KittyError):
+    """An ``Idempotency-Key`` already used for another request, or one whose first request is still
+    being admitted."""
+
+    code, status = ErrorCode.VALIDATION_ERROR, 409
+
+
+class UnsupportedMediaType(KittyError):
+    code, status = ErrorCode.VALIDATION_ERROR, 415
+    default_remediation = ("Send the body as JSON with `Content-Type: application/json`.",)

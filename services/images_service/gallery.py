@@ -73,6 +73,7 @@ def item_from_sidecar(sidecar: dict[str, Any], *, size: int, last_modified: date
         steps=request.get("steps"),
         cfg=request.get("cfg"),
         scheduler=request.get("scheduler"),
+        refiner=request.get("refiner"),
         job_id=sidecar.get("job_id"),
     )
 

@@ -20,6 +20,7 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from services.common.api_keys import caller_var
 from services.common.logs import request_id_var
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
@@ -55,6 +56,12 @@ _STATUS = {
     RQStatus.STOPPED: JobStatus.CANCELED,
     RQStatus.CANCELED: JobStatus.CANCELED,
 }
+
+
+def caller_meta() -> dict[str, str]:
+    """Who submitted the job, by key id and tier (never the key itself); empty when keys are off."""
+    caller = caller_var.get()
+    return {"key_id": caller.key_id, "tier": caller.tier} if caller else {}
 
 
 def connect_redis(url: str) -> Redis:
@@ -131,6 +138,7 @@ class JobQueue:
                     "model": spec.model,
                     "progress": {"step": 0, "total": spec.steps},
                     "request_id": request_id_var.get(),
+                    **caller_meta(),
                 },
             )
         log.info("job enqueued", extra={"job_id": job_id, "engine": spec.engine, "model": spec.model})

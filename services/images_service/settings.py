@@ -11,12 +11,17 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.api_keys import TIER_NAMES, parse_api_keys
+
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600
 """SigV4 presigned URLs cannot live longer than seven days."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a key or secret; never echo it into a traceback.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # --- the seed's names -------------------------------------------------------------------
     image_engine: str = Field(default="diffusers", alias="IMAGE_ENGINE")
@@ -77,6 +82,28 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9109, ge=0, alias="IMAGES_WORKER_METRICS_PORT")
     """The worker's /metrics port; 0 disables it."""
     log_level: str = Field(default="INFO", alias="IMAGES_LOG_LEVEL")
+
+    # --- security (API keys and quotas) ---------------------------------------------------------
+    api_keys: str | None = Field(default=None, alias="IMAGES_API_KEYS")
+    """``key1,key2:pro,key3:enterprise``: keys accepted as ``X-API-Key`` or ``Authorization: Bearer``,
+    each with an optional tier. Unset: the API is open (fine on 127.0.0.1, warned about elsewhere)."""
+    default_tier: str = Field(default="pro", alias="IMAGES_DEFAULT_TIER")
+    """Tier of a key listed without one: free | pro | enterprise (HIP-35's limits, see quotas.py)."""
+
+    @field_validator("default_tier")
+    @classmethod
+    def _known_tier(cls, value: str) -> str:
+        if value not in TIER_NAMES:
+            raise ValueError(f"IMAGES_DEFAULT_TIER must be one of {', '.join(TIER_NAMES)}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: str | None) -> str | None:
+        # Checked at startup so a typo in a tier fails loudly instead of locking callers out; the
+        # message names a key by its position, never by its text.
+        parse_api_keys(value, "pro")
+        return value
 
     @field_validator("s3_prefix")
     @classmethod

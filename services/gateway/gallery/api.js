@@ -4,7 +4,7 @@
 const API_KEY_STORAGE = "kitty.apiKey";
 const API_KEY_HEADER = "X-API-Key";
 
-/** How often a job is polled when its event stream cannot be used (an API key, a dropped stream). */
+/** How often a job is polled when its event stream cannot be used (no EventSource, a dropped stream). */
 const JOB_POLL_MS = 750;
 
 const TERMINAL_STATUSES = new Set(["done", "error", "canceled"]);
@@ -90,8 +90,9 @@ export function keyPath(key) {
  * `onView(view)` for each new view, the last one terminal; `onFailure(error)` when the job cannot be
  * followed (unknown job, refused key). Returns `{close}`.
  *
- * The event stream is the live path. EventSource cannot send headers, so with an API key, or when
- * the stream breaks before the job ends, the job view is polled instead.
+ * The event stream is the live path. EventSource cannot send headers, so an API key rides in the
+ * stream's URL as `?api_key=` (accepted on this route only, never logged); when the stream breaks
+ * before the job ends, the job view is polled instead.
  */
 export function watchJob(path, { onView, onFailure }) {
   let closed = false;
@@ -125,10 +126,11 @@ export function watchJob(path, { onView, onFailure }) {
     if (!closed) timer = setTimeout(poll, JOB_POLL_MS);
   }
 
-  if (storedApiKey() || typeof EventSource === "undefined") {
+  if (typeof EventSource === "undefined") {
     poll();
   } else {
-    source = new EventSource(`${path}/events`);
+    const key = storedApiKey();
+    source = new EventSource(key ? `${path}/events?api_key=${encodeURIComponent(key)}` : `${path}/events`);
     source.addEventListener("job", (event) => deliver(JSON.parse(event.data)));
     source.addEventListener("error", () => {
       if (closed) return;

@@ -6,8 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.common.api_keys import ApiKey, caller_of
+
+from ..errors import UnsupportedMediaType
+from ..idempotency import IdempotencyStore
 from ..models import ModelRegistry
 from ..queue import JobQueue
+from ..quotas import QuotaLedger
 from ..settings import Settings
 from ..storage import Store
 
@@ -28,6 +33,34 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
+def get_caller(request: Request) -> ApiKey | None:
+    """The key this request authenticated with; None when keys are off."""
+    return caller_of(request.scope)
+
+
+def get_quotas(request: Request) -> QuotaLedger:
+    return request.app.state.quotas  # type: ignore[no-any-return]
+
+
+def get_idempotency(request: Request) -> IdempotencyStore:
+    return request.app.state.idempotency  # type: ignore[no-any-return]
+
+
+def is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def require_json_body(request: Request) -> None:
+    """JSON routes refuse other bodies with 415 up front, rather than a puzzling field error (a form
+    post from `curl -d` is the usual case)."""
+    content_type = request.headers.get("content-type", "")
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"this route takes a JSON body; Content-Type was '{content_type[:100] or 'absent'}'"
+        )
+
+
 def public_base_url(request: Request) -> str:
     """Where clients reach us: IMAGES_PUBLIC_URL, else the host the gateway says the client used,
     else the URL of this request. Download URLs built from it work through the gateway too."""
@@ -46,3 +79,8 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 StoreDep = Annotated[Store, Depends(get_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 BaseUrlDep = Annotated[str, Depends(public_base_url)]
+CallerDep = Annotated[ApiKey | None, Depends(get_caller)]
+QuotasDep = Annotated[QuotaLedger, Depends(get_quotas)]
+IdempotencyDep = Annotated[IdempotencyStore, Depends(get_idempotency)]
+JsonBody = Depends(require_json_body)
+"""For ``dependencies=[JsonBody]`` on routes that take a JSON body."""

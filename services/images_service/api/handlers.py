@@ -41,7 +41,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "request failed",
                 extra={"path": request.url.path, "code": exc.code.value, "error": exc.message},
             )
-        return error_response(exc.status, exc.to_info())
+        return error_response(exc.status, exc.to_info(), exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -50,7 +50,9 @@ def install_error_handlers(app: FastAPI) -> None:
         info = ErrorInfo(
             code=ErrorCode.VALIDATION_ERROR,
             message=f"invalid request: {summary}",
-            remediation=["Fix the fields listed in detail; GET /docs shows the schema."],
+            remediation=[
+                "Fix the fields listed in detail; GET /openapi.json on the images-service shows the schema."
+            ],
             detail=fields,
         )
         return error_response(400, info)

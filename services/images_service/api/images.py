@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
@@ -28,13 +28,23 @@ from services.contracts import (
 
 from ..errors import KeyNotFound, ModelNotFound, Unauthorized, ValidationFailed
 from ..gallery import THUMB_SUFFIX, GalleryIndex
-from ..metrics import JOBS_ENQUEUED
-from ..spec import resolve_spec
+from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
-from .deps import BaseUrlDep, QueueDep, RegistryDep, SettingsDep, StoreDep
+from ..submission import submit
+from .deps import (
+    BaseUrlDep,
+    CallerDep,
+    IdempotencyDep,
+    JsonBody,
+    QueueDep,
+    QuotasDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+)
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 429, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 429, 503)}
 
 THUMB_URL_TTL_S = 3600
 """Thumbnail links in a listing live an hour: long enough to scroll, short enough to not leak."""
@@ -56,14 +66,33 @@ def gallery_of(request: Request) -> GalleryIndex:
     return request.app.state.gallery  # type: ignore[no-any-return]
 
 
-@router.post("/generate", status_code=202, response_model=GenerateView)
+@router.post("/generate", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
 def generate(
-    body: GenerateRequest, queue: QueueDep, registry: RegistryDep, settings: SettingsDep
+    body: GenerateRequest,
+    response: Response,
+    queue: QueueDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    quotas: QuotasDep,
+    idempotency: IdempotencyDep,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> GenerateView:
-    spec = resolve_spec(body, registry, settings)
-    job_id = queue.enqueue(spec)
-    JOBS_ENQUEUED.labels(engine=spec.engine).inc()
-    return GenerateView(job_id=job_id)
+    """Enqueue a render. With an `Idempotency-Key`, the same request under the same key answers
+    with the same job for 24 h (and `Idempotent-Replayed: true`)."""
+    admitted = submit(
+        body,
+        caller=caller,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        registry=registry,
+        settings=settings,
+        quotas=quotas,
+        idempotency=idempotency,
+    )
+    if admitted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return GenerateView(job_id=admitted.job_id, status=admitted.status)
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
@@ -117,7 +146,7 @@ def latest(
     return LatestView(items=items, next_cursor=next_cursor)
 
 
-@router.post("/select", response_model=SelectView)
+@router.post("/select", response_model=SelectView, dependencies=[JsonBody])
 def select(body: SelectRequest, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep) -> SelectView:
     key = validate_image_key(body.key, settings.s3_prefix)
     if store.head(key) is None:

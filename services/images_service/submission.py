@@ -1,0 +1,81 @@
+"""Admitting a generate request: idempotency claim, spec resolution, the caller's tier ceilings and
+daily quota, enqueue — in that order, each undone when a later step fails, so a refused or failed
+submit neither spends quota nor blocks its Idempotency-Key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from services.common.api_keys import ApiKey
+from services.contracts import GenerateRequest, JobStatus
+
+from .errors import KittyError
+from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key, fingerprint, scope_of
+from .metrics import JOBS_ENQUEUED
+from .models import ModelRegistry
+from .queue import JobQueue
+from .quotas import QuotaLedger, check_ceilings
+from .settings import Settings
+from .spec import resolve_spec
+
+log = logging.getLogger("kitty.images.api")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job_id: str
+    status: JobStatus
+    replayed: bool = False
+    """True when an Idempotency-Key named an existing job: nothing new was enqueued."""
+
+
+def _best_effort(step: str, action: Callable[[], None]) -> None:
+    """Run a bookkeeping step (a refund, a release) without hiding the failure that made it
+    necessary, or failing a submit whose job already exists."""
+    try:
+        action()
+    except KittyError as exc:
+        log.warning("submit bookkeeping failed", extra={"step": step, "error": exc.message})
+
+
+def submit(
+    body: GenerateRequest,
+    *,
+    caller: ApiKey | None,
+    idempotency_key: str | None,
+    queue: JobQueue,
+    registry: ModelRegistry,
+    settings: Settings,
+    quotas: QuotaLedger,
+    idempotency: IdempotencyStore,
+) -> Admitted:
+    claim: Claim | None = None
+    if idempotency_key is not None:
+        key = check_idempotency_key(idempotency_key)
+        # Claimed before anything else, so a replay costs no quota and sees no newer refusal.
+        outcome = idempotency.claim(scope_of(caller), key, fingerprint(body))
+        if isinstance(outcome, Replay):
+            return Admitted(outcome.job_id, queue.view(outcome.job_id).status, replayed=True)
+        claim = outcome
+    try:
+        spec = resolve_spec(body, registry, settings)
+        check_ceilings(spec, caller)
+        reservation = quotas.reserve(caller, spec.num_images)
+        try:
+            job_id = queue.enqueue(spec)
+        except BaseException:
+            _best_effort("quota refund", partial(quotas.refund, reservation))
+            raise
+    except BaseException:
+        if claim is not None:
+            _best_effort("idempotency release", partial(idempotency.release, claim))
+        raise
+    JOBS_ENQUEUED.labels(engine=spec.engine).inc()
+    if claim is not None:
+        # The job exists: answer with it even if the record cannot be written (the claim then
+        # expires in a minute and the key is free again).
+        _best_effort("idempotency record", partial(idempotency.complete, claim, job_id))
+    return Admitted(job_id, JobStatus.QUEUED)
