@@ -30,7 +30,7 @@ test-fast: install  ## everything but the end-to-end and browser tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not e2e and not browser"
 
 lint: install
-	$(BIN)/ruff check services cli tests
+	$(BIN)/ruff check services cli tests bench
 	$(BIN)/mypy services cli
 
 clean:
@@ -57,3 +57,7 @@ launchd-install:  ## macOS: images-service, worker, gateway as user agents (WITH
 
 launchd-uninstall:  ## macOS: stop and remove the user agents (data and logs are kept)
 	deploy/launchd/uninstall.sh
+
+# --- performance: every claim measured side by side in one run (bench/README.md) ---
+bench: install  ## latest at any size, queue overhead, submission latency, batches: a table + bench/results/*.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     """Seconds between the images-service's looks for jobs of dead workers."""
     model_cache_size: int = Field(default=1, ge=1, alias="IMAGES_MODEL_CACHE_SIZE")
     """Pipelines kept resident per worker (LRU)."""
+    torch_compile: str | None = Field(default=None, alias="IMAGES_TORCH_COMPILE")
+    """CUDA only: ``1`` compiles the UNet (max-autotune-no-cudagraphs), or a torch.compile mode name;
+    warmed by ``images-worker --preload MODEL``."""
     device: str | None = Field(default=None, alias="IMAGES_DEVICE")
     """Force ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; detected when unset."""
     worker_metrics_port: int = Field(default=9109, ge=0, alias="IMAGES_WORKER_METRICS_PORT")

@@ -35,7 +35,12 @@ def make_engine(name: str, settings: Settings, registry: ModelRegistry) -> Engin
     module_name, _, class_name = ENGINES[check_engine_name(name)].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if name == "diffusers":
-        return cls(registry, device=settings.device, cache_size=settings.model_cache_size)  # type: ignore[no-any-return]
+        return cls(  # type: ignore[no-any-return]
+            registry,
+            device=settings.device,
+            cache_size=settings.model_cache_size,
+            torch_compile=settings.torch_compile,
+        )
     return cls(settings)  # type: ignore[no-any-return]
 
 

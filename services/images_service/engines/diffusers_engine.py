@@ -1,9 +1,10 @@
 """The in-process diffusers engine: loads pipelines by name from models.yaml, keeps them resident in
 an LRU, and renders a `RenderSpec` on CUDA, MPS or the CPU.
 
-Owns device/dtype choice, the scheduler table, the SDXL refiner pass and the mapping of torch's
-failures to the service's errors. The only module besides `tiny.py` that imports torch; workers
-import it, the API never does.
+Owns device/dtype choice, the scheduler table, the SDXL refiner pass, warming a model at worker
+start and the mapping of torch's failures to the service's errors; the CUDA speed-ups themselves
+live in `acceleration.py`. With `tiny.py` and `acceleration.py` the only modules that import torch;
+workers import it, the API never does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.contracts import RenderSpec
 from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
 from ..models import ModelEntry, ModelRegistry
 from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
+from .acceleration import accelerate, attention_processors, compile_mode, denoiser, set_vae_tiling
 from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
 logger = logging.getLogger("kitty.images.engine.diffusers")
@@ -70,6 +72,13 @@ FLOW_MATCH_ALIASES = frozenset({"euler"})
 REFINER_SPLIT = 0.8
 """Fraction of the noise schedule the SDXL base denoises before the refiner takes over (diffusers'
 and A1111's usual ensemble-of-experts split)."""
+
+WARMUP_STEPS = 2
+"""Denoising steps of the warm-up render `preload` makes on CUDA: the first call compiles (with
+IMAGES_TORCH_COMPILE) and picks convolution algorithms; one step would skip the scheduler's second
+branch on multistep samplers."""
+
+WARMUP_PROMPT = "warm-up"
 
 ERROR_TEXT_LIMIT = 300
 """Characters of a library exception kept in a user-facing message; the full trace goes to the log."""
@@ -148,6 +157,10 @@ class _Resident:
     scheduler_class: type[Any]
     scheduler_config: dict[str, Any]
     call_params: frozenset[str]
+    optimizations: list[str] = field(default_factory=list)
+    """The CUDA speed-ups applied at load (`acceleration.accelerate`); empty elsewhere."""
+    attention: list[str] = field(default_factory=list)
+    """Attention processor classes of the UNet/transformer (SDPA ones end in ``2_0``)."""
     refiner: _Resident | None = field(default=None)
 
     def accepts(self, param: str) -> bool:
@@ -221,19 +234,65 @@ class DiffusersEngine:
 
     name = "diffusers"
 
-    def __init__(self, registry: ModelRegistry, *, device: str | None = None, cache_size: int = 1) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        device: str | None = None,
+        cache_size: int = 1,
+        torch_compile: str | None = None,
+    ) -> None:
+        """`torch_compile` is IMAGES_TORCH_COMPILE's value: unset/``0`` off, ``1`` or a mode name on
+        (CUDA only; elsewhere it is ignored with a log line)."""
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._registry = registry
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device)
         self.cache_size = cache_size
+        try:
+            self.compile_mode = compile_mode(torch_compile)
+        except ValueError as exc:
+            raise EngineError(str(exc), remediation=["Fix or unset IMAGES_TORCH_COMPILE."]) from exc
+        if self.compile_mode and self.device.type != "cuda":
+            logger.info("IMAGES_TORCH_COMPILE=%s is ignored on %s", torch_compile, self.device)
+            self.compile_mode = None
         self._resident: OrderedDict[str, _Resident] = OrderedDict()
         self._lock = threading.Lock()
         self._versions = _library_versions()
         quiet_libraries()
 
     # --- public ---------------------------------------------------------------------------------
+    def preload(self, model: str) -> None:
+        """Load `model` before the first job (``images-worker --preload``). On CUDA also render once
+        at the model's default size, so compilation (IMAGES_TORCH_COMPILE) and the choice of
+        convolution algorithms happen now rather than in a user's job."""
+        with self._lock:
+            self._base(self._registry.get(model))
+        if self.device.type != "cuda":
+            return
+        entry = self._registry.get(model)
+        started = time.perf_counter()
+        warmup = RenderSpec(
+            prompt=WARMUP_PROMPT,
+            model=model,
+            width=int(entry.default("width")),
+            height=int(entry.default("height")),
+            steps=WARMUP_STEPS,
+            cfg=float(entry.default("cfg")),
+            seed=0,
+            scheduler=entry.default("scheduler"),
+        )
+        self.render(warmup, lambda step, total: None)
+        logger.info(
+            "warmed model %s at %dx%d in %.2f s%s",
+            model,
+            warmup.width,
+            warmup.height,
+            time.perf_counter() - started,
+            f" (torch.compile {self.compile_mode})" if self.compile_mode else "",
+        )
+
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
         if spec.model is None:  # the API always resolves one; a hand-made job may not
             raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
@@ -271,8 +330,12 @@ class DiffusersEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "pipeline_class": type(base.pipe).__name__,
             "scheduler_class": type(base.pipe.scheduler).__name__,
+            "attention": list(base.attention),
+            "optimizations": list(base.optimizations),
             "versions": dict(self._versions),
         }
+        if getattr(getattr(base.pipe, "vae", None), "use_tiling", False):
+            engine_info["vae_tiling"] = True
         if refiner is not None:
             engine_info["refiner"] = refiner.name
             engine_info["refiner_pipeline_class"] = type(refiner.pipe).__name__
@@ -320,6 +383,9 @@ class DiffusersEngine:
             spec.steps if refiner is None else min(spec.steps, max(1, round(spec.steps * REFINER_SPLIT)))
         )
         base_kwargs = {**common, "width": spec.width, "height": spec.height}
+        for resident in (base, refiner):
+            if resident is not None:
+                set_vae_tiling(resident.pipe, self.device, spec.width, spec.height)
         if refiner is not None:
             base_kwargs.update(denoising_end=REFINER_SPLIT, output_type="latent")
         with torch.inference_mode():
@@ -423,16 +489,24 @@ class DiffusersEngine:
         if self.device.type == "mps":
             # Attention's peak memory is what overflows unified memory at SDXL sizes.
             pipe.enable_attention_slicing()
+        try:
+            optimizations = accelerate(pipe, self.device, self.compile_mode)
+        except Exception:  # a speed-up that fails must not cost the model: it renders without it
+            logger.warning("speed-ups not (all) applied to model %s", entry.name, exc_info=True)
+            optimizations = []
         seconds = time.perf_counter() - started
         MODEL_LOADS.labels(model=entry.name).inc()
         MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
+        attention = attention_processors(denoiser(pipe))
         logger.info(
-            "loaded model %s (%s) on %s as %s in %.2f s",
+            "loaded model %s (%s) on %s as %s in %.2f s; attention %s; %s",
             entry.name,
             type(pipe).__name__,
             self.device,
             str(self.dtype).removeprefix("torch."),
             seconds,
+            ", ".join(attention) or "n/a",
+            ", ".join(optimizations) or "no device-specific optimizations",
         )
         return _Resident(
             name=entry.name,
@@ -441,6 +515,8 @@ class DiffusersEngine:
             scheduler_class=type(pipe.scheduler),
             scheduler_config=dict(pipe.scheduler.config),
             call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+            optimizations=optimizations,
+            attention=attention,
         )
 
     def _free_memory(self) -> None:
