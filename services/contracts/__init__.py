@@ -2,10 +2,12 @@
 
 from .client import ApiError, ImagesClient
 from .schema import (
+    A1111_SAMPLERS,
     ENGINE_NAMES,
     LATEST_DEFAULT,
     LATEST_MAX,
     MAX_SEED,
+    QUALITY_NAMES,
     SCHEDULER_NAMES,
     EngineRow,
     EnginesView,
@@ -21,15 +23,27 @@ from .schema import (
     JobView,
     LatestItem,
     LatestView,
+    LoraRef,
     ModelInfo,
     ModelsView,
+    PresetInfo,
+    PresetsView,
     Progress,
     RenderSpec,
+    RerunRequest,
     SelectRequest,
     SelectView,
+    UploadView,
 )
 
 __all__ = [
+    "A1111_SAMPLERS",
+    "QUALITY_NAMES",
+    "LoraRef",
+    "PresetInfo",
+    "PresetsView",
+    "RerunRequest",
+    "UploadView",
     "ENGINE_NAMES",
     "LATEST_DEFAULT",
     "LATEST_MAX",

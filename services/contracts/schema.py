@@ -10,7 +10,7 @@ import json
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 10_000
 """HIP-35's prompt limit; the AInfluencer seed's 2,000 is a preset concern, not the wire's."""
@@ -43,6 +43,39 @@ SCHEDULER_NAMES = (
     "unipc",
 )
 """The named set of samplers a request may ask for; each engine maps them to its own names."""
+
+
+A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
+    "euler": ("Euler", None),
+    "euler_a": ("Euler a", None),
+    "heun": ("Heun", None),
+    "lms": ("LMS", None),
+    "ddim": ("DDIM", None),
+    "pndm": ("PLMS", None),
+    "dpmpp_2m": ("DPM++ 2M", None),
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "dpmpp_sde": ("DPM++ SDE", None),
+    "unipc": ("UniPC", None),
+}
+"""Our scheduler names → AUTOMATIC1111's (sampler, "Schedule type"). A1111 v1.9+ splits the old
+"DPM++ 2M Karras" into sampler "DPM++ 2M" plus schedule type "Karras"; diffusers' PNDM is the
+pseudo-linear multistep method A1111 calls PLMS."""
+
+SCHEDULER_ALIASES: dict[str, str] = {
+    **{
+        sampler.lower() + (f" {schedule}".lower() if schedule else ""): name
+        for name, (sampler, schedule) in A1111_SAMPLERS.items()
+    },
+    "pndm": "pndm",
+    "dpm++ 2m sde": "dpmpp_sde",
+}
+"""A1111's names (any case) accepted for `scheduler`, e.g. "Euler a", "DPM++ 2M Karras"."""
+
+QUALITY_NAMES = ("low", "standard", "pro")
+"""The AInfluencer quality levels a preset defines: low 20 steps/cfg 6, standard 30/7, pro 50/8."""
+
+MAX_LORAS = 5
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 
 
 class ErrorCode(StrEnum):
@@ -90,6 +123,15 @@ class JobStatus(StrEnum):
         return self in (JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELED)
 
 
+class LoraRef(BaseModel):
+    """A LoRA registered in models.yaml, applied to this job only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    weight: float = Field(default=1.0, ge=-2.0, le=2.0)
+
+
 class GenerateRequest(BaseModel):
     """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time."""
 
@@ -97,7 +139,7 @@ class GenerateRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
     height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
@@ -109,6 +151,28 @@ class GenerateRequest(BaseModel):
     engine: EngineName | None = None
     workflow: dict[str, Any] | None = None
     """A ComfyUI API-format graph ``{node_id: {class_type, inputs}}`` run as is (engine comfyui)."""
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Key of an upload (``POST /api/images/uploads``) or a stored image: image-to-image."""
+    mask: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Key of an uploaded mask (white = repaint) for inpainting; needs `image`."""
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+    """How much of `image` is repainted: 0 keeps it, 1 ignores it (default 0.75)."""
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
+    preset: str | None = Field(default=None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    quality: Literal[QUALITY_NAMES] | None = None  # type: ignore[valid-type]
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _a1111_scheduler_names(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in SCHEDULER_NAMES:
+            return SCHEDULER_ALIASES.get(value.strip().lower(), value)
+        return value
+
+    @model_validator(mode="after")
+    def _image_fields_need_an_image(self) -> GenerateRequest:
+        if self.image is None and (self.mask is not None or self.strength is not None):
+            raise ValueError("`mask` and `strength` need `image` (the picture to start from)")
+        return self
 
     @field_validator("workflow")
     @classmethod
@@ -156,6 +220,12 @@ class RenderSpec(BaseModel):
     num_images: int = 1
     engine: str = "diffusers"
     workflow: dict[str, Any] | None = None
+    image: str | None = None
+    mask: str | None = None
+    strength: float | None = None
+    loras: list[LoraRef] = Field(default_factory=list)
+    preset: str | None = None
+    quality: str | None = None
 
 
 class GenerateView(BaseModel):
@@ -273,3 +343,39 @@ class ModelInfo(BaseModel):
 class ModelsView(BaseModel):
     models: list[ModelInfo]
     default: str | None = None
+
+
+class UploadView(BaseModel):
+    """``POST /api/images/uploads``: the stored input image, to pass as `image` or `mask`."""
+
+    key: str
+    width: int
+    height: int
+    content_type: str
+    size: int
+
+
+class PresetInfo(BaseModel):
+    name: str
+    title: str
+    description: str
+    prompt_template: str
+    negative_prompt: str
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    qualities: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class PresetsView(BaseModel):
+    presets: list[PresetInfo]
+
+
+class RerunRequest(BaseModel):
+    """``POST /api/images/rerun``: enqueue exactly the request stored with `key` again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=1024)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    """Another seed; absent keeps the stored one (same device → the same pixels)."""
+    new_seed: bool = False
+    """Pick a fresh random seed instead."""

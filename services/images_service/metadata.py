@@ -14,7 +14,7 @@ import PIL
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from services.contracts import RenderSpec
+from services.contracts import A1111_SAMPLERS, RenderSpec
 
 from . import __version__
 from .redaction import redact
@@ -27,23 +27,6 @@ KITTY_CHUNK = "kitty"
 
 SIDECAR_VERSION = 1
 """Bumped when the sidecar's shape changes incompatibly."""
-
-
-# Our scheduler names → (A1111 sampler, A1111 "Schedule type" or None). A1111 v1.9+ splits the
-# old "DPM++ 2M Karras" into sampler "DPM++ 2M" plus schedule type "Karras"; diffusers' PNDM is
-# the pseudo-linear multistep method A1111 calls PLMS.
-A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
-    "euler": ("Euler", None),
-    "euler_a": ("Euler a", None),
-    "heun": ("Heun", None),
-    "lms": ("LMS", None),
-    "ddim": ("DDIM", None),
-    "pndm": ("PLMS", None),
-    "dpmpp_2m": ("DPM++ 2M", None),
-    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
-    "dpmpp_sde": ("DPM++ SDE", None),
-    "unipc": ("UniPC", None),
-}
 
 
 def infotext(

@@ -20,10 +20,10 @@ from typing import Any, Literal
 import httpx
 from PIL import UnidentifiedImageError
 
-from services.contracts import RenderSpec
+from services.contracts import A1111_SAMPLERS, RenderSpec
 
 from ..errors import EngineError, EngineTimeout, ModelNotFound, Unauthorized
-from ..metadata import A1111_SAMPLERS, PARAMETERS_CHUNK
+from ..metadata import PARAMETERS_CHUNK
 from ..settings import Settings
 from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 from .remote import (
