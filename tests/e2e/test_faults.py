@@ -22,8 +22,12 @@ BIN = Path(sys.executable).parent
 FAULT_DEADLINE_S = 60.0
 """The issue's bound: a lost worker's job is detected (and retried or failed) within 60 s."""
 
-LONG_JOB = {"prompt": "a long night", "model": "tiny-sd15", "steps": 150, "width": 128, "height": 128}
-"""Seconds of work for the tiny pipeline: long enough to be interrupted mid-way."""
+LONG_JOB = {"prompt": "a long night", "model": "tiny-sd15", "steps": 150, "width": 64, "height": 64}
+"""A few seconds of work for the tiny pipeline: long enough to be interrupted mid-way, short enough
+to run again after a retry on a busy machine."""
+
+SLOW_JOB = {**LONG_JOB, "width": 128, "height": 128}
+"""Surely longer than the 2 s timeout of the timeout test."""
 
 SHORT_JOB = {"prompt": "a short day", "model": "tiny-sd15", "steps": 2}
 
@@ -44,6 +48,8 @@ class Deployment:
             "IMAGES_WORKER_HEARTBEAT": "0.5",
             "IMAGES_JANITOR_INTERVAL": "0.5",
             "HF_HUB_OFFLINE": "1",
+            # One torch thread per worker: two workers on two cores must not fight over them.
+            "OMP_NUM_THREADS": "1",
             **env,
         }
         self.env.pop("S3_BUCKET", None)
@@ -149,7 +155,7 @@ def test_timeout_ends_the_job_and_the_worker_takes_the_next(deploy: Callable[...
     stack = deploy(IMAGES_JOB_TIMEOUT="2")
     stack.start_api()
     worker = stack.start_worker("worker")
-    slow = stack.generate(LONG_JOB)
+    slow = stack.generate(SLOW_JOB)
     quick = stack.generate(SHORT_JOB)
 
     assert stack.wait_for(slow, is_terminal)["error"]["code"] == "ENGINE_TIMEOUT"

@@ -50,6 +50,8 @@ def run_stack(data_dir: Path, redis_server: str, models_yaml: Path, *, redis_db:
         "IMAGES_BASE": f"http://127.0.0.1:{images_port}",
         "GATEWAY_PORT": str(gateway_port),
         "HF_HUB_OFFLINE": "1",
+        # One torch thread: the worker shares two cores with the test, the browser and the API.
+        "OMP_NUM_THREADS": "1",
     }
     env.pop("S3_BUCKET", None)
     logs = data_dir / "logs"
