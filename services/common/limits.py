@@ -1,6 +1,6 @@
 """Request size limits of the gateway and the images-service: bodies of at most 1 MB (refused from
 ``Content-Length`` before the app runs, and counted while streaming, so a chunked body cannot slip
-past) and request heads of at most 32 KB.
+past), 20 MB on the one route that takes an image upload, and request heads of at most 32 KB.
 
 A pure ASGI middleware (not ``BaseHTTPMiddleware``, which buffers and breaks streaming); the answers
 are 413 and 431 in the wire's error shape. `services.common.server` bounds the head already while
@@ -8,6 +8,8 @@ uvicorn parses it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -20,6 +22,32 @@ MAX_BODY_BYTES = 1024 * 1024
 JSON as the schema measures it, with spaces) fits when sent compact; nothing else comes close."""
 
 TOO_LARGE_MESSAGE = "request body larger than 1 MB"
+
+UPLOAD_ROUTE = "/api/images/uploads"
+"""The route whose body is an image (``POST``): the same path on the gateway and the service."""
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""HIP-35's upload limit: 20 MB of PNG, JPEG or WebP."""
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    max_bytes: int
+    remediation: str
+    """What the 413 tells the caller to do."""
+
+
+DEFAULT_BODY_LIMIT = BodyLimit(
+    MAX_BODY_BYTES, "Send a smaller body: a prompt is at most 10,000 characters, a raw workflow 1 MB of JSON."
+)
+
+ROUTE_BODY_LIMITS: dict[tuple[str, str], BodyLimit] = {
+    ("POST", UPLOAD_ROUTE): BodyLimit(
+        MAX_UPLOAD_BYTES,
+        "Upload a smaller image: at most 20 MB of PNG, JPEG or WebP (JPEG and WebP compress photos best).",
+    )
+}
+"""(method, exact path) → its limit instead of `DEFAULT_BODY_LIMIT`; every other route keeps 1 MB."""
 
 MAX_HEADER_BYTES = 32 * 1024
 """The largest request head (request line and headers) accepted; real ones are well under 4 KB."""
@@ -34,13 +62,11 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=TOO_LARGE_MESSAGE)
 
 
-def too_large_response() -> JSONResponse:
+def too_large_response(limit: BodyLimit = DEFAULT_BODY_LIMIT) -> JSONResponse:
     info = ErrorInfo(
         code=ErrorCode.VALIDATION_ERROR,
-        message=TOO_LARGE_MESSAGE,
-        remediation=[
-            "Send a smaller body: a prompt is at most 10,000 characters, a raw workflow 1 MB of JSON.",
-        ],
+        message=f"request body larger than {limit.max_bytes / 2**20:g} MB",
+        remediation=[limit.remediation],
     )
     # The rest of the body is never read, so the connection cannot carry another request.
     return JSONResponse(
@@ -80,11 +106,21 @@ def declared_length(scope: Scope) -> int | None:
 
 class RequestLimitsMiddleware:
     def __init__(
-        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, max_header_bytes: int = MAX_HEADER_BYTES
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        route_limits: dict[tuple[str, str], BodyLimit] | None = None,
     ) -> None:
+        """`route_limits` (default `ROUTE_BODY_LIMITS`) replaces `max_bytes` for exact (method, path)s."""
         self.app = app
         self.max_bytes = max_bytes
         self.max_header_bytes = max_header_bytes
+        self.route_limits = ROUTE_BODY_LIMITS if route_limits is None else route_limits
+        self._default = BodyLimit(max_bytes, DEFAULT_BODY_LIMIT.remediation)
+
+    def body_limit(self, scope: Scope) -> BodyLimit:
+        return self.route_limits.get((scope.get("method", ""), scope.get("path", "")), self._default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,9 +130,10 @@ class RequestLimitsMiddleware:
         if head_size(scope) > self.max_header_bytes:
             await headers_too_large_response()(scope, receive, send)
             return
+        limit = self.body_limit(scope)
         declared = declared_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await too_large_response()(scope, receive, send)
+        if declared is not None and declared > limit.max_bytes:
+            await too_large_response(limit)(scope, receive, send)
             return
 
         received = 0
@@ -108,7 +145,7 @@ class RequestLimitsMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit.max_bytes:
                     exceeded = True
                     raise BodyTooLarge()
             return message
@@ -127,4 +164,4 @@ class RequestLimitsMiddleware:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await too_large_response()(scope, receive, send)
+            await too_large_response(limit)(scope, receive, send)

@@ -54,7 +54,7 @@ def models_list() -> None:
 @models.command("tiny")
 @click.option("--force", is_flag=True, help="rebuild even if the folders exist")
 def models_tiny(force: bool) -> None:
-    """Build small random-weight SD1.5 and SDXL pipelines locally (no hub) for demos and tests."""
+    """Build small random-weight SD1.5 and SDXL pipelines and a LoRA locally (no hub), for demos."""
     from .tiny import build_tiny_models  # imports torch: only here
 
     settings = get_settings()

@@ -8,6 +8,13 @@ Both shapes are accepted: the seed's flat ``name: /path/or/hub-id`` and the rich
         repo: stabilityai/stable-diffusion-xl-base-1.0   # or path: /models/sdxl
         refiner: sdxl_refiner
         defaults: {width: 1024, height: 1024, steps: 30, cfg: 7.0}
+    loras:
+      film_grain:
+        path: /models/loras/film_grain.safetensors   # a file, or a folder holding one
+        base: sdxl                                   # the family it was trained for
+        description: subtle 35 mm grain
+
+LoRAs live only in the richer shape (beside ``models:``); a request names them in ``loras``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,34 @@ FALLBACK_DEFAULTS: dict[str, Any] = {
     "scheduler": None,
 }
 """The seed's SDXL defaults, used for anything an entry does not set."""
+
+
+LORA_BASES = ("sd15", "sdxl", "sd3", "flux")
+"""Model families a LoRA's `base` may name; a LoRA is refused on a pipeline of another family."""
+
+LORAS_KEY = "loras"
+"""The models.yaml section of LoRAs, beside ``models:``."""
+
+LORA_HOWTO = (
+    "Register it in models.yaml under `loras:`, e.g. `my_style: {path: /models/loras/my_style.safetensors, "
+    "base: sdxl}`; GET /api/images/models lists the registered ones."
+)
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """A LoRA registered in models.yaml: a local ``.safetensors`` file or a folder holding one."""
+
+    name: str
+    path: str
+    """Absolute."""
+    base: str | None = None
+    """The model family it was trained for (`LORA_BASES`); None: not checked."""
+    description: str | None = None
+
+    @property
+    def is_present(self) -> bool:
+        return Path(self.path).exists()
 
 
 @dataclass(frozen=True)
@@ -101,12 +136,48 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
     )
 
 
-def parse_models_yaml(text: str, base_dir: Path) -> dict[str, ModelEntry]:
+def _parse_lora(name: str, raw: Any, base_dir: Path) -> LoraEntry:
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    if not isinstance(raw, dict) or not raw.get("path"):
+        raise ValidationFailed(f"models.yaml LoRA '{name}' needs a 'path' (a .safetensors file or folder)")
+    path = Path(os.path.expanduser(str(raw["path"])))
+    base = raw.get("base")
+    if base is not None and base not in LORA_BASES:
+        raise ValidationFailed(
+            f"models.yaml LoRA '{name}': base '{base}' is not one of {', '.join(LORA_BASES)}"
+        )
+    description = raw.get("description")
+    return LoraEntry(
+        name=name,
+        path=str((path if path.is_absolute() else base_dir / path).resolve()),
+        base=base,
+        description=str(description) if description is not None else None,
+    )
+
+
+def _load_yaml(text: str) -> dict[str, Any]:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValidationFailed("models.yaml must be a mapping of model names")
-    models = data.get("models", data) if isinstance(data.get("models"), dict) else data
+    return data
+
+
+def _is_sectioned(data: dict[str, Any]) -> bool:
+    """The richer shape (``models:``/``loras:`` sections) rather than the seed's flat name → path."""
+    return isinstance(data.get("models"), dict) or isinstance(data.get(LORAS_KEY), dict)
+
+
+def parse_models_yaml(text: str, base_dir: Path) -> dict[str, ModelEntry]:
+    data = _load_yaml(text)
+    models = (data.get("models") or {}) if _is_sectioned(data) else data
     return {str(name): _parse_entry(str(name), raw, base_dir) for name, raw in models.items()}
+
+
+def parse_loras_yaml(text: str, base_dir: Path) -> dict[str, LoraEntry]:
+    data = _load_yaml(text)
+    loras = data.get(LORAS_KEY) if _is_sectioned(data) else None
+    return {str(name): _parse_lora(str(name), raw, base_dir) for name, raw in (loras or {}).items()}
 
 
 class ModelRegistry:
@@ -118,18 +189,39 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._entries: dict[str, ModelEntry] = {}
+        self._loras: dict[str, LoraEntry] = {}
 
-    def entries(self) -> dict[str, ModelEntry]:
+    def _refresh(self) -> tuple[dict[str, ModelEntry], dict[str, LoraEntry]]:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         stamp = (stat.st_mtime, stat.st_size)
         with self._lock:
             if stamp != self._stamp:
-                self._entries = parse_models_yaml(self.path.read_text(), self.path.parent)
+                text = self.path.read_text()
+                self._entries = parse_models_yaml(text, self.path.parent)
+                self._loras = parse_loras_yaml(text, self.path.parent)
                 self._stamp = stamp
-            return self._entries
+            return self._entries, self._loras
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return self._refresh()[0]
+
+    def loras(self) -> dict[str, LoraEntry]:
+        """LoRAs registered under ``loras:``, by name."""
+        return self._refresh()[1]
+
+    def lora(self, name: str) -> LoraEntry:
+        loras = self.loras()
+        if name not in loras:
+            known = f"Registered LoRAs: {', '.join(loras)}." if loras else "No LoRAs are registered yet."
+            raise ModelNotFound(
+                f"LoRA '{name}' is not registered in models.yaml",
+                remediation=[LORA_HOWTO, known, "Demo: kitty-images models tiny registers tiny-lora."],
+                detail={"lora": name},
+            )
+        return loras[name]
 
     def names(self) -> list[str]:
         return list(self.entries())
@@ -156,14 +248,29 @@ class ModelRegistry:
         return names[0]
 
 
-def register_model(path: Path, name: str, entry: dict[str, Any]) -> None:
-    """Add or replace `name` in the models.yaml at `path`, keeping the other entries."""
+def _register(path: Path, section: str, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace `name` in `section` of the models.yaml at `path`, keeping everything else."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {}
     if path.exists():
         data = yaml.safe_load(path.read_text()) or {}
-    models = data.setdefault("models", {}) if "models" in data or not data else data
-    models[name] = entry
+    if data and not _is_sectioned(data):
+        if section == "models":  # the seed's flat file stays flat while it holds models only
+            data[name] = entry
+        else:  # a LoRA needs the sections: the flat models move under `models:`
+            data = {"models": data, section: {name: entry}}
+    else:
+        data.setdefault(section, {})[name] = entry
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     tmp.replace(path)
+
+
+def register_model(path: Path, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace `name` in the models.yaml at `path`, keeping the other entries."""
+    _register(path, "models", name, entry)
+
+
+def register_lora(path: Path, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace LoRA `name` (``{path, base, description}``) under ``loras:`` in `path`."""
+    _register(path, LORAS_KEY, name, entry)

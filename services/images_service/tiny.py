@@ -1,8 +1,9 @@
 """Tiny random-weight diffusers pipelines built locally (no hub), for demos and tests.
 
 Owns `build_tiny_models`: SD1.5-, SDXL- and SDXL-refiner-shaped pipelines small enough to build in a
-few seconds and render 64x64 in a fraction of a second on a CPU, registered in models.yaml. The
-images are noise; what they prove is that the whole path (load, schedule, render, store) works.
+few seconds and render 64x64 in a fraction of a second on a CPU, and a LoRA for the SD1.5 one, all
+registered in models.yaml. The images are noise; what they prove is that the whole path (load,
+schedule, render, store; image-to-image, inpainting, LoRA) works.
 torch/diffusers/transformers are imported inside the functions so `kitty-images` stays light.
 """
 
@@ -12,12 +13,35 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .models import register_model
+from .models import register_lora, register_model
 
 logger = logging.getLogger("kitty.images.tiny")
 
 TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER = "tiny-sd15", "tiny-sdxl", "tiny-sdxl-refiner"
 """Names the tiny models are registered under."""
+
+TINY_LORA = "tiny-lora"
+"""Name of the tiny SD1.5 LoRA (registered under ``loras:``)."""
+
+TINY_LORA_RANK, TINY_LORA_ALPHA = 4, 16
+"""LoRA rank and alpha: a scale of alpha/rank = 4 makes the random update visible in the pixels."""
+
+TINY_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The UNet's attention projections, where real SD LoRAs live too."""
+
+TINY_LORA_FILE = "pytorch_lora_weights.safetensors"
+"""diffusers' file name for saved LoRA weights."""
+
+VAE_SCALING_FACTOR = 4.0
+"""Latent scale of the tiny VAE: about 1 / the standard deviation of its random encoder's latents, so
+scaled latents have unit variance, as Stable Diffusion's 0.18215 gives for its VAE. With the default
+the input's latents would sit far below the noise of even the last step, and image-to-image could
+not keep anything of its input. (Text-to-image renders change with it too: other noise, still noise.)"""
+
+VAE_POSTERIOR_LOGVAR = -20.0
+"""Bias of the encoder's log-variance outputs: a random encoder would otherwise give a posterior so
+wide that image-to-image samples noise rather than the input's latents. Real VAEs' is tiny too. Only
+the encoder sees it, so text-to-image renders are unaffected."""
 
 TINY_DEFAULTS: dict[str, Any] = {"width": 64, "height": 64, "steps": 20, "cfg": 7.0}
 """Registered defaults: 64x64 keeps a tiny render well under a second on a CPU."""
@@ -98,9 +122,10 @@ def _seeded(factory: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _vae() -> Any:
+    import torch
     from diffusers import AutoencoderKL
 
-    return _seeded(
+    vae = _seeded(
         AutoencoderKL,
         block_out_channels=(32, 64),
         in_channels=3,
@@ -109,7 +134,15 @@ def _vae() -> Any:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         latent_channels=4,
         sample_size=64,
+        scaling_factor=VAE_SCALING_FACTOR,
     )
+    # The encoder's last layer (quant_conv) gives the posterior's means, then its log-variances.
+    last = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        last.weight[latent:].zero_()
+        last.bias[latent:].fill_(VAE_POSTERIOR_LOGVAR)
+    return vae
 
 
 def _scheduler() -> Any:
@@ -203,12 +236,38 @@ def _is_built(folder: Path) -> bool:
     return (folder / "model_index.json").is_file()
 
 
-def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:
-    """Build the tiny pipelines under `out_dir/<name>` and register them in `models_yaml`.
+def build_tiny_lora(sd15_dir: Path, out_dir: Path) -> Path:
+    """A LoRA for the tiny SD1.5 UNet with random, non-zero weights (so it visibly changes a render),
+    saved as diffusers saves trained ones; returns its folder."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
 
-    A folder that already holds a ``model_index.json`` is kept unless `force`. Returns the names
-    registered, base models first.
+    unet = UNet2DConditionModel.from_pretrained(sd15_dir, subfolder="unet")
+    torch.manual_seed(TINY_SEED)
+    # init_lora_weights=False: both A and B random; the default (B = 0) would change nothing.
+    config = LoraConfig(
+        r=TINY_LORA_RANK,
+        lora_alpha=TINY_LORA_ALPHA,
+        target_modules=list(TINY_LORA_TARGETS),
+        init_lora_weights=False,
+    )
+    unet.add_adapter(config)
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=TINY_LORA_FILE
+    )
+    return out_dir
+
+
+def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:
+    """Build the tiny pipelines and the tiny LoRA under `out_dir/<name>` and register them in
+    `models_yaml`.
+
+    A folder that already holds a ``model_index.json`` (the LoRA: its weights file) is kept unless
+    `force`. Returns the names registered, base models first, the LoRA last.
     """
+    import importlib.util
     import time
 
     from .engines.diffusers_engine import quiet_libraries
@@ -218,8 +277,12 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
     started = time.perf_counter()
     sd15_dir, sdxl_dir, refiner_dir = (out_dir / n for n in (TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER))
 
+    lora_dir = out_dir / TINY_LORA
     if force or not _is_built(sd15_dir):
         _sd15_pipeline().save_pretrained(sd15_dir)
+    has_peft = importlib.util.find_spec("peft") is not None
+    if has_peft and (force or not (lora_dir / TINY_LORA_FILE).is_file()):
+        build_tiny_lora(sd15_dir, lora_dir)
     if force or not _is_built(sdxl_dir) or not _is_built(refiner_dir):
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
@@ -243,7 +306,18 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
     }
     for name, entry in entries.items():
         register_model(Path(models_yaml), name, entry)
+    names = list(entries)
+    if has_peft:
+        lora_note = f"tiny random LoRA for {TINY_SD15} (kitty-images models tiny): for demos and tests"
+        register_lora(
+            Path(models_yaml),
+            TINY_LORA,
+            {"path": str(lora_dir / TINY_LORA_FILE), "base": "sd15", "description": lora_note},
+        )
+        names.append(TINY_LORA)
+    else:
+        logger.warning("%s not built: LoRAs need peft (pip install -e '.[worker]')", TINY_LORA)
     logger.info(
-        "tiny models ready in %s (%.2f s): %s", out_dir, time.perf_counter() - started, ", ".join(entries)
+        "tiny models ready in %s (%.2f s): %s", out_dir, time.perf_counter() - started, ", ".join(names)
     )
-    return list(entries)
+    return names

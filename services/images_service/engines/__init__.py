@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import ValidationFailed
+from ..uploads import read_image
 from .base import Engine, EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
 if TYPE_CHECKING:
     from ..models import ModelRegistry
     from ..settings import Settings
+    from ..storage import Store
 
 ENGINES: dict[str, str] = {
     "diffusers": "services.images_service.engines.diffusers_engine:DiffusersEngine",
@@ -31,7 +34,8 @@ def check_engine_name(name: str) -> str:
     return name
 
 
-def make_engine(name: str, settings: Settings, registry: ModelRegistry) -> Engine:
+def make_engine(name: str, settings: Settings, registry: ModelRegistry, store: Store | None = None) -> Engine:
+    """`store`: where the diffusers engine reads a job's input image and mask (a worker's store)."""
     module_name, _, class_name = ENGINES[check_engine_name(name)].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if name == "diffusers":
@@ -40,6 +44,7 @@ def make_engine(name: str, settings: Settings, registry: ModelRegistry) -> Engin
             device=settings.device,
             cache_size=settings.model_cache_size,
             torch_compile=settings.torch_compile,
+            image_loader=partial(read_image, store) if store is not None else None,
         )
     return cls(settings)  # type: ignore[no-any-return]
 

@@ -1,10 +1,12 @@
 """The in-process diffusers engine: loads pipelines by name from models.yaml, keeps them resident in
-an LRU, and renders a `RenderSpec` on CUDA, MPS or the CPU.
+an LRU, and renders a `RenderSpec` on CUDA, MPS or the CPU: text-to-image, image-to-image and
+inpainting (pipelines derived from the resident one, sharing its weights), with LoRAs applied for
+one job at a time.
 
-Owns device/dtype choice, the scheduler table, the SDXL refiner pass, warming a model at worker
-start and the mapping of torch's failures to the service's errors; the CUDA speed-ups themselves
-live in `acceleration.py`. With `tiny.py` and `acceleration.py` the only modules that import torch;
-workers import it, the API never does.
+Owns device/dtype choice, the scheduler table, the SDXL refiner pass, LoRA loading and removal,
+warming a model at worker start and the mapping of torch's failures to the service's errors; the
+CUDA speed-ups themselves live in `acceleration.py`. With `tiny.py` and `acceleration.py` the only
+modules that import torch; workers import it, the API never does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,13 +27,14 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from huggingface_hub import try_to_load_from_cache
+from PIL import Image
 
 from services.contracts import RenderSpec
 
 from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
-from ..models import ModelEntry, ModelRegistry
+from ..models import LORA_HOWTO, LoraEntry, ModelEntry, ModelRegistry
 from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from .acceleration import accelerate, attention_processors, compile_mode, denoiser, set_vae_tiling
 from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
@@ -79,6 +83,27 @@ IMAGES_TORCH_COMPILE) and picks convolution algorithms; one step would skip the 
 branch on multistep samplers."""
 
 WARMUP_PROMPT = "warm-up"
+
+TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+"""A job's mode, from its spec: an `image` makes it image-to-image, a `mask` as well inpainting."""
+
+DERIVED_PIPELINES: dict[str, Any] = {IMG2IMG: AutoPipelineForImage2Image, INPAINT: AutoPipelineForInpainting}
+"""Mode → the auto class whose ``from_pipe`` builds that pipeline from the resident text-to-image one."""
+
+FUSED_DENOISER = "fused_qkv:denoiser"
+"""The `accelerate` optimization a LoRA job undoes for its duration (see `_loras_applied`)."""
+
+ADAPTER_PREFIX = "kitty_lora_"
+"""peft adapter names are ``{prefix}{position}``: registered LoRA names may hold dots, which peft
+cannot take in a module key."""
+
+LORA_FAMILIES = (
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion3", "sd3"),
+    ("Flux", "flux"),
+    ("StableDiffusion", "sd15"),
+)
+"""Pipeline class-name prefix → the model family a LoRA's `base` names (first match wins)."""
 
 ERROR_TEXT_LIMIT = 300
 """Characters of a library exception kept in a user-facing message; the full trace goes to the log."""
@@ -147,6 +172,41 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def job_mode(spec: RenderSpec) -> str:
+    if spec.mask is not None and spec.image is None:
+        raise ValidationFailed("a mask needs an image to inpaint", remediation=["Send `image` with `mask`."])
+    return INPAINT if spec.mask is not None else IMG2IMG if spec.image is not None else TXT2IMG
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """Denoising steps an image-to-image pass runs: diffusers' ``int(steps × strength)``, at least one
+    for any strength above 0 (the lightest touch the schedule allows); 0 only for strength 0."""
+    if strength <= 0:
+        return 0
+    return max(1, min(steps, int(steps * strength)))
+
+
+def pipeline_strength(steps: int, strength: float) -> float:
+    """The strength passed to diffusers: `strength` itself, unless it would run no step at all, then
+    one that runs exactly one (diffusers reads only ``int(steps × strength)`` from it)."""
+    if int(steps * strength) >= 1:
+        return strength
+    return min(1.0, 1.5 / steps)
+
+
+def model_family(pipe: Any) -> str | None:
+    name = type(pipe).__name__
+    return next((family for prefix, family in LORA_FAMILIES if name.startswith(prefix)), None)
+
+
+@dataclass
+class _JobInputs:
+    """The pictures of an image-to-image or inpainting job, at the output size."""
+
+    image: Image.Image
+    mask: Image.Image | None = None
+
+
 @dataclass
 class _Resident:
     """A loaded pipeline and what a job needs to reset it to before use."""
@@ -162,6 +222,8 @@ class _Resident:
     attention: list[str] = field(default_factory=list)
     """Attention processor classes of the UNet/transformer (SDPA ones end in ``2_0``)."""
     refiner: _Resident | None = field(default=None)
+    derived: dict[str, _Resident] = field(default_factory=dict)
+    """Image-to-image and inpainting pipelines made from this one (same components, no reload)."""
 
     def accepts(self, param: str) -> bool:
         return param in self.call_params
@@ -241,12 +303,15 @@ class DiffusersEngine:
         device: str | None = None,
         cache_size: int = 1,
         torch_compile: str | None = None,
+        image_loader: Callable[[str], Image.Image] | None = None,
     ) -> None:
         """`torch_compile` is IMAGES_TORCH_COMPILE's value: unset/``0`` off, ``1`` or a mode name on
-        (CUDA only; elsewhere it is ignored with a log line)."""
+        (CUDA only; elsewhere it is ignored with a log line). `image_loader` reads a stored image by
+        key, for a spec's `image` and `mask`; without one, image-to-image jobs are refused."""
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._registry = registry
+        self._image_loader = image_loader
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device)
         self.cache_size = cache_size
@@ -296,8 +361,15 @@ class DiffusersEngine:
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
         if spec.model is None:  # the API always resolves one; a hand-made job may not
             raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
+        mode = job_mode(spec)
+        if spec.refiner and mode != TXT2IMG:
+            raise ValidationFailed(
+                "the refiner pass follows text-to-image only",
+                remediation=["Send refiner=false with `image`."],
+            )
         with self._lock:
             entry = self._registry.get(spec.model)
+            loras = [(self._registry.lora(ref.name), ref.weight) for ref in spec.loras]
             if spec.refiner and not entry.refiner:
                 raise ValidationFailed(
                     f"model '{spec.model}' has no refiner registered",
@@ -315,11 +387,17 @@ class DiffusersEngine:
                         remediation=["Send refiner=false; the refiner pass is for SDXL-family models."],
                     )
                 refiner = self._refiner(base, self._registry.get(entry.refiner))
+            resident = base if mode == TXT2IMG else self._derived(base, mode)
             load_s = time.perf_counter() - started
+            inputs = self._inputs(spec) if mode != TXT2IMG else None
 
             started = time.perf_counter()
             try:
-                images = self._run(spec, base, refiner, progress)
+                with ExitStack() as stack:
+                    if loras:
+                        stack.enter_context(self._loras_applied(base, resident, loras))
+                    lora_s = time.perf_counter() - started
+                    images = self._run(spec, resident, refiner, progress, inputs)
             except (JobCanceled, KittyError):
                 raise
             except Exception as exc:
@@ -327,9 +405,10 @@ class DiffusersEngine:
             render_s = time.perf_counter() - started
 
         engine_info: dict[str, Any] = {
+            "mode": mode,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "pipeline_class": type(base.pipe).__name__,
-            "scheduler_class": type(base.pipe.scheduler).__name__,
+            "pipeline_class": type(resident.pipe).__name__,
+            "scheduler_class": type(resident.pipe.scheduler).__name__,
             "attention": list(base.attention),
             "optimizations": list(base.optimizations),
             "versions": dict(self._versions),
@@ -339,11 +418,18 @@ class DiffusersEngine:
         if refiner is not None:
             engine_info["refiner"] = refiner.name
             engine_info["refiner_pipeline_class"] = type(refiner.pipe).__name__
+        if spec.strength is not None and mode != TXT2IMG:
+            engine_info["strength"] = spec.strength
+            engine_info["denoise_steps"] = denoise_steps(spec.steps, spec.strength)
+        timings = {"load_s": round(load_s, 4), "render_s": round(render_s, 4)}
+        if loras:
+            engine_info["loras"] = [{"name": lora.name, "weight": weight} for lora, weight in loras]
+            timings["lora_s"] = round(lora_s, 4)
         return RenderResult(
             images=[RenderedImage(image=image, seed=spec.seed + i) for i, image in enumerate(images)],
             device=str(self.device),
             engine_info=engine_info,
-            timings={"load_s": round(load_s, 4), "render_s": round(render_s, 4)},
+            timings=timings,
         )
 
     def health(self) -> EngineHealth:
@@ -361,10 +447,23 @@ class DiffusersEngine:
 
     # --- rendering -------------------------------------------------------------------------------
     def _run(
-        self, spec: RenderSpec, base: _Resident, refiner: _Resident | None, progress: ProgressFn
+        self,
+        spec: RenderSpec,
+        base: _Resident,
+        refiner: _Resident | None,
+        progress: ProgressFn,
+        inputs: _JobInputs | None = None,
     ) -> list[Any]:
-        reporter = _StepReporter(progress, spec.steps)
+        """Render with `base` (the text-to-image pipeline, or an image-to-image/inpainting one made
+        from it when `inputs` are given), then `refiner` if any."""
+        strength = spec.strength if spec.strength is not None else 1.0
+        total = spec.steps if inputs is None else denoise_steps(spec.steps, strength)
+        reporter = _StepReporter(progress, total)
         reporter.report(0)
+        if inputs is not None and total == 0:
+            # Strength 0 keeps the picture: no pass can run without a denoising step.
+            reporter.report(total)
+            return [inputs.image.copy() for _ in range(spec.num_images)]
         base.set_scheduler(spec.scheduler)
         # One CPU generator per image: the same spec gives the same pixels on a device, and image i
         # of a batch is re-rendered alone from seed+i (up to batched float rounding).
@@ -382,7 +481,12 @@ class DiffusersEngine:
         base_share = (
             spec.steps if refiner is None else min(spec.steps, max(1, round(spec.steps * REFINER_SPLIT)))
         )
-        base_kwargs = {**common, "width": spec.width, "height": spec.height}
+        base_kwargs: dict[str, Any] = {**common, "width": spec.width, "height": spec.height}
+        if inputs is not None:
+            base_kwargs.update(
+                image=inputs.image, mask_image=inputs.mask, strength=pipeline_strength(spec.steps, strength)
+            )
+            base_share = total
         for resident in (base, refiner):
             if resident is not None:
                 set_vae_tiling(resident.pipe, self.device, spec.width, spec.height)
@@ -396,8 +500,96 @@ class DiffusersEngine:
                 refiner_kwargs = {**common, "image": images, "denoising_start": REFINER_SPLIT}
                 callback = reporter.callback(base_share, spec.steps - base_share)
                 images = refiner.pipe(**self._accepted(refiner, refiner_kwargs, callback)).images
-        reporter.report(spec.steps)
+        reporter.report(total)
+        if inputs is not None and inputs.mask is not None:
+            # Outside the mask the picture is kept as sent, not as the VAE redraws it (A1111's overlay).
+            return [Image.composite(image, inputs.image, inputs.mask) for image in images]
         return list(images)
+
+    def _inputs(self, spec: RenderSpec) -> _JobInputs:
+        """The job's image (RGB) and mask (L, white = repaint), read by key and resized to the output
+        size: the pipelines then render exactly width × height."""
+        if self._image_loader is None:
+            raise EngineError(
+                "this diffusers engine was built without access to stored images",
+                remediation=[
+                    "Run image-to-image jobs on an images-worker (it reads uploads from the store)."
+                ],
+            )
+        size = (spec.width, spec.height)
+        assert spec.image is not None
+        image = self._image_loader(spec.image).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        mask = None
+        if spec.mask is not None:
+            mask = self._image_loader(spec.mask).convert("L").resize(size, Image.Resampling.LANCZOS)
+        return _JobInputs(image=image, mask=mask)
+
+    # --- LoRA ------------------------------------------------------------------------------------
+    @contextmanager
+    def _loras_applied(
+        self, base: _Resident, resident: _Resident, loras: list[tuple[LoraEntry, float]]
+    ) -> Iterator[None]:
+        """`loras` loaded into the pipeline's modules as peft adapters at their weights, for the
+        body of the block; afterwards (also after a failure or a cancel) every one is taken out."""
+        if not diffusers.utils.USE_PEFT_BACKEND:
+            raise EngineError(
+                "LoRAs need the peft package on the worker",
+                remediation=["Install it: pip install -e '.[worker]' (or pip install peft)."],
+            )
+        family = model_family(resident.pipe)
+        for lora, _ in loras:
+            if lora.base and family and lora.base != family:
+                raise ValidationFailed(
+                    f"LoRA '{lora.name}' is for {lora.base} models; model '{resident.name}' is {family}",
+                    remediation=[f"Use it with a {lora.base} model, or pick a LoRA made for {family}."],
+                )
+        model = denoiser(resident.pipe)
+        fused = model is not None and FUSED_DENOISER in resident.optimizations
+        if fused:
+            # A fused QKV projection bypasses the to_q/to_k/to_v layers a LoRA patches.
+            model.unfuse_qkv_projections()
+        try:
+            names = [f"{ADAPTER_PREFIX}{position}" for position in range(len(loras))]
+            for (lora, _), adapter in zip(loras, names, strict=True):
+                self._load_lora(resident, lora, adapter)
+            resident.pipe.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+            yield
+        finally:
+            self._remove_loras(base, resident, refuse=fused)
+
+    def _load_lora(self, resident: _Resident, lora: LoraEntry, adapter: str) -> None:
+        path = Path(lora.path)
+        if not path.exists():
+            raise ModelNotFound(
+                f"LoRA '{lora.name}' is registered at {lora.path}, but nothing is there",
+                remediation=["Fix its path in models.yaml.", LORA_HOWTO],
+            )
+        folder, weight_name = (path, None) if path.is_dir() else (path.parent, path.name)
+        try:
+            resident.pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter)
+        except Exception as exc:
+            logger.exception("loading LoRA %s from %s failed", lora.name, lora.path)
+            raise EngineError(
+                f"LoRA '{lora.name}' could not be applied to model '{resident.name}': {_short(exc)}",
+                remediation=[
+                    "Check it was trained for this model's family (its `base` in models.yaml).",
+                    "Check the file is a diffusers or kohya LoRA in .safetensors format.",
+                ],
+            ) from exc
+
+    def _remove_loras(self, base: _Resident, resident: _Resident, *, refuse: bool) -> None:
+        """Take every LoRA out again, so the next job renders with the model's own weights. Should
+        that fail, the model is dropped from memory: the next job loads it clean."""
+        try:
+            resident.pipe.unload_lora_weights()
+            model = denoiser(resident.pipe)
+            if refuse and model is not None:
+                model.fuse_qkv_projections()
+        except Exception:
+            logger.exception("removing LoRAs from model %s failed; unloading the model", base.name)
+            if self._resident.get(base.name) is base:
+                del self._resident[base.name]
+            self._free_memory()
 
     @staticmethod
     def _accepted(
@@ -436,6 +628,32 @@ class DiffusersEngine:
         resident = self._load(entry, AutoPipelineForText2Image)
         self._resident[entry.name] = resident
         return resident
+
+    def _derived(self, base: _Resident, mode: str) -> _Resident:
+        """The image-to-image or inpainting pipeline of `base`, made once from its components."""
+        derived = base.derived.get(mode)
+        if derived is None:
+            try:
+                pipe = DERIVED_PIPELINES[mode].from_pipe(base.pipe)
+            except ValueError as exc:  # no such pipeline for this model's family
+                raise ValidationFailed(
+                    f"model '{base.name}' ({type(base.pipe).__name__}) has no {mode} pipeline in diffusers",
+                    remediation=["Use an SD 1.5, SDXL, SD3 or Flux model for image-to-image and inpainting."],
+                ) from exc
+            pipe.set_progress_bar_config(disable=True)
+            derived = _Resident(
+                name=base.name,
+                source=base.source,
+                pipe=pipe,
+                scheduler_class=base.scheduler_class,
+                scheduler_config=base.scheduler_config,
+                call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+                optimizations=base.optimizations,
+                attention=base.attention,
+            )
+            base.derived[mode] = derived
+            logger.info("derived %s pipeline %s from model %s", mode, type(pipe).__name__, base.name)
+        return derived
 
     def _refiner(self, base: _Resident, entry: ModelEntry) -> _Resident:
         # The refiner lives with its base so an LRU of one keeps both rather than evicting each in turn.

@@ -39,13 +39,20 @@ def meta_key_for(png_key: str) -> str:
     return stem + META_SUFFIX
 
 
-def validate_image_key(key: str, prefix: str) -> str:
+def validate_image_key(
+    key: str,
+    prefix: str,
+    *,
+    suffixes: tuple[str, ...] = (IMAGE_SUFFIX,),
+    listing: str = "List images with GET /api/images/latest and use a `key` from there.",
+) -> str:
     """Return `key` when it names an image under `prefix`; raise `ValidationFailed` otherwise.
 
-    Keys arrive from clients (``select``, the download route), so anything that could escape the
-    image prefix or confuse a path join is refused before it reaches a store.
+    Keys arrive from clients (``select``, the download route, a request's `image`), so anything that
+    could escape the image prefix or confuse a path join is refused before it reaches a store.
+    `suffixes` are the extensions accepted (uploads: ``.png``, ``.jpg``, ``.webp``); `listing` says
+    where valid keys come from.
     """
-    listing = "List images with GET /api/images/latest and use a `key` from there."
 
     def refuse(problem: str) -> ValidationFailed:
         return ValidationFailed(
@@ -72,6 +79,6 @@ def validate_image_key(key: str, prefix: str) -> str:
         raise refuse("only letters, digits and '.', '_', '-', '/' are allowed")
     if not key.startswith(prefix):
         raise refuse(f"images live under {prefix!r}")
-    if not key.endswith(IMAGE_SUFFIX) or key == prefix + IMAGE_SUFFIX:
-        raise refuse(f"an image key ends in {IMAGE_SUFFIX!r}")
+    if not key.endswith(suffixes) or any(key == prefix + suffix for suffix in suffixes):
+        raise refuse(f"an image key ends in {' or '.join(repr(suffix) for suffix in suffixes)}")
     return key

@@ -58,7 +58,7 @@ class Runtime:
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
-            self.engines[name] = make_engine(name, self.settings, self.registry)
+            self.engines[name] = make_engine(name, self.settings, self.registry, self.store)
         return self.engines[name]
 
     def close(self) -> None:
