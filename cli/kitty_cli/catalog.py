@@ -1,12 +1,12 @@
-"""What the service offers: `images.models` (registered models and their defaults) and `images.engines`
-(each engine's health)."""
+"""What the service offers: `images.models` (registered models and their defaults), `images.presets`
+(named recipes and their quality levels) and `images.engines` (each engine's health)."""
 
 from __future__ import annotations
 
 import click
 
 from .context import state_of
-from .render import echo_json, engines_table, models_table
+from .render import echo_json, engines_table, models_table, presets_table
 
 
 @click.command("images.models", short_help="List the registered models; the default is marked.")
@@ -33,6 +33,28 @@ def models(ctx: click.Context, as_json: bool) -> None:
         )
         return
     for line in models_table(view):
+        click.echo(line)
+
+
+@click.command("images.presets", short_help="List the presets: name, title, default size and qualities.")
+@click.option("--json", "as_json", is_flag=True, help="Print the presets' JSON (templates included).")
+@click.pass_context
+def presets(ctx: click.Context, as_json: bool) -> None:
+    """List the presets `images.generate --preset NAME` takes: each wraps the prompt in its template,
+    adds its negative prompt when none is given, and fills the size and quality left unset; the
+    quality levels (steps/cfg) are what `--quality` picks, the preset's default marked with *.
+
+    \b
+    Examples:
+      kitty-cli images.presets
+      kitty-cli images.generate "an old fisherman mending a net" --preset photoreal --quality pro
+      kitty-cli images presets --json | jq -r '.presets[] | .name + ": " + .prompt_template'
+    """
+    view = state_of(ctx).client().presets()
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    for line in presets_table(view.presets):
         click.echo(line)
 
 

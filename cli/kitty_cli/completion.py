@@ -1,5 +1,5 @@
 """Shell completion: the `completion` command that prints click's script for bash, zsh or fish, and the
-completers that offer image numbers, keys and model names from the gateway while a user types."""
+completers that offer image numbers, keys, model and preset names from the gateway while a user types."""
 
 from __future__ import annotations
 
@@ -90,6 +90,19 @@ def complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) 
     return _offered(ctx, suggest)
 
 
+def complete_preset(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The service's preset names, their titles as help."""
+
+    def suggest(client: ImagesClient) -> list[CompletionItem]:
+        return [
+            CompletionItem(p.name, help=p.title)
+            for p in client.presets().presets
+            if p.name.startswith(incomplete)
+        ]
+
+    return _offered(ctx, suggest)
+
+
 def shell_of_environment() -> str:
     """The login shell's name from ``$SHELL`` when click supports it, else bash."""
     name = Path(os.environ.get("SHELL", "")).name
@@ -101,7 +114,7 @@ def shell_of_environment() -> str:
 @click.pass_context
 def completion(ctx: click.Context, shell: str | None) -> None:
     """Print the completion script for SHELL (default: the one in $SHELL). Commands, options,
-    image numbers and keys, and model names then complete with Tab.
+    image numbers and keys, model and preset names then complete with Tab.
 
     \b
     Examples:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
-from .catalog import engines, models
+from .catalog import engines, models, presets
 from .context import EXIT_FAILED, EXIT_INTERRUPTED
 from .gallery import delete, latest, select
-from .jobs import cancel, generate, jobs
+from .jobs import cancel, generate, jobs, rerun
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "images"]
 
-COMMANDS = (generate, latest, select, jobs, cancel, models, engines, delete)
+COMMANDS = (generate, rerun, latest, select, jobs, cancel, models, presets, engines, delete)
 """Every images command, registered on the root group as ``images.NAME``."""
 
 GROUP_PREFIX = "images."
@@ -31,6 +31,7 @@ def images() -> None:
       kitty-cli images generate "a lighthouse at dusk" --out lighthouse.png
       kitty-cli images latest --limit 5
       kitty-cli images select 1
+      kitty-cli images rerun 1 --new-seed
     """
 
 

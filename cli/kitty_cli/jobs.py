@@ -1,29 +1,47 @@
-"""Job commands: `images.generate` (queue, follow the event stream with a progress line, download with
-``--out``), `images.jobs` and `images.cancel`."""
+"""Job commands: `images.generate` and `images.rerun` (queue, follow the event stream with a progress
+line, download with ``--out``), `images.jobs` and `images.cancel`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from services.contracts import (
+    A1111_SAMPLERS,
     ENGINE_NAMES,
+    MAX_SEED,
+    QUALITY_NAMES,
     SCHEDULER_NAMES,
     ApiError,
     ErrorCode,
     ErrorInfo,
     GenerateRequest,
+    GenerateView,
     ImagesClient,
     JobStatus,
     JobView,
 )
 
-from .completion import complete_model
+from .completion import complete_image_ref, complete_model, complete_preset
 from .context import EXIT_FAILED, EXIT_INTERRUPTED, state_of
+from .gallery import resolve_key
 from .render import ProgressLine, echo_json, format_size, image_keys, job_lines, print_error
+
+SCHEDULER_CHOICES = SCHEDULER_NAMES + tuple(
+    name
+    for name in (
+        f"{sampler} {schedule}" if schedule else sampler for sampler, schedule in A1111_SAMPLERS.values()
+    )
+    if name.lower() not in SCHEDULER_NAMES
+)
+"""Ours and AUTOMATIC1111's spellings ("Euler a", "DPM++ 2M Karras"), any case; the service maps the
+latter to ours."""
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def request_from_options(options: dict[str, Any]) -> GenerateRequest:
@@ -83,6 +101,31 @@ def check_out_path(out: Path) -> None:
         raise click.BadParameter(f"directory '{out.parent}' does not exist", param_hint="'--out'")
 
 
+def job_output_options(command: Command) -> Command:
+    """--out, --wait/--no-wait and --json: how a command that queues a job reports it."""
+    for option in reversed(
+        (
+            click.option(
+                "--out",
+                type=click.Path(dir_okay=False, writable=True, path_type=Path),
+                metavar="FILE",
+                help="Download the image into FILE; more images go to FILE-2, FILE-3 before the extension.",
+            ),
+            click.option(
+                "--wait/--no-wait",
+                default=True,
+                show_default=True,
+                help="Wait for the job and print its images.",
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print the job's final JSON instead of image keys."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     """Download each image of a finished job through its imageRef into ``out`` (and its siblings)."""
     keys = image_keys(view)
@@ -112,18 +155,25 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
 @click.option(
     "--engine", type=click.Choice(ENGINE_NAMES), help="Engine (the service's IMAGE_ENGINE when omitted)."
 )
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Sampler.")
+@click.option(
+    "--scheduler",
+    type=click.Choice(SCHEDULER_CHOICES, case_sensitive=False),
+    metavar="NAME",
+    help='Sampler: euler, euler_a, dpmpp_2m_karras, ddim, unipc… or A1111\'s name ("DPM++ 2M Karras").',
+)
 @click.option("--refiner/--no-refiner", default=None, help="Run the SDXL refiner pass after the base model.")
 @click.option(
-    "--out",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    metavar="FILE",
-    help="Download the image into FILE; more images go to FILE-2, FILE-3 before the extension.",
+    "--preset",
+    metavar="NAME",
+    shell_complete=complete_preset,
+    help="A preset (see images.presets): its prompt template, negative prompt, size and quality.",
 )
 @click.option(
-    "--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its images."
+    "--quality",
+    type=click.Choice(QUALITY_NAMES),
+    help="Steps and cfg: low 20/6, standard 30/7, pro 50/8 (--steps and --cfg win).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the job's final JSON instead of image keys.")
+@job_output_options
 @click.pass_context
 def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **options: Any) -> None:
     """Queue PROMPT, show its progress on stderr, and print its image keys on stdout when it is done
@@ -134,16 +184,77 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images.generate "a watercolor fox in the snow"
       kitty-cli images generate "a fox" --model tiny-sd15 --seed 42 --out fox.png
       kitty-cli images.generate "a fox" --num-images 3 --out fox.png   # fox.png fox-2.png fox-3.png
+      kitty-cli images.generate "an old fisherman" --preset photoreal --quality pro
+      kitty-cli images.generate "a fox" --scheduler "DPM++ 2M Karras"
       kitty-cli images.generate "a fox" --json | jq -r .result.png_key
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
     """
-    if out is not None:
-        if not wait:
-            raise click.UsageError("--out needs the finished image; it cannot be combined with --no-wait.")
-        check_out_path(out)
+    check_output(out, wait)
     request = request_from_options(options)
     client = state_of(ctx).client()
-    submitted = client.generate(request)
+    report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out)
+
+
+@click.command("images.rerun", short_help="Render image N (or KEY) again from its stored request.")
+@click.argument("which", metavar="N|KEY", shell_complete=complete_image_ref)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    help="Render with this seed instead (the stored one when omitted: the same pixels).",
+)
+@click.option("--new-seed", is_flag=True, help="Render with a fresh random seed.")
+@job_output_options
+@click.pass_context
+def rerun(
+    ctx: click.Context,
+    which: str,
+    seed: int | None,
+    new_seed: bool,
+    wait: bool,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Queue image N of `images.latest` (1 = newest), or the image with storage KEY, again: exactly the
+    request stored with it (model, size, steps, cfg, scheduler, preset already applied), with its own
+    seed unless --seed or --new-seed says otherwise. Prints the new image keys like images.generate.
+
+    \b
+    Examples:
+      kitty-cli images.rerun 1                        # the same pixels again
+      kitty-cli images rerun 3 --new-seed --out variation.png
+      kitty-cli images.rerun images/20261121_101500_1a2b3c4d.png --seed 42 --no-wait
+    """
+    if seed is not None and new_seed:
+        raise click.UsageError("--seed and --new-seed exclude each other.")
+    check_output(out, wait)
+    client = state_of(ctx).client()
+    key = resolve_key(client, which)
+    if key != which:
+        click.echo(f"Re-running #{which}: {key}", err=True)
+    submitted = client.rerun(key, seed=seed, new_seed=new_seed)
+    report(ctx, client, submitted, wait=wait, as_json=as_json, out=out)
+
+
+def check_output(out: Path | None, wait: bool) -> None:
+    """Refuse an ``--out`` that cannot be written before anything is queued."""
+    if out is None:
+        return
+    if not wait:
+        raise click.UsageError("--out needs the finished image; it cannot be combined with --no-wait.")
+    check_out_path(out)
+
+
+def report(
+    ctx: click.Context,
+    client: ImagesClient,
+    submitted: GenerateView,
+    *,
+    wait: bool,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """After a submit: the job id (--no-wait), or follow the job and print its keys or JSON, saving
+    the images with --out; a job that did not finish exits 1 with its reason."""
     if not wait:
         if as_json:
             echo_json(submitted.model_dump(mode="json"))

@@ -1,5 +1,5 @@
-"""How results look in a terminal: error lines, aligned tables (latest, models, engines), a job's view
-and the progress line.
+"""How results look in a terminal: error lines, aligned tables (latest, models, presets, engines), a
+job's view and the progress line.
 
 Data goes to stdout, messages (errors, progress) to stderr.
 """
@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import click
 
-from services.contracts import EngineRow, ErrorInfo, JobStatus, JobView, LatestItem, ModelsView
+from services.contracts import EngineRow, ErrorInfo, JobStatus, JobView, LatestItem, ModelsView, PresetInfo
 
 PROGRESS_BAR_WIDTH = 30
 """Characters of the progress bar, short enough to fit an 80-column line with the counts."""
@@ -119,19 +119,47 @@ def format_dimensions(width: int | None, height: int | None) -> str:
 def latest_table(items: list[LatestItem]) -> list[str]:
     """Aligned rows, newest first and numbered from 1 (the numbers `images.select N` accepts); the key
     comes last so ``awk '{print $NF}'`` picks it whatever the prompt holds."""
-    rows = [("#", "CREATED (UTC)", "MODEL", "SIZE", "PROMPT", "KEY")]
+    rows = [("#", "CREATED (UTC)", "MODEL", "SIZE", "PRESET", "PROMPT", "KEY")]
     rows += [
         (
             str(i),
             format_created(item.last_modified),
             item.model or MISSING,
             format_dimensions(item.width, item.height),
+            format_preset(item.preset, item.quality),
             excerpt(item.prompt),
             item.key,
         )
         for i, item in enumerate(items, 1)
     ]
     return aligned(rows, right={0, 3})
+
+
+def format_preset(preset: str | None, quality: str | None) -> str:
+    """``photoreal/pro``; ``-/pro`` for a quality level without a preset."""
+    if not preset and not quality:
+        return MISSING
+    return (preset or MISSING) + (f"/{quality}" if quality else "")
+
+
+def presets_table(presets: list[PresetInfo]) -> list[str]:
+    """One row per preset: its name (what ``--preset`` takes), title, default size and the quality
+    levels as ``name steps/cfg``, the preset's default marked with ``*``."""
+    rows = [("NAME", "TITLE", "SIZE", "QUALITIES (steps/cfg, * default)")]
+    for preset in presets:
+        default = preset.defaults.get("quality")
+        qualities = [
+            f"{name}{'*' if name == default else ''} {level.get('steps')}/{_number(level.get('cfg'))}"
+            for name, level in preset.qualities.items()
+        ]
+        size = format_dimensions(preset.defaults.get("width"), preset.defaults.get("height"))
+        rows.append((preset.name, preset.title, size, ", ".join(qualities) or MISSING))
+    return aligned(rows)
+
+
+def _number(value: object) -> str:
+    """7.0 → 7, 7.5 → 7.5."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def models_table(view: ModelsView) -> list[str]:

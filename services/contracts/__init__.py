@@ -23,6 +23,7 @@ from .schema import (
     JobView,
     LatestItem,
     LatestView,
+    LoraInfo,
     LoraRef,
     ModelInfo,
     ModelsView,
@@ -39,6 +40,7 @@ from .schema import (
 __all__ = [
     "A1111_SAMPLERS",
     "QUALITY_NAMES",
+    "LoraInfo",
     "LoraRef",
     "PresetInfo",
     "PresetsView",

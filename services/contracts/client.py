@@ -19,6 +19,7 @@ from .schema import (
     JobView,
     LatestView,
     ModelsView,
+    PresetsView,
     SelectView,
 )
 
@@ -181,6 +182,16 @@ class ImagesClient:
             body = request
         return GenerateView.model_validate(self._call("POST", "/api/images/generate", json=body))
 
+    def rerun(self, key: str, *, seed: int | None = None, new_seed: bool = False) -> GenerateView:
+        """Enqueue the request stored with image `key` again: its own seed (the same pixels), `seed`,
+        or a fresh random one with `new_seed`."""
+        body: dict[str, Any] = {"key": key}
+        if seed is not None:
+            body["seed"] = seed
+        if new_seed:
+            body["new_seed"] = True
+        return GenerateView.model_validate(self._call("POST", "/api/images/rerun", json=body))
+
     def job(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("GET", f"/api/images/jobs/{job_id}"))
 
@@ -224,6 +235,9 @@ class ImagesClient:
 
     def models(self) -> ModelsView:
         return ModelsView.model_validate(self._call("GET", "/api/images/models"))
+
+    def presets(self) -> PresetsView:
+        return PresetsView.model_validate(self._call("GET", "/api/images/presets"))
 
     def latest(self, limit: int = 36, cursor: str | None = None) -> LatestView:
         """Newest first; pass a listing's ``next_cursor`` as ``cursor`` for the next, older page."""

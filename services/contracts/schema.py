@@ -290,6 +290,9 @@ class LatestItem(BaseModel):
     scheduler: str | None = None
     refiner: bool | None = None
     """Whether the SDXL refiner pass ran (None: unknown, e.g. an image without a sidecar)."""
+    preset: str | None = None
+    quality: str | None = None
+    """The preset and quality level the request named (its prompt is already the preset's)."""
     job_id: str | None = None
 
 
@@ -340,9 +343,19 @@ class ModelInfo(BaseModel):
     description: str | None = None
 
 
+class LoraInfo(BaseModel):
+    """A LoRA registered in models.yaml, for a request's `loras` (local paths are not shown)."""
+
+    name: str
+    base: str | None = None
+    """The model family it was trained for: sd15, sdxl, sd3 or flux."""
+    description: str | None = None
+
+
 class ModelsView(BaseModel):
     models: list[ModelInfo]
     default: str | None = None
+    loras: list[LoraInfo] = Field(default_factory=list)
 
 
 class UploadView(BaseModel):

@@ -19,7 +19,7 @@ from services.common.request_id import RequestIdMiddleware
 from services.common.server import serve_http
 
 from . import __version__
-from .api import engines, handlers, health, images
+from .api import engines, handlers, health, images, uploads
 from .errors import KittyError
 from .gallery import GalleryIndex
 from .idempotency import IdempotencyStore
@@ -103,6 +103,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     handlers.install_error_handlers(app)
     app.include_router(images.router)
+    app.include_router(uploads.router)
     app.include_router(engines.router)
     app.include_router(health.router)
 

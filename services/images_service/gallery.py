@@ -74,6 +74,8 @@ def item_from_sidecar(sidecar: dict[str, Any], *, size: int, last_modified: date
         cfg=request.get("cfg"),
         scheduler=request.get("scheduler"),
         refiner=request.get("refiner"),
+        preset=request.get("preset"),
+        quality=request.get("quality"),
         job_id=sidecar.get("job_id"),
     )
 

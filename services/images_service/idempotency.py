@@ -1,5 +1,5 @@
-"""``Idempotency-Key`` on ``POST /api/images/generate``: the same key (per caller) and the same request
-give the same job for 24 hours, however often and however concurrently they are sent.
+"""``Idempotency-Key`` on ``POST /api/images/generate`` and ``/rerun``: the same key (per caller) and
+the same request give the same job for 24 hours, however often and however concurrently they are sent.
 
 Redis holds ``{scope}:{sha256(key)} → {fp, state, job_id}``. A submit first *claims* the key (SET NX,
 a short-lived ``pending`` record), enqueues, then *completes* it with the job id (24 h). A second
@@ -17,10 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from pydantic import BaseModel
 from redis import Redis
 
 from services.common.api_keys import ApiKey
-from services.contracts import GenerateRequest
 
 from .errors import IdempotencyConflict, ValidationFailed
 from .queue import redis_errors
@@ -77,8 +77,9 @@ def check_idempotency_key(value: str) -> str:
     return value
 
 
-def fingerprint(body: GenerateRequest) -> str:
-    """The request as parsed, so field order, spacing and explicitly sent defaults do not matter."""
+def fingerprint(body: BaseModel) -> str:
+    """The request as parsed, so field order, spacing and explicitly sent defaults do not matter.
+    A generate and a re-run body never match, so one key cannot name one of each."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

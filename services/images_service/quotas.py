@@ -128,7 +128,8 @@ def check_ceilings(spec: RenderSpec, caller: ApiKey | None) -> None:
             "size",
             f"{spec.width}×{spec.height}",
             f"{tier.max_side}×{tier.max_side}",
-            f"Set width and height to {tier.max_side} or less (a model's default size counts when unset).",
+            f"Set width and height to {tier.max_side} or less (a preset's or the model's default size "
+            "counts when unset).",
         )
     if spec.steps > tier.max_steps:
         raise _refuse(
@@ -137,7 +138,8 @@ def check_ceilings(spec: RenderSpec, caller: ApiKey | None) -> None:
             "steps",
             spec.steps,
             tier.max_steps,
-            f"Set steps to {tier.max_steps} or less (a model's default counts when unset).",
+            f"Set steps to {tier.max_steps} or less, or a lower quality (a quality level's or the "
+            "model's default counts when steps is unset).",
         )
     if spec.num_images > tier.max_images:
         raise _refuse(

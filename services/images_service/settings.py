@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.api_keys import TIER_NAMES, parse_api_keys
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = Field(default=None, alias="S3_PUBLIC_ENDPOINT_URL")
     """Endpoint written into presigned URLs when clients reach S3 by another name (compose: minio:9000)."""
     s3_create_bucket: bool = Field(default=True, alias="IMAGES_S3_CREATE_BUCKET")
+    uploads_prefix: str = Field(default="uploads/", alias="IMAGES_UPLOADS_PREFIX")
+    """Key prefix of input images (``POST /api/images/uploads``); apart from S3_PREFIX, so uploads
+    never show in the gallery or its index rebuild."""
     signing_key: str | None = Field(default=None, alias="IMAGES_SIGNING_KEY")
     """HMAC key of the filesystem store's download URLs; generated under IMAGES_DATA_DIR when unset."""
     url_ttl_s: int = Field(default=24 * 3600, ge=60, le=MAX_PRESIGN_TTL_S, alias="IMAGES_URL_TTL")
@@ -108,12 +111,21 @@ class Settings(BaseSettings):
         parse_api_keys(value, "pro")
         return value
 
-    @field_validator("s3_prefix")
+    @field_validator("s3_prefix", "uploads_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
         if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("S3_PREFIX must be a relative key prefix such as 'images/'")
+            raise ValueError("S3_PREFIX and IMAGES_UPLOADS_PREFIX must be relative prefixes like 'images/'")
         return value if not value or value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _uploads_apart_from_images(self) -> Settings:
+        if self.uploads_prefix.startswith(self.s3_prefix) or self.s3_prefix.startswith(self.uploads_prefix):
+            raise ValueError(
+                f"IMAGES_UPLOADS_PREFIX {self.uploads_prefix!r} and S3_PREFIX {self.s3_prefix!r} overlap: "
+                "uploads would show in the gallery; give each its own prefix (uploads/, images/)"
+            )
+        return self
 
     @property
     def uses_s3(self) -> bool:

@@ -1,5 +1,6 @@
 """Resolve a `GenerateRequest` into the `RenderSpec` a worker renders: model, engine, size, steps,
-cfg and seed all fixed at submit time, so the stored spec alone reproduces the image."""
+cfg and seed all fixed at submit time, a preset's template and quality level applied, so the stored
+spec alone reproduces the image (and a re-run enqueues it as it is)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from services.contracts import MAX_SEED, GenerateRequest, RenderSpec
 from .engines import check_engine_name
 from .errors import ValidationFailed
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
+from .presets import apply_preset
 from .settings import Settings
+from .storage import Store
+from .uploads import resolve_inputs
 
 LOCAL_ENGINE = "diffusers"
 """The engine that loads models from models.yaml; server engines use the server's own checkpoints."""
@@ -31,7 +35,11 @@ def _check_refiner(request: GenerateRequest, entry: ModelEntry | None, registry:
     registry.get(entry.refiner)
 
 
-def resolve_spec(request: GenerateRequest, registry: ModelRegistry, settings: Settings) -> RenderSpec:
+def resolve_spec(
+    request: GenerateRequest, registry: ModelRegistry, settings: Settings, store: Store | None = None
+) -> RenderSpec:
+    """`store` is where `image`/`mask` keys are looked up (404 when missing) and the input's size
+    is read; without one they are checked for shape only and the size comes from the model."""
     engine = check_engine_name(request.engine or settings.image_engine)
     if request.workflow is not None and engine != "comfyui":
         raise ValidationFailed(
@@ -48,22 +56,30 @@ def resolve_spec(request: GenerateRequest, registry: ModelRegistry, settings: Se
         model = request.model
         entry = registry.entries().get(model) if model else None
     _check_refiner(request, entry, registry)
+    inputs = resolve_inputs(request, engine, registry, settings, store)
+    styled = apply_preset(request)
 
     def default(key: str) -> object:
         return entry.default(key) if entry else FALLBACK_DEFAULTS[key]
 
     return RenderSpec(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        prompt=styled.prompt,
+        negative_prompt=styled.negative_prompt,
         model=model,
-        width=request.width or default("width"),  # type: ignore[arg-type]
-        height=request.height or default("height"),  # type: ignore[arg-type]
-        steps=request.steps or default("steps"),  # type: ignore[arg-type]
-        cfg=request.cfg if request.cfg is not None else default("cfg"),  # type: ignore[arg-type]
+        width=inputs.width or styled.width or default("width"),  # type: ignore[arg-type]
+        height=inputs.height or styled.height or default("height"),  # type: ignore[arg-type]
+        steps=styled.steps or default("steps"),  # type: ignore[arg-type]
+        cfg=styled.cfg if styled.cfg is not None else default("cfg"),  # type: ignore[arg-type]
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         scheduler=request.scheduler or default("scheduler"),  # type: ignore[arg-type]
         refiner=request.refiner,
         num_images=request.num_images,
         engine=engine,
         workflow=request.workflow,
+        image=inputs.image,
+        mask=inputs.mask,
+        strength=inputs.strength,
+        loras=inputs.loras,
+        preset=styled.preset,
+        quality=styled.quality,
     )

@@ -1,6 +1,6 @@
-"""Admitting a generate request: idempotency claim, spec resolution, the caller's tier ceilings and
-daily quota, enqueue — in that order, each undone when a later step fails, so a refused or failed
-submit neither spends quota nor blocks its Idempotency-Key."""
+"""Admitting a generate or re-run request: idempotency claim, spec resolution (or the stored spec of
+a re-run), the caller's tier ceilings and daily quota, enqueue — in that order, each undone when a
+later step fails, so a refused or failed submit neither spends quota nor blocks its Idempotency-Key."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from pydantic import BaseModel
+
 from services.common.api_keys import ApiKey
-from services.contracts import GenerateRequest, JobStatus
+from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest
 
 from .errors import KittyError
 from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key, fingerprint, scope_of
@@ -18,8 +20,10 @@ from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
 from .queue import JobQueue
 from .quotas import QuotaLedger, check_ceilings
+from .rerun import rerun_spec
 from .settings import Settings
 from .spec import resolve_spec
+from .storage import Store
 
 log = logging.getLogger("kitty.images.api")
 
@@ -51,7 +55,57 @@ def submit(
     settings: Settings,
     quotas: QuotaLedger,
     idempotency: IdempotencyStore,
+    store: Store | None = None,
 ) -> Admitted:
+    """Admit a generate request. `store`: where its `image`/`mask` keys must exist (see `resolve_spec`)."""
+    return admit(
+        body,
+        partial(resolve_spec, body, registry, settings, store),
+        caller=caller,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        quotas=quotas,
+        idempotency=idempotency,
+    )
+
+
+def rerun(
+    body: RerunRequest,
+    *,
+    caller: ApiKey | None,
+    idempotency_key: str | None,
+    queue: JobQueue,
+    registry: ModelRegistry,
+    settings: Settings,
+    quotas: QuotaLedger,
+    idempotency: IdempotencyStore,
+    store: Store,
+) -> Admitted:
+    """Admit the stored request of an image again, through the same checks as a new one: a key of a
+    lower tier cannot re-run what only a higher one may render."""
+    return admit(
+        body,
+        partial(rerun_spec, body, registry, settings, store),
+        caller=caller,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        quotas=quotas,
+        idempotency=idempotency,
+    )
+
+
+def admit(
+    body: BaseModel,
+    resolve: Callable[[], RenderSpec],
+    *,
+    caller: ApiKey | None,
+    idempotency_key: str | None,
+    queue: JobQueue,
+    quotas: QuotaLedger,
+    idempotency: IdempotencyStore,
+) -> Admitted:
+    """Claim the Idempotency-Key for `body`, `resolve` it into a spec, check the caller's ceilings,
+    count its quota and enqueue; `resolve` runs only when the key is not a replay."""
     claim: Claim | None = None
     if idempotency_key is not None:
         key = check_idempotency_key(idempotency_key)
@@ -61,7 +115,7 @@ def submit(
             return Admitted(outcome.job_id, queue.view(outcome.job_id).status, replayed=True)
         claim = outcome
     try:
-        spec = resolve_spec(body, registry, settings)
+        spec = resolve()
         check_ceilings(spec, caller)
         reservation = quotas.reserve(caller, spec.num_images)
         try:

@@ -136,6 +136,13 @@ def generate(stack: Stack, **body: Any) -> list[str]:
     raise AssertionError(f"job {job_id} not done within {JOB_DEADLINE_S} s")
 
 
+def presets(stack: Stack) -> list[dict[str, Any]]:
+    response = httpx.get(f"{stack.gateway_url}/api/images/presets")
+    response.raise_for_status()
+    listed: list[dict[str, Any]] = response.json()["presets"]
+    return listed
+
+
 def latest(stack: Stack, limit: int = 100) -> list[dict[str, Any]]:
     response = httpx.get(f"{stack.gateway_url}/api/images/latest", params={"limit": limit})
     response.raise_for_status()
@@ -355,23 +362,104 @@ def test_keyboard_tab_to_a_card_enter_opens_escape_closes(gallery: Gallery) -> N
     assert page.evaluate("document.activeElement.parentElement.dataset.key") == key
 
 
-def test_rerun_renders_the_same_settings_again(gallery: Gallery, stack: Stack) -> None:
+RERUN_SETTINGS = (
+    "prompt",
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "cfg",
+    "scheduler",
+    "preset",
+)
+"""What a re-run keeps of the stored request (the seed too, unless a new one is asked for)."""
+
+
+def test_rerun_asks_the_service_to_render_the_stored_request_again(gallery: Gallery, stack: Stack) -> None:
     page = gallery.page
     prompt = "a paper boat on a rainy street, re-run me"
-    (original_key,) = generate(stack, prompt=prompt, negative_prompt="fog", seed=31337, steps=5, cfg=6.5)
+    (original_key,) = generate(
+        stack, prompt=prompt, negative_prompt="fog", seed=31337, steps=5, cfg=6.5, scheduler="DPM++ 2M Karras"
+    )
     gallery.open()
     gallery.card(prompt).click()
-    page.locator("#viewer").get_by_role("button", name="Re-run", exact=True).click()
+    with page.expect_request("**/api/images/rerun") as sent:
+        page.locator("#viewer").get_by_role("button", name="Re-run", exact=True).click()
+    assert sent.value.post_data_json == {"key": original_key}
 
     expect(page.locator(".job").first).to_have_attribute("data-status", "done")
     expect(gallery.card(prompt)).to_have_count(2)
     newest, original = latest(stack, 2)
     assert original["key"] == original_key and newest["key"] != original_key
-    settings = ("prompt", "negative_prompt", "model", "seed", "width", "height", "steps", "cfg")
-    assert {name: newest[name] for name in settings} == {name: original[name] for name in settings}
+    assert original["scheduler"] == "dpmpp_2m_karras"
+    same = (*RERUN_SETTINGS, "seed")
+    assert {name: newest.get(name) for name in same} == {name: original.get(name) for name in same}
     store = make_store(stack.settings)
     assert pixels(store.get(newest["key"])) == pixels(store.get(original_key))
     expect(page.locator("#prompt")).to_have_value(prompt)  # the form holds the settings, to tweak
+    expect(page.locator("#seed")).to_have_value("31337")
+
+
+def test_rerun_with_a_new_seed_keeps_everything_else(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    prompt = "a kite over the dunes, vary me"
+    (original_key,) = generate(stack, prompt=prompt, seed=2718, steps=5)
+    gallery.open()
+    gallery.card(prompt).click()
+    with page.expect_request("**/api/images/rerun") as sent:
+        page.locator("#viewer").get_by_role("button", name="Re-run with a new seed").click()
+    assert sent.value.post_data_json == {"key": original_key, "new_seed": True}
+
+    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    expect(gallery.card(prompt)).to_have_count(2)
+    newest, original = latest(stack, 2)
+    assert original["key"] == original_key and newest["seed"] != original["seed"]
+    assert {name: newest.get(name) for name in RERUN_SETTINGS} == {
+        name: original.get(name) for name in RERUN_SETTINGS
+    }
+    store = make_store(stack.settings)
+    assert pixels(store.get(newest["key"])) != pixels(store.get(original_key))
+    expect(page.locator("#seed")).to_have_value("")  # random: the form does not pin the old seed
+
+
+def test_a_preset_and_quality_chosen_in_the_form_shape_the_image_and_show_on_its_card(
+    gallery: Gallery, stack: Stack
+) -> None:
+    page = gallery.page
+    gallery.open()
+    prompt = "a lighthouse keeper at the window"
+    page.fill("#prompt", prompt)
+    page.select_option("#model", TINY_MODEL)
+    expect(page.locator("#preset option")).to_have_count(len(presets(stack)) + 1)
+
+    page.select_option("#preset", "cinematic")
+    expect(page.locator("#preset-note")).to_contain_text("film grain")
+    expect(page.locator("#size option:checked")).to_have_text("Preset · 1024 × 576")
+    expect(page.locator("#steps")).to_have_attribute("placeholder", "30")  # cinematic's standard
+    page.select_option("#quality", "low")
+    expect(page.locator("#steps")).to_have_attribute("placeholder", "20")
+    expect(page.locator("#cfg")).to_have_attribute("placeholder", "6")
+    page.select_option("#size", "64x64")  # the model's own size: the tiny pipeline stays fast
+    with page.expect_request("**/api/images/generate") as sent:
+        page.get_by_role("button", name="Generate", exact=True).click()
+    body = sent.value.post_data_json
+    assert (body["preset"], body["quality"], body["width"]) == ("cinematic", "low", 64)
+    assert "steps" not in body and "negative_prompt" not in body
+
+    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    card = gallery.card(prompt)
+    expect(card).to_contain_text("cinematic · low")
+    item = latest(stack, 1)[0]
+    assert (item["preset"], item["quality"], item["steps"], item["cfg"]) == ("cinematic", "low", 20, 6.0)
+    cinematic = next(preset for preset in presets(stack) if preset["name"] == "cinematic")
+    assert item["prompt"] == cinematic["prompt_template"].replace("{prompt}", prompt)
+    assert item["negative_prompt"] == cinematic["negative_prompt"]
+    card.click()
+    settings = page.locator("#viewer-settings")
+    expect(settings).to_contain_text("Preset")
+    expect(settings).to_contain_text("cinematic")
+    expect(settings).to_contain_text("low")
 
 
 def test_phone_viewport_stacks_the_form_and_never_scrolls_sideways(gallery: Gallery) -> None:

@@ -1,8 +1,11 @@
 """kitty-cli against the real stack (images-service, a tiny-diffusers worker, the gateway as processes):
-progress from the job event stream, ``--out`` downloads, the latest table, cancel, models, delete."""
+progress from the job event stream, ``--out`` downloads, the latest table, cancel, models, delete,
+presets and re-runs."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from kitty_cli.main import cli
+from PIL import Image
 
 from services.contracts import ImagesClient, JobStatus
 from services.images_service.storage import make_store
@@ -137,3 +141,35 @@ def test_delete_removes_the_image_from_storage_and_the_listing(stack: Stack) -> 
     assert deleted.exit_code == 0, deleted.output
     assert make_store(stack.settings).head(key) is None
     assert key not in kitty(stack, "images.latest").stdout
+
+
+def test_preset_generate_then_rerun_gives_the_same_pixels(stack: Stack, tmp_path: Path) -> None:
+    presets = kitty(stack, "images.presets")
+    assert presets.exit_code == 0, presets.output
+    assert {line.split()[0] for line in presets.stdout.splitlines()[1:]} >= {"photoreal", "cinematic"}
+    small = ["--width", "64", "--height", "64", "--steps", "4"]  # a preset's own size is SDXL's scale
+    args = ["--preset", "cinematic", "--quality", "low", "--seed", "2024", "--scheduler", "DPM++ 2M Karras"]
+    (key,) = kitty(stack, "images.generate", "a night train", *args, *small).stdout.split()
+    listed = kitty(stack, "images.latest", "--limit", "1").stdout.splitlines()[1]
+    assert " cinematic/low " in listed and listed.split()[-1] == key
+
+    again = kitty(stack, "images.rerun", "1", "--out", str(tmp_path / "again.png"))
+    varied = kitty(stack, "images", "rerun", key, "--new-seed", "--json")
+
+    assert again.exit_code == 0 and varied.exit_code == 0, again.output + varied.output
+    (same_key,) = again.stdout.split()
+    assert f"Re-running #1: {key}" in again.stderr
+    store = make_store(stack.settings)
+    assert (
+        pixels(store.get(same_key)) == pixels(store.get(key)) == pixels((tmp_path / "again.png").read_bytes())
+    )
+    new_key = json.loads(varied.stdout)["result"]["png_key"]
+    assert pixels(store.get(new_key)) != pixels(store.get(key))
+    first, second = (json.loads(store.get(k.removesuffix(".png") + ".json")) for k in (key, new_key))
+    assert first["request"]["scheduler"] == "dpmpp_2m_karras" and first["request"]["preset"] == "cinematic"
+    assert first["request"]["prompt"].startswith("cinematic film still, a night train,")
+    assert {**second["request"], "seed": 0} == {**first["request"], "seed": 0} and second["seed"] != 2024
+
+
+def pixels(png: bytes) -> bytes:
+    return Image.open(io.BytesIO(png)).convert("RGB").tobytes()

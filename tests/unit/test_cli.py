@@ -61,6 +61,8 @@ LATEST = {
             "width": 1024,
             "height": 768,
             "seed": 7,
+            "preset": "photoreal",
+            "quality": "pro",
         },
         {
             "key": "images/20240501_120200_bbbbbbbb.png",
@@ -91,6 +93,34 @@ MODELS = {
         {"name": "flux_schnell", "local": False, "defaults": {"steps": 4, "cfg": 0.0}},
     ],
     "default": "tiny-sd15",
+}
+
+QUALITIES = {
+    "low": {"steps": 20, "cfg": 6.0},
+    "standard": {"steps": 30, "cfg": 7.0},
+    "pro": {"steps": 50, "cfg": 8.0},
+}
+PRESETS = {
+    "presets": [
+        {
+            "name": "photoreal",
+            "title": "Photoreal portrait",
+            "description": "A natural-looking photograph of a person. No plastic skin.",
+            "prompt_template": "RAW photo, {prompt}, natural skin texture",
+            "negative_prompt": "plastic skin",
+            "defaults": {"width": 832, "height": 1024, "quality": "standard"},
+            "qualities": QUALITIES,
+        },
+        {
+            "name": "storyboard",
+            "title": "Storyboard frame",
+            "description": "A quick grayscale sketch of a shot.",
+            "prompt_template": "storyboard panel, {prompt}",
+            "negative_prompt": "color",
+            "defaults": {"width": 1024, "height": 576, "quality": "low"},
+            "qualities": QUALITIES,
+        },
+    ]
 }
 
 ENGINES = {
@@ -165,7 +195,7 @@ class FakeApi:
         path = request.url.path
         if request.url.host == DOWNLOAD_HOST:
             return httpx.Response(200, content=png_bytes(path.lstrip("/")))
-        if path == "/api/images/generate":
+        if path in ("/api/images/generate", "/api/images/rerun"):
             return httpx.Response(202, json={"job_id": "job-1", "status": "queued"})
         if path == "/api/images/jobs/job-1":
             return httpx.Response(200, json=self.next_view())
@@ -201,6 +231,8 @@ class FakeApi:
             return httpx.Response(200, json=ENGINES)
         if path == "/api/images/models":
             return httpx.Response(200, json=MODELS)
+        if path == "/api/images/presets":
+            return httpx.Response(200, json=PRESETS)
         return httpx.Response(404, json=error_body("NOT_FOUND", "no route", []))
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
@@ -402,15 +434,15 @@ def test_latest_numbers_newest_first_in_aligned_columns() -> None:
 
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["#", "CREATED", "(UTC)", "MODEL", "SIZE", "PROMPT", "KEY"]
+    assert header.split() == ["#", "CREATED", "(UTC)", "MODEL", "SIZE", "PRESET", "PROMPT", "KEY"]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     assert [row.split()[-1] for row in rows] == [item["key"] for item in LATEST["items"]]
-    assert rows[0].split()[1:5] == ["2024-05-01", "12:03:00", "sdxl_base", "1024x768"]
-    assert rows[1].split()[3:6] == ["tiny-sd15", "64x64", "雪の中の狐"]
-    assert rows[2].split()[3:6] == ["-", "-", "-"]  # an older item without card fields
+    assert rows[0].split()[1:6] == ["2024-05-01", "12:03:00", "sdxl_base", "1024x768", "photoreal/pro"]
+    assert rows[1].split()[3:7] == ["tiny-sd15", "64x64", "-", "雪の中の狐"]
+    assert rows[2].split()[3:7] == ["-", "-", "-", "-"]  # an older item without card fields
     spans = [cell_spans(line) for line in (header, *rows)]
-    assert all(len(line_spans) == 6 for line_spans in spans)
-    for column in (1, 2, 4, 5):  # CREATED, MODEL, PROMPT, KEY: left-aligned, start together
+    assert all(len(line_spans) == 7 for line_spans in spans)
+    for column in (1, 2, 4, 5, 6):  # CREATED, MODEL, PRESET, PROMPT, KEY: left-aligned, start together
         assert len({line_spans[column][0] for line_spans in spans}) == 1, header.split()[column]
     for column in (0, 3):  # #, SIZE: right-aligned, end together
         assert len({line_spans[column][1] for line_spans in spans}) == 1
@@ -692,6 +724,118 @@ def test_models_marks_the_default_and_shows_source_refiner_size_and_steps() -> N
     assert json.loads(run(["images.models", "--json"], FakeApi()).stdout)["default"] == "tiny-sd15"
 
 
+# --- presets, quality, scheduler names, re-run ---------------------------------------------------
+def test_presets_lists_name_title_size_and_qualities_with_the_default_marked() -> None:
+    result = run(["images.presets"], FakeApi())
+
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert [cell for cell in re.split(r"\s{2,}", header)] == [
+        "NAME",
+        "TITLE",
+        "SIZE",
+        "QUALITIES (steps/cfg, * default)",
+    ]
+    assert [re.split(r"\s{2,}", row) for row in rows] == [
+        ["photoreal", "Photoreal portrait", "832x1024", "low 20/6, standard* 30/7, pro 50/8"],
+        ["storyboard", "Storyboard frame", "1024x576", "low* 20/6, standard 30/7, pro 50/8"],
+    ]
+    listed = json.loads(run(["images", "presets", "--json"], FakeApi()).stdout)
+    assert listed["presets"][0]["prompt_template"] == "RAW photo, {prompt}, natural skin texture"
+
+
+def test_generate_sends_preset_quality_and_an_a1111_scheduler_name() -> None:
+    api = FakeApi()
+    args = ["--preset", "photoreal", "--quality", "pro", "--scheduler", "dpm++ 2m karras"]
+
+    result = run(["images.generate", "an old fisherman", "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    assert api.bodies("/api/images/generate") == [
+        {
+            "prompt": "an old fisherman",
+            "preset": "photoreal",
+            "quality": "pro",
+            "scheduler": "dpmpp_2m_karras",  # A1111's name, any case, sent as ours
+        }
+    ]
+
+
+def test_generate_refuses_an_unknown_quality_before_queueing() -> None:
+    api = FakeApi()
+
+    result = run(["images.generate", "a fox", "--quality", "ultra"], api)
+
+    assert result.exit_code == 2
+    assert "'ultra' is not one of 'low', 'standard', 'pro'" in result.stderr
+    assert api.requests == []
+
+
+def test_rerun_by_number_reruns_that_key_follows_it_and_prints_the_new_keys() -> None:
+    api = FakeApi(list(PROGRESSING))
+
+    result = run(["images.rerun", "2"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS
+    assert f"Re-running #2: {LATEST['items'][1]['key']}" in result.stderr
+    assert "started  [##############################] 3/3 100%" in result.stderr
+    assert api.bodies("/api/images/rerun") == [{"key": LATEST["items"][1]["key"]}]
+    assert api.paths()[-1] == "/api/images/jobs/job-1/events"
+
+
+@pytest.mark.parametrize(
+    ("args", "body"),
+    [
+        (["--seed", "42"], {"seed": 42}),
+        (["--new-seed"], {"new_seed": True}),
+    ],
+)
+def test_rerun_by_key_with_another_seed(args: list[str], body: dict[str, Any]) -> None:
+    api = FakeApi()
+    key = IMAGE_KEYS[0]
+
+    result = run(["images", "rerun", key, "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "job-1\n" and result.stderr == ""
+    assert api.bodies("/api/images/rerun") == [{"key": key, **body}]
+    assert api.paths() == ["/api/images/rerun"]  # a key needs no listing
+
+
+def test_rerun_json_and_out_work_as_for_generate(tmp_path: Path) -> None:
+    api = FakeApi()
+    out = tmp_path / "again.png"
+
+    result = run(["images.rerun", IMAGE_KEYS[0], "--json", "--out", str(out)], api)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "done"
+    assert out.read_bytes() == png_bytes(IMAGE_KEYS[0])
+
+
+def test_rerun_refuses_a_seed_and_a_new_seed_together() -> None:
+    api = FakeApi()
+
+    result = run(["images.rerun", "1", "--seed", "3", "--new-seed"], api)
+
+    assert result.exit_code == 2
+    assert "--seed and --new-seed exclude each other" in result.stderr
+    assert api.requests == []
+
+
+def test_rerun_of_a_failed_job_exits_1_with_its_reason() -> None:
+    failed = job_view(
+        "error",
+        error={"code": "ENGINE_ERROR", "message": "boom", "remediation": ["Retry."], "detail": None},
+    )
+
+    result = run(["images.rerun", IMAGE_KEYS[0]], FakeApi([failed]))
+
+    assert result.exit_code == 1
+    assert "Error [ENGINE_ERROR]: boom" in result.stderr
+
+
 def test_delete_with_yes_deletes_the_numbered_image() -> None:
     api = FakeApi()
 
@@ -729,7 +873,18 @@ def test_delete_of_a_missing_key_is_one_clear_line() -> None:
 
 
 # --- the group form, help, completion -------------------------------------------------------------
-IMAGE_COMMANDS = ["generate", "latest", "select", "jobs", "cancel", "models", "engines", "delete"]
+IMAGE_COMMANDS = [
+    "generate",
+    "rerun",
+    "latest",
+    "select",
+    "jobs",
+    "cancel",
+    "models",
+    "presets",
+    "engines",
+    "delete",
+]
 
 
 def test_images_group_offers_the_same_commands() -> None:
@@ -795,11 +950,13 @@ def test_completion_offers_commands_image_numbers_keys_and_models() -> None:
     numbers = [(c.value, c.help) for c in completions(["--url", GATEWAY, "images.select"], "", api)]
     keys = [c.value for c in completions(["images", "delete"], "images/20240501_1202", api)]
     models = [c.value for c in completions(["images.generate", "x", "--model"], "t", api)]
+    presets = [(c.value, c.help) for c in completions(["images.generate", "x", "--preset"], "", api)]
 
     assert commands == ["images.select"]
     assert [n for n, _ in numbers] == ["1", "2", "3"] and numbers[1][1] == "雪の中の狐"
     assert keys == [LATEST["items"][1]["key"]]
     assert models == ["tiny-sd15"]
+    assert presets == [("photoreal", "Photoreal portrait"), ("storyboard", "Storyboard frame")]
     assert str(api.requests[0].url).startswith(GATEWAY)
 
 

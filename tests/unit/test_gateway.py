@@ -356,6 +356,8 @@ def test_metrics_count_proxied_requests_by_route_template(gateway: TestClient) -
     ("path", "template"),
     [
         ("generate", "/api/images/generate"),
+        ("rerun", "/api/images/rerun"),
+        ("presets", "/api/images/presets"),
         ("jobs/abc", "/api/images/jobs/{job_id}"),
         ("jobs/abc/events", "/api/images/jobs/{job_id}/events"),
         ("files/images/x.png", "/api/images/files/{key}"),

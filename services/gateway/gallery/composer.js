@@ -1,10 +1,11 @@
 // The generate form and the jobs it starts: models and their defaults from `GET /api/images/models`,
-// size presets, submit to `POST /api/images/generate`, live progress for each job until it ends.
+// presets and quality levels from `GET /api/images/presets`, size choices, submit to
+// `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress for each job.
 
 import { api, watchJob } from "./api.js";
 import { clearError, excerpt, h, showError } from "./dom.js";
 
-/** Size presets offered besides the model's own default size. */
+/** Sizes offered besides the default one (the preset's, else the model's). */
 const SIZE_PRESETS = [
   { width: 512, height: 512, shape: "square" },
   { width: 768, height: 768, shape: "square" },
@@ -29,6 +30,9 @@ const STATUS_LABELS = {
 /** Form fields sent as numbers when they hold one (anything else goes as typed, for the API to judge). */
 const NUMERIC_FIELDS = ["steps", "cfg", "seed"];
 
+const NEGATIVE_PLACEHOLDER = "blurry, low quality";
+const NEGATIVE_EXCERPT_CHARS = 80;
+
 function asNumber(text) {
   const trimmed = text.trim();
   return trimmed !== "" && Number.isFinite(Number(trimmed)) ? Number(trimmed) : trimmed;
@@ -39,26 +43,68 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   const submitButton = form.querySelector("button[type=submit]");
   const errorBox = form.querySelector(".error-box");
   const modelNote = form.querySelector("#model-note");
+  const presetNote = form.querySelector("#preset-note");
   const models = new Map();
+  const presets = new Map();
+  let qualityLevels = {}; // quality name -> {steps, cfg}: the same for every preset
 
   function selectedModel() {
     return models.get(fields.model.value) || null;
+  }
+
+  function selectedPreset() {
+    return presets.get(fields.preset.value) || null;
+  }
+
+  /** The quality level a submit gets: the one chosen, else the preset's own (none without either). */
+  function effectiveQuality() {
+    const preset = selectedPreset();
+    return fields.quality.value || (preset && preset.defaults && preset.defaults.quality) || "";
   }
 
   function sizeOption(width, height, label) {
     return h("option", { value: `${width}x${height}`, text: label || `${width} × ${height}` });
   }
 
-  /** Size choices for the selected model: its default first (sent as no size), then the presets. */
+  /**
+   * Size choices: first what the service picks when no size is sent (the preset's size, else the
+   * model's), then, under a preset, the model's own size, then the usual sizes.
+   */
   function renderSizes(keep) {
     const defaults = (selectedModel() || {}).defaults || {};
-    const defaultLabel =
-      defaults.width && defaults.height ? `Default · ${defaults.width} × ${defaults.height}` : "Model default";
-    fields.size.replaceChildren(
-      h("option", { value: "", text: defaultLabel }),
-      SIZE_PRESETS.map((p) => sizeOption(p.width, p.height, `${p.width} × ${p.height} · ${p.shape}`)),
-    );
+    const hasModelSize = Boolean(defaults.width && defaults.height);
+    const preset = selectedPreset();
+    const options = [];
+    if (preset) {
+      const { width, height } = preset.defaults;
+      options.push(h("option", { value: "", text: `Preset · ${width} × ${height}` }));
+      if (hasModelSize) {
+        options.push(sizeOption(defaults.width, defaults.height, `Model · ${defaults.width} × ${defaults.height}`));
+      }
+    } else {
+      const label = hasModelSize ? `Default · ${defaults.width} × ${defaults.height}` : "Model default";
+      options.push(h("option", { value: "", text: label }));
+    }
+    const taken = new Set(options.map((option) => option.value));
+    for (const p of SIZE_PRESETS) {
+      if (!taken.has(`${p.width}x${p.height}`)) options.push(sizeOption(p.width, p.height, `${p.width} × ${p.height} · ${p.shape}`));
+    }
+    fields.size.replaceChildren(...options);
     if (keep) chooseSize(keep);
+  }
+
+  /** Quality choices, each with its steps and cfg once the levels are known. */
+  function renderQualities() {
+    const preset = selectedPreset();
+    const keep = fields.quality.value;
+    const presetQuality = preset && preset.defaults ? preset.defaults.quality : "";
+    const options = [h("option", { value: "", text: presetQuality ? `Preset · ${presetQuality}` : "Model default" })];
+    for (const [name, level] of Object.entries(qualityLevels)) {
+      const label = `${name[0].toUpperCase()}${name.slice(1)} · ${level.steps} steps`; // cfg: the CFG field's hint
+      options.push(h("option", { value: name, text: label }));
+    }
+    fields.quality.replaceChildren(...options);
+    fields.quality.value = [...fields.quality.options].some((option) => option.value === keep) ? keep : "";
   }
 
   /** Select "WxH", adding it as a custom choice when no preset has it. */
@@ -70,13 +116,30 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     fields.size.value = value;
   }
 
-  function applyModelDefaults() {
+  /** Placeholders and notes for what an empty field gets: quality level > preset > model default. */
+  function applyDefaults() {
     const model = selectedModel();
+    const preset = selectedPreset();
     const defaults = (model && model.defaults) || {};
-    fields.steps.placeholder = defaults.steps !== undefined ? String(defaults.steps) : "default";
-    fields.cfg.placeholder = defaults.cfg !== undefined ? String(defaults.cfg) : "default";
+    const level = qualityLevels[effectiveQuality()] || {};
+    const steps = level.steps ?? defaults.steps;
+    const cfg = level.cfg ?? defaults.cfg;
+    fields.steps.placeholder = steps !== undefined ? String(steps) : "default";
+    fields.cfg.placeholder = cfg !== undefined ? String(cfg) : "default";
+    fields.negative_prompt.placeholder = preset
+      ? `Preset: ${excerpt(preset.negative_prompt, NEGATIVE_EXCERPT_CHARS)}`
+      : NEGATIVE_PLACEHOLDER;
     renderSizes(fields.size.value);
     modelNote.textContent = model && model.description ? model.description : "";
+    presetNote.textContent = preset ? preset.description : "";
+  }
+
+  /** A newly picked preset brings its size and quality: the choices made for the last one are reset. */
+  function applyPreset() {
+    fields.size.value = "";
+    fields.quality.value = "";
+    renderQualities();
+    applyDefaults();
   }
 
   async function loadModels() {
@@ -90,7 +153,22 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     }
     fields.model.replaceChildren(...options);
     if (view.default && models.has(view.default)) fields.model.value = view.default;
-    applyModelDefaults();
+    applyDefaults();
+  }
+
+  async function loadPresets() {
+    const view = await api(routes.presets);
+    presets.clear();
+    for (const preset of view.presets) presets.set(preset.name, preset);
+    qualityLevels = view.presets.length ? view.presets[0].qualities : {};
+    const keep = fields.preset.value;
+    fields.preset.replaceChildren(
+      h("option", { value: "", text: "None" }),
+      ...view.presets.map((preset) => h("option", { value: preset.name, text: preset.title })),
+    );
+    fields.preset.value = presets.has(keep) ? keep : "";
+    renderQualities();
+    applyDefaults();
   }
 
   /** The request the form describes; empty fields are left out so the model's defaults apply. */
@@ -98,6 +176,8 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     const request = { prompt: fields.prompt.value, num_images: Number(fields.num_images.value) || 1 };
     if (fields.negative_prompt.value.trim()) request.negative_prompt = fields.negative_prompt.value;
     if (fields.model.value) request.model = fields.model.value;
+    if (fields.preset.value) request.preset = fields.preset.value;
+    if (fields.quality.value) request.quality = fields.quality.value;
     if (fields.size.value) {
       const [width, height] = fields.size.value.split("x").map(Number);
       Object.assign(request, { width, height });
@@ -108,12 +188,18 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     return request;
   }
 
-  /** Fill the form from an image's settings (re-run, edit). */
+  /**
+   * Fill the form from an image's settings (re-run, edit). Its prompt already holds its preset's
+   * template and its steps and cfg its quality level, so the preset and quality are left unset.
+   */
   function prefill(item) {
     fields.prompt.value = item.prompt || "";
     fields.negative_prompt.value = item.negative_prompt || "";
     if (item.model && models.has(item.model)) fields.model.value = item.model;
-    applyModelDefaults();
+    fields.preset.value = "";
+    fields.quality.value = "";
+    renderQualities();
+    applyDefaults();
     chooseSize(item.width && item.height ? `${item.width}x${item.height}` : "");
     fields.steps.value = item.steps ?? "";
     fields.cfg.value = item.cfg ?? "";
@@ -136,13 +222,24 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     }
   }
 
-  async function submit(request) {
+  function submit(request) {
+    return start(routes.generate, request, request);
+  }
+
+  /** Render a stored image again from its stored request: its own seed, or a fresh one. */
+  function rerun(item, { newSeed = false } = {}) {
+    const body = newSeed ? { key: item.key, new_seed: true } : { key: item.key };
+    return start(routes.rerun, body, { prompt: item.prompt || item.key, steps: item.steps });
+  }
+
+  /** POST `body` to `route`, then follow the job it queued in a panel titled from `shown`. */
+  async function start(route, body, shown) {
     clearError(errorBox);
     clearInvalid();
     submitButton.disabled = true;
     try {
-      const accepted = await api(routes.generate, { method: "POST", body: request });
-      trackJob(accepted.job_id, request);
+      const accepted = await api(route, { method: "POST", body });
+      trackJob(accepted.job_id, shown);
       onStatus(`Job ${accepted.job_id.slice(0, 8)} queued.`);
     } catch (error) {
       showError(errorBox, error);
@@ -234,7 +331,9 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     }
     submit(readForm());
   });
-  fields.model.addEventListener("change", applyModelDefaults);
+  fields.model.addEventListener("change", applyDefaults);
+  fields.preset.addEventListener("change", applyPreset);
+  fields.quality.addEventListener("change", applyDefaults);
 
-  return { loadModels, prefill, submit, focus: () => fields.prompt.focus() };
+  return { loadModels, loadPresets, prefill, submit, rerun, focus: () => fields.prompt.focus() };
 }

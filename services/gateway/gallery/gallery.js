@@ -14,7 +14,9 @@ const MAX_PAGE_SIZE = 500;
 /** The API routes the gallery calls, in one place; the gateway serves the images-service's. */
 const ROUTES = {
   models: "/api/images/models",
+  presets: "/api/images/presets",
   generate: "/api/images/generate",
+  rerun: "/api/images/rerun",
   job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
   latest: "/api/images/latest",
   select: "/api/images/select",
@@ -43,15 +45,6 @@ function showFailure(error) {
   showStatus(`${error.code}: ${error.message}`, { isError: true });
 }
 
-/** The request that renders `item` again: its stored settings, seed included. */
-function requestFrom(item) {
-  const request = { prompt: item.prompt || "", num_images: 1 };
-  for (const name of ["negative_prompt", "model", "width", "height", "steps", "cfg", "seed", "scheduler", "engine"]) {
-    if (item[name] !== undefined && item[name] !== null && item[name] !== "") request[name] = item[name];
-  }
-  return request;
-}
-
 const composer = createComposer({
   form: document.getElementById("generate-form"),
   jobs: document.getElementById("jobs"),
@@ -70,9 +63,10 @@ const composer = createComposer({
 const viewer = createViewer({
   dialog: document.getElementById("viewer"),
   routes: ROUTES,
-  onRerun: (item) => {
-    composer.prefill(item);
-    composer.submit(requestFrom(item));
+  // The service re-runs the stored request itself; the form shows its settings, to tweak.
+  onRerun: (item, { newSeed }) => {
+    composer.prefill(newSeed ? { ...item, seed: null } : item);
+    composer.rerun(item, { newSeed });
   },
   onEdit: (item) => {
     composer.prefill(item);
@@ -131,7 +125,11 @@ document.getElementById("api-key-forget").addEventListener("click", () => {
 document.getElementById("refresh").addEventListener("click", () => grid.reload());
 
 async function start() {
-  await Promise.all([composer.loadModels().catch(showFailure), grid.reload()]);
+  await Promise.all([
+    composer.loadModels().catch(showFailure),
+    composer.loadPresets().catch(showFailure),
+    grid.reload(),
+  ]);
   document.body.dataset.ready = "true"; // for tests and for anyone waiting on the first render
 }
 

@@ -26,6 +26,9 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
     const thumbUrl = safeUrl(item.thumb_url);
     const meta = [
       item.model ? h("span", { class: "meta-model", text: item.model }) : null,
+      item.preset || item.quality
+        ? h("span", { class: "meta-preset", text: [item.preset, item.quality].filter(Boolean).join(" · ") })
+        : null,
       item.seed !== undefined && item.seed !== null ? h("span", { text: `seed ${item.seed}` }) : null,
       item.width ? h("span", { text: formatSize(item.width, item.height) }) : null,
       h("time", { datetime: created.toISOString(), dataset: { age: "" }, text: formatAge(created) }),

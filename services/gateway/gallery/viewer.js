@@ -1,6 +1,6 @@
 // The image dialog: the full PNG through a fresh `select` downloadUrl (the thumbnail, upscaled, until
-// it has loaded), every setting, and the actions: Select (the imageRef, copyable), Re-run, Edit,
-// Download, Delete with a confirmation.
+// it has loaded), every setting, and the actions: Select (the imageRef, copyable), Re-run (the same
+// seed, or a new one), Edit, Download, Delete with a confirmation.
 
 import { api } from "./api.js";
 import { clearError, formatSize, h, parseTime, safeUrl, showError } from "./dom.js";
@@ -39,6 +39,8 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onDeleted, onSta
     settings.replaceChildren(
       ...setting("Model", item.model),
       ...setting("Engine", item.engine),
+      ...setting("Preset", item.preset),
+      ...setting("Quality", item.quality),
       ...setting("Seed", item.seed, "mono"),
       ...setting("Size", formatSize(item.width, item.height)),
       ...setting("Steps", item.steps),
@@ -158,7 +160,12 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onDeleted, onSta
   $("#viewer-rerun").addEventListener("click", () => {
     const item = current;
     close();
-    onRerun(item);
+    onRerun(item, { newSeed: false });
+  });
+  $("#viewer-rerun-new").addEventListener("click", () => {
+    const item = current;
+    close();
+    onRerun(item, { newSeed: true });
   });
   $("#viewer-edit").addEventListener("click", () => {
     const item = current;

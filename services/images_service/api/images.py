@@ -1,5 +1,5 @@
-"""`/api/images/*`: generate, job views and their event stream, cancel, latest, select, delete,
-models, and the filesystem store's signed downloads."""
+"""`/api/images/*`: generate and re-run, job views and their event stream, cancel, latest, select,
+delete, models, presets, and the filesystem store's signed downloads."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ from services.contracts import (
     ImageRef,
     JobView,
     LatestView,
+    LoraInfo,
     ModelInfo,
     ModelsView,
+    PresetsView,
+    RerunRequest,
     SelectRequest,
     SelectView,
 )
@@ -29,9 +32,10 @@ from services.contracts import (
 from ..errors import KeyNotFound, ModelNotFound, Unauthorized, ValidationFailed
 from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from ..presets import PRESETS
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
-from ..submission import submit
+from ..submission import Admitted, rerun, submit
 from .deps import (
     BaseUrlDep,
     CallerDep,
@@ -76,6 +80,7 @@ def generate(
     caller: CallerDep,
     quotas: QuotasDep,
     idempotency: IdempotencyDep,
+    store: StoreDep,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> GenerateView:
     """Enqueue a render. With an `Idempotency-Key`, the same request under the same key answers
@@ -89,7 +94,42 @@ def generate(
         settings=settings,
         quotas=quotas,
         idempotency=idempotency,
+        store=store,
     )
+    return accepted(admitted, response)
+
+
+@router.post("/rerun", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
+def rerun_image(
+    body: RerunRequest,
+    response: Response,
+    queue: QueueDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    quotas: QuotasDep,
+    idempotency: IdempotencyDep,
+    store: StoreDep,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+) -> GenerateView:
+    """Enqueue exactly the request stored with image `key` again (its preset already applied), with
+    its seed (the same pixels), `seed`, or a fresh one with `new_seed`. Checked like a generate:
+    tier ceilings, daily quota, `Idempotency-Key`."""
+    admitted = rerun(
+        body,
+        caller=caller,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        registry=registry,
+        settings=settings,
+        quotas=quotas,
+        idempotency=idempotency,
+        store=store,
+    )
+    return accepted(admitted, response)
+
+
+def accepted(admitted: Admitted, response: Response) -> GenerateView:
     if admitted.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return GenerateView(job_id=admitted.job_id, status=admitted.status)
@@ -174,7 +214,8 @@ def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep) -
 
 @router.get("/models", response_model=ModelsView)
 def models(registry: RegistryDep) -> ModelsView:
-    """Registered models with their defaults (local paths are not shown)."""
+    """Registered models with their defaults, and the LoRAs a request may list (local paths are not
+    shown)."""
     entries = registry.entries()
     try:
         default = registry.default_name() if entries else None
@@ -192,7 +233,18 @@ def models(registry: RegistryDep) -> ModelsView:
             for e in entries.values()
         ],
         default=default,
+        loras=[
+            LoraInfo(name=lora.name, base=lora.base, description=lora.description)
+            for lora in registry.loras().values()
+        ],
     )
+
+
+@router.get("/presets", response_model=PresetsView)
+def presets() -> PresetsView:
+    """The presets a request may name in `preset`, with their templates, default size and quality,
+    and the quality levels (steps and cfg) `quality` picks."""
+    return PresetsView(presets=[preset.info() for preset in PRESETS.values()])
 
 
 @router.get("/files/{key:path}", response_class=Response, include_in_schema=False)

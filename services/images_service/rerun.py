@@ -1,0 +1,84 @@
+"""Re-running a stored image: the resolved request its sidecar records, as it was (a preset's template
+is already in its prompt, so nothing is applied twice), with the seed kept or replaced."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.contracts import MAX_SEED, RenderSpec, RerunRequest
+
+from .engines import check_engine_name
+from .errors import KeyNotFound, ValidationFailed
+from .models import ModelRegistry
+from .redaction import FIELD_SECRET_NAME
+from .settings import Settings
+from .spec import LOCAL_ENGINE
+from .storage import Store
+from .storage.keys import meta_key_for, validate_image_key
+
+
+def _has_secret_fields(value: Any) -> bool:
+    """Whether a stored request had fields blanked as secrets (see `redaction.redact`)."""
+    if isinstance(value, dict):
+        return any(
+            (isinstance(key, str) and FIELD_SECRET_NAME.search(key)) or _has_secret_fields(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_secret_fields(item) for item in value)
+    return False
+
+
+def _not_rerunnable(key: str, why: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"image '{key}' cannot be re-run: {why}",
+        remediation=["Generate it anew with its settings: open it in the gallery and use Edit settings."],
+        detail={"key": key},
+    )
+
+
+def stored_spec(key: str, store: Store, settings: Settings) -> RenderSpec:
+    """The resolved request recorded beside the image `key`."""
+    key = validate_image_key(key, settings.s3_prefix)
+    if store.head(key) is None:
+        raise KeyNotFound(f"no image with key '{key}'")
+    try:
+        sidecar = json.loads(store.get(meta_key_for(key)))
+    except KeyNotFound:
+        raise _not_rerunnable(key, "it has no sidecar recording how it was made") from None
+    except ValueError:
+        raise _not_rerunnable(key, "its sidecar is not JSON") from None
+    request = sidecar.get("request") if isinstance(sidecar, dict) else None
+    if not isinstance(request, dict):
+        raise _not_rerunnable(key, "its sidecar records no request")
+    if _has_secret_fields(request):
+        raise _not_rerunnable(key, "its stored request had secret fields blanked")
+    try:
+        return RenderSpec.model_validate(request)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+        raise _not_rerunnable(key, f"its stored request does not fit this version ({problems})") from None
+
+
+def rerun_spec(body: RerunRequest, registry: ModelRegistry, settings: Settings, store: Store) -> RenderSpec:
+    """The stored request of `body.key`, to enqueue again: same seed (the same pixels on the same
+    device and versions), the given `seed`, or a fresh one with `new_seed`."""
+    if body.seed is not None and body.new_seed:
+        raise ValidationFailed(
+            "give `seed` or `new_seed`, not both",
+            remediation=["Send `seed` for a chosen seed, `new_seed: true` for a random one, or neither."],
+            detail=[{"field": "new_seed", "message": "not with seed"}],
+        )
+    spec = stored_spec(body.key, store, settings)
+    check_engine_name(spec.engine)
+    if spec.engine == LOCAL_ENGINE and spec.model is not None:
+        registry.get(spec.model)  # removed from models.yaml since: refused now, not failed later
+    if body.new_seed:
+        return spec.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+    if body.seed is not None:
+        return spec.model_copy(update={"seed": body.seed})
+    return spec
