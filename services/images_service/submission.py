@@ -45,67 +45,41 @@ def _best_effort(step: str, action: Callable[[], None]) -> None:
         log.warning("submit bookkeeping failed", extra={"step": step, "error": exc.message})
 
 
-def submit(
-    body: GenerateRequest,
-    *,
-    caller: ApiKey | None,
-    idempotency_key: str | None,
-    queue: JobQueue,
-    registry: ModelRegistry,
-    settings: Settings,
-    quotas: QuotaLedger,
-    idempotency: IdempotencyStore,
-    store: Store | None = None,
-) -> Admitted:
-    """Admit a generate request. `store`: where its `image`/`mask` keys must exist (see `resolve_spec`)."""
-    return admit(
-        body,
-        partial(resolve_spec, body, registry, settings, store),
-        caller=caller,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        quotas=quotas,
-        idempotency=idempotency,
-    )
+@dataclass(frozen=True)
+class Admission:
+    """Who asks, under which Idempotency-Key, and the collaborators that admit a job."""
+
+    caller: ApiKey | None
+    idempotency_key: str | None
+    queue: JobQueue
+    registry: ModelRegistry
+    settings: Settings
+    quotas: QuotaLedger
+    idempotency: IdempotencyStore
+    store: Store | None = None
+    """Where `image`/`mask` keys must exist, and where a re-run's sidecar is read."""
 
 
-def rerun(
-    body: RerunRequest,
-    *,
-    caller: ApiKey | None,
-    idempotency_key: str | None,
-    queue: JobQueue,
-    registry: ModelRegistry,
-    settings: Settings,
-    quotas: QuotaLedger,
-    idempotency: IdempotencyStore,
-    store: Store,
-) -> Admitted:
+def submit(body: GenerateRequest, admission: Admission) -> Admitted:
+    """Admit a generate request."""
+    a = admission
+    return admit(body, partial(resolve_spec, body, a.registry, a.settings, a.store), admission)
+
+
+def rerun(body: RerunRequest, admission: Admission) -> Admitted:
     """Admit the stored request of an image again, through the same checks as a new one: a key of a
     lower tier cannot re-run what only a higher one may render."""
-    return admit(
-        body,
-        partial(rerun_spec, body, registry, settings, store),
-        caller=caller,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        quotas=quotas,
-        idempotency=idempotency,
-    )
+    a = admission
+    if a.store is None:
+        raise ValueError("a re-run reads the image's sidecar: Admission.store is required")
+    return admit(body, partial(rerun_spec, body, a.registry, a.settings, a.store), admission)
 
 
-def admit(
-    body: BaseModel,
-    resolve: Callable[[], RenderSpec],
-    *,
-    caller: ApiKey | None,
-    idempotency_key: str | None,
-    queue: JobQueue,
-    quotas: QuotaLedger,
-    idempotency: IdempotencyStore,
-) -> Admitted:
+def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admission) -> Admitted:
     """Claim the Idempotency-Key for `body`, `resolve` it into a spec, check the caller's ceilings,
     count its quota and enqueue; `resolve` runs only when the key is not a replay."""
+    caller, idempotency_key = admission.caller, admission.idempotency_key
+    queue, quotas, idempotency = admission.queue, admission.quotas, admission.idempotency
     claim: Claim | None = None
     if idempotency_key is not None:
         key = check_idempotency_key(idempotency_key)

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
@@ -35,7 +35,7 @@ from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from ..presets import PRESETS
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
-from ..submission import Admitted, rerun, submit
+from ..submission import Admission, Admitted, rerun, submit
 from .deps import (
     BaseUrlDep,
     CallerDep,
@@ -70,10 +70,7 @@ def gallery_of(request: Request) -> GalleryIndex:
     return request.app.state.gallery  # type: ignore[no-any-return]
 
 
-@router.post("/generate", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
-def generate(
-    body: GenerateRequest,
-    response: Response,
+def admission_of(
     queue: QueueDep,
     registry: RegistryDep,
     settings: SettingsDep,
@@ -82,51 +79,26 @@ def generate(
     idempotency: IdempotencyDep,
     store: StoreDep,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
-) -> GenerateView:
+) -> Admission:
+    return Admission(caller, idempotency_key, queue, registry, settings, quotas, idempotency, store)
+
+
+AdmissionDep = Annotated[Admission, Depends(admission_of)]
+
+
+@router.post("/generate", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
+def generate(body: GenerateRequest, response: Response, admission: AdmissionDep) -> GenerateView:
     """Enqueue a render. With an `Idempotency-Key`, the same request under the same key answers
     with the same job for 24 h (and `Idempotent-Replayed: true`)."""
-    admitted = submit(
-        body,
-        caller=caller,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        registry=registry,
-        settings=settings,
-        quotas=quotas,
-        idempotency=idempotency,
-        store=store,
-    )
-    return accepted(admitted, response)
+    return accepted(submit(body, admission), response)
 
 
 @router.post("/rerun", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
-def rerun_image(
-    body: RerunRequest,
-    response: Response,
-    queue: QueueDep,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    quotas: QuotasDep,
-    idempotency: IdempotencyDep,
-    store: StoreDep,
-    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
-) -> GenerateView:
+def rerun_image(body: RerunRequest, response: Response, admission: AdmissionDep) -> GenerateView:
     """Enqueue exactly the request stored with image `key` again (its preset already applied), with
     its seed (the same pixels), `seed`, or a fresh one with `new_seed`. Checked like a generate:
     tier ceilings, daily quota, `Idempotency-Key`."""
-    admitted = rerun(
-        body,
-        caller=caller,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        registry=registry,
-        settings=settings,
-        quotas=quotas,
-        idempotency=idempotency,
-        store=store,
-    )
-    return accepted(admitted, response)
+    return accepted(rerun(body, admission), response)
 
 
 def accepted(admitted: Admitted, response: Response) -> GenerateView:
