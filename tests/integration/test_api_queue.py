@@ -8,7 +8,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,38 +24,9 @@ from services.images_service.app import create_app
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
 from services.images_service.queue import CANCEL_KEY, connect_redis
-from services.images_service.storage import make_store
 from services.images_service.worker.main import KittyWorker
 from tests.support.fakes import FakeEngine
 from tests.support.harness import MODEL, Harness, make_settings
-
-
-@pytest.fixture(params=["fs", "s3"])
-def harness_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
-) -> Iterator[Callable[..., Harness]]:
-    clients: list[TestClient] = []
-
-    def build(engine: FakeEngine | None = None, **overrides: object) -> Harness:
-        if request.param == "s3":
-            endpoint = request.getfixturevalue("s3_server")
-            overrides = {
-                "s3_endpoint_url": endpoint,
-                "s3_bucket": f"kitty-{request.node.name.lower().replace('[', '-').replace(']', '')}"[:60],
-                "s3_access_key": "test",
-                "s3_secret_key": "test",
-                **overrides,
-            }
-        settings = make_settings(tmp_path, redis_url, **overrides)
-        store = make_store(settings)
-        client = TestClient(create_app(settings, store=store))
-        client.__enter__()
-        clients.append(client)
-        return Harness(client, settings, store, {"diffusers": engine or FakeEngine()})
-
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture

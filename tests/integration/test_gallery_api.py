@@ -6,8 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,34 +16,7 @@ from PIL import Image
 from services.images_service.app import create_app
 from services.images_service.gallery import GalleryIndex
 from services.images_service.queue import connect_redis
-from services.images_service.storage import make_store
-from tests.support.fakes import FakeEngine
-from tests.support.harness import MODEL, Harness, make_settings
-
-
-@pytest.fixture(params=["fs", "s3"])
-def build(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Harness]]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> Harness:
-        if request.param == "s3":
-            overrides = {
-                "s3_endpoint_url": request.getfixturevalue("s3_server"),
-                "s3_bucket": request.getfixturevalue("s3_bucket"),
-                "s3_access_key": "test",
-                "s3_secret_key": "test",
-                **overrides,
-            }
-        settings = make_settings(tmp_path, redis_url, **overrides)
-        store = make_store(settings)
-        client = TestClient(create_app(settings, store=store))
-        client.__enter__()
-        clients.append(client)
-        return Harness(client, settings, store, {"diffusers": FakeEngine()})
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+from tests.support.harness import MODEL, Harness
 
 
 def fetch(harness: Harness, url: str) -> httpx.Response:
@@ -63,8 +35,8 @@ def make_images(harness: Harness, count: int) -> list[str]:
     return keys
 
 
-def test_listing_carries_card_fields_and_a_thumbnail(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_listing_carries_card_fields_and_a_thumbnail(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     (key,) = make_images(harness, 1)
     (item,) = harness.client.get("/api/images/latest").json()["items"]
     assert item["key"] == key
@@ -82,8 +54,8 @@ def test_listing_carries_card_fields_and_a_thumbnail(build: Callable[..., Harnes
     assert len(thumb.content) < item["size"]
 
 
-def test_cursor_pages_walk_every_image_once_newest_first(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_cursor_pages_walk_every_image_once_newest_first(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     keys = make_images(harness, 5)
     seen, cursor = [], None
     while True:
@@ -97,13 +69,13 @@ def test_cursor_pages_walk_every_image_once_newest_first(build: Callable[..., Ha
 
 
 @pytest.mark.parametrize("cursor", ["nope", "123|images/x.png", "0000000000000001|" + "x" * 1025])
-def test_bad_cursor_is_refused(build: Callable[..., Harness], cursor: str) -> None:
-    response = build().client.get("/api/images/latest", params={"cursor": cursor})
+def test_bad_cursor_is_refused(harness_factory: Callable[..., Harness], cursor: str) -> None:
+    response = harness_factory().client.get("/api/images/latest", params={"cursor": cursor})
     assert response.status_code == 400 and response.json()["error"]["code"] == "VALIDATION_ERROR"
 
 
-def test_empty_index_is_rebuilt_from_storage_on_start(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_empty_index_is_rebuilt_from_storage_on_start(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     keys = make_images(harness, 3)
     connect_redis(harness.settings.redis_url).flushdb()  # Redis lost everything; the bucket did not
     with TestClient(create_app(harness.settings, store=harness.store)) as client:
@@ -116,8 +88,8 @@ def test_empty_index_is_rebuilt_from_storage_on_start(build: Callable[..., Harne
     assert items[0]["prompt"] == "picture 2" and items[0]["thumb_url"]
 
 
-def test_rebuild_lists_a_png_without_sidecar(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_rebuild_lists_a_png_without_sidecar(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     harness.store.put("images/20200101_000000_0badf00d.png", buffer.getvalue(), "image/png")
@@ -127,8 +99,8 @@ def test_rebuild_lists_a_png_without_sidecar(build: Callable[..., Harness]) -> N
     assert item["key"] == "images/20200101_000000_0badf00d.png" and "prompt" not in item
 
 
-def test_delete_removes_image_sidecar_thumbnail_and_listing(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_delete_removes_image_sidecar_thumbnail_and_listing(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     keep, gone = make_images(harness, 2)
     response = harness.client.delete(f"/api/images/items/{gone}")
     assert response.status_code == 204
@@ -142,16 +114,16 @@ def test_delete_removes_image_sidecar_thumbnail_and_listing(build: Callable[...,
     assert outside.status_code == 400
 
 
-def test_models_lists_registered_models_with_defaults(build: Callable[..., Harness]) -> None:
-    body = build().client.get("/api/images/models").json()
+def test_models_lists_registered_models_with_defaults(harness_factory: Callable[..., Harness]) -> None:
+    body = harness_factory().client.get("/api/images/models").json()
     assert body["default"] == MODEL
     by_name = {m["name"]: m for m in body["models"]}
     assert by_name[MODEL]["defaults"]["width"] == 64 and by_name["fake-xl"]["refiner"] == MODEL
     assert "path" not in json.dumps(body)
 
 
-def test_event_stream_ends_with_the_terminal_view(build: Callable[..., Harness]) -> None:
-    harness = build()
+def test_event_stream_ends_with_the_terminal_view(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory()
     job_id = harness.generate()
     harness.work()
     with harness.client.stream("GET", f"/api/images/jobs/{job_id}/events") as response:
@@ -162,19 +134,19 @@ def test_event_stream_ends_with_the_terminal_view(build: Callable[..., Harness])
     assert "event: job" in body
 
 
-def test_event_stream_of_unknown_job_is_404(build: Callable[..., Harness]) -> None:
-    response = build().client.get("/api/images/jobs/nope/events")
+def test_event_stream_of_unknown_job_is_404(harness_factory: Callable[..., Harness]) -> None:
+    response = harness_factory().client.get("/api/images/jobs/nope/events")
     assert response.status_code == 404 and response.json()["error"]["code"] == "JOB_NOT_FOUND"
 
 
 def test_reindex_command_rebuilds_the_index(
-    build: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+    harness_factory: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from click.testing import CliRunner
 
     from services.images_service import admin
 
-    harness = build()
+    harness = harness_factory()
     keys = make_images(harness, 2)
     connect_redis(harness.settings.redis_url).flushdb()
     monkeypatch.setattr(admin, "get_settings", lambda: harness.settings)

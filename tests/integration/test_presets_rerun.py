@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.images_service.app import create_app
-from services.images_service.engines import Engine
 from services.images_service.metadata import read_png_text
 from services.images_service.models import ModelRegistry
 from services.images_service.presets import PRESETS
-from services.images_service.storage import make_store
 from services.images_service.storage.keys import meta_key_for
-from tests.support.fakes import FakeEngine
-from tests.support.harness import Harness, make_settings
+from tests.support.harness import Harness
 from tests.support.tiny_models import tiny_models  # noqa: F401
 
 # isort: split
@@ -36,23 +31,6 @@ API_KEYS = f"{FREE_KEY}:free, {PRO_KEY}:pro"
 
 SMALL = {"width": 64, "height": 64}
 """A preset's own size is SDXL's scale; tests on tiny pipelines ask for a small one."""
-
-
-@pytest.fixture
-def harness_with(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Harness]]:
-    clients: list[TestClient] = []
-
-    def build(engine: Engine | None = None, **overrides: object) -> Harness:
-        settings = make_settings(tmp_path, redis_url, **overrides)
-        store = make_store(settings)
-        client = TestClient(create_app(settings, store=store))
-        client.__enter__()
-        clients.append(client)
-        return Harness(client, settings, store, {"diffusers": engine or FakeEngine()})
-
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from redis import Redis
 from rq import Queue
@@ -24,12 +23,9 @@ from rq.serializers import JSONSerializer
 from services.common.api_keys import key_id_of
 from services.common.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from services.common.logs import JsonFormatter
-from services.images_service.app import create_app
 from services.images_service.errors import QueueUnavailable
 from services.images_service.idempotency import IDEMPOTENCY_TTL_S
 from services.images_service.models import register_model
-from services.images_service.storage import make_store
-from tests.support.fakes import FakeEngine
 from tests.support.harness import MODEL, Harness, make_settings
 
 FREE_KEY = "free-7c1d0b9e4a2f48d6"
@@ -49,23 +45,6 @@ def key_header(key: str) -> dict[str, str]:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def harness_with(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Harness]]:
-    clients: list[TestClient] = []
-
-    def build(**overrides: object) -> Harness:
-        settings = make_settings(tmp_path, redis_url, **overrides)
-        store = make_store(settings)
-        client = TestClient(create_app(settings, store=store))
-        client.__enter__()
-        clients.append(client)
-        return Harness(client, settings, store, {"diffusers": FakeEngine()})
-
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -3,21 +3,25 @@ in burst mode: the queue path from submit to imageRef, with any engine behind it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from services.images_service.app import create_app
 from services.images_service.engines import Engine
 from services.images_service.queue import connect_redis
 from services.images_service.settings import Settings
-from services.images_service.storage import Store
+from services.images_service.storage import Store, make_store
 from services.images_service.worker.main import KittyWorker
 from services.images_service.worker.tasks import Runtime, set_runtime
+from tests.support.fakes import FakeEngine
 
 MODEL = "fake-model"
 """A models.yaml entry whose folder exists (for fake engines: nothing is loaded from it)."""
@@ -83,3 +87,43 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def _builder(
+    tmp_path: Path, redis_url: str, s3: dict[str, object] | None
+) -> Iterator[Callable[..., Harness]]:
+    clients: list[TestClient] = []
+
+    def build(engine: Engine | None = None, **overrides: object) -> Harness:
+        settings = make_settings(tmp_path, redis_url, **{**(s3 or {}), **overrides})
+        store = make_store(settings)
+        client = TestClient(create_app(settings, store=store))
+        client.__enter__()
+        clients.append(client)
+        return Harness(client, settings, store, {"diffusers": engine or FakeEngine()})
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def harness_with(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Harness]]:
+    """Builds harnesses on the filesystem store: ``harness_with(engine, **settings_overrides)``."""
+    yield from _builder(tmp_path, redis_url, None)
+
+
+@pytest.fixture(params=["fs", "s3"])
+def harness_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+) -> Iterator[Callable[..., Harness]]:
+    """Like `harness_with`, once per store: the filesystem and S3 (moto's server, a fresh bucket)."""
+    s3: dict[str, object] | None = None
+    if request.param == "s3":
+        s3 = {
+            "s3_endpoint_url": request.getfixturevalue("s3_server"),
+            "s3_bucket": request.getfixturevalue("s3_bucket"),
+            "s3_access_key": "test",
+            "s3_secret_key": "test",
+        }
+    yield from _builder(tmp_path, redis_url, s3)
