@@ -191,6 +191,12 @@ def demo(prompt: str) -> None:
     click.echo(
         f"downloaded {len(downloaded)} bytes through the imageRef; identical to the stored {key}", err=True
     )
+    if not settings.uses_s3:
+        click.echo(
+            "(this filesystem link was served by the demo's own stack, now stopped; with `make run` up,"
+            " `kitty-cli images.select 1` gives a live one)",
+            err=True,
+        )
     click.echo(json.dumps({"imageRef": ref}, indent=2))
 
 
