@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from redis import Redis
 
 from services.common.api_keys import ApiKeyMiddleware, KeyRing, warn_if_exposed_without_keys
@@ -23,7 +22,7 @@ from .api import engines, handlers, health, images, uploads
 from .errors import KittyError
 from .gallery import GalleryIndex
 from .idempotency import IdempotencyStore
-from .metrics import HTTP_SECONDS
+from .metrics import HttpMetricsMiddleware
 from .models import ModelRegistry
 from .queue import JobQueue, connect_redis
 from .quotas import QuotaLedger
@@ -101,21 +100,12 @@ def create_app(
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: refusals are observed too
     handlers.install_error_handlers(app)
     app.include_router(images.router)
     app.include_router(uploads.router)
     app.include_router(engines.router)
     app.include_router(health.router)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        HTTP_SECONDS.labels(
-            method=request.method, route=getattr(route, "path", "unmatched"), status=str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
 
     return app
 

@@ -264,6 +264,22 @@ def test_health_ready_and_metrics(harness: Harness) -> None:
     assert 'images_queue_depth{engine="diffusers"} 1.0' in metrics
 
 
+def test_http_latency_is_labelled_by_route_template_and_status(harness: Harness) -> None:
+    def count(route: str, status: str, method: str = "GET") -> float:
+        labels = {"method": method, "route": route, "status": status}
+        return REGISTRY.get_sample_value("images_http_request_seconds_count", labels) or 0.0
+
+    job_route, generate_route = "/api/images/jobs/{job_id}", "/api/images/generate"
+    before = (count(job_route, "200"), count(job_route, "404"), count(generate_route, "202", "POST"))
+    job_id = harness.generate()
+    harness.client.get(f"/api/images/jobs/{job_id}")
+    harness.client.get("/api/images/jobs/no-such-job")
+    harness.client.get("/no/such/route")
+    after = (count(job_route, "200"), count(job_route, "404"), count(generate_route, "202", "POST"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+    assert count("unmatched", "404") >= 1
+
+
 def test_worker_metrics_count_bytes_stored_and_queue_wait(harness: Harness) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

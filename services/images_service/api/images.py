@@ -70,7 +70,7 @@ def gallery_of(request: Request) -> GalleryIndex:
     return request.app.state.gallery  # type: ignore[no-any-return]
 
 
-def admission_of(
+async def admission_of(
     queue: QueueDep,
     registry: RegistryDep,
     settings: SettingsDep,
