@@ -7,6 +7,7 @@ import argparse
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Annotated
 
@@ -62,15 +63,18 @@ def make_upstream_client(
         # Redirects belong to the caller; an HTTP(S)_PROXY meant for the internet must not catch a local hop.
         follow_redirects=False,
         trust_env=False,
+        # One client serves every caller: a cookie one answer set must never ride along with the
+        # next caller's request (the caller's own Cookie header is forwarded as sent).
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_http_client(request: Request) -> httpx.AsyncClient:
+async def get_http_client(request: Request) -> httpx.AsyncClient:
     client: httpx.AsyncClient = request.app.state.http_client
     return client
 

@@ -414,3 +414,82 @@ def test_client_disconnect_mid_stream_releases_the_upstream_body() -> None:
     with pytest.raises(ClientDisconnect):
         asyncio.run(response(scope, receive, send))
     assert body.is_closed
+
+
+class BreakingStream(RecordingStream):
+    """An upstream body that breaks off after its first chunk."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"items": ['
+        raise httpx.ReadError("connection reset by peer")
+
+
+def gateway_over(handler: Any) -> FastAPI:
+    return create_app(settings_for(), transport=httpx.MockTransport(handler))
+
+
+def test_small_answers_are_sent_whole_and_release_their_connection() -> None:
+    bodies: list[RecordingStream] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(RecordingStream())
+        return httpx.Response(200, headers={"content-length": "23", "x-upstream": "yes"}, stream=bodies[-1])
+
+    sent: list[Response] = []
+    original = Response.__call__
+
+    async def spy(self: Response, scope: Any, receive: Any, send: Any) -> None:
+        sent.append(self)
+        await original(self, scope, receive, send)
+
+    with pytest.MonkeyPatch.context() as patch, TestClient(gateway_over(handler)) as client:
+        patch.setattr(Response, "__call__", spy)
+        response = client.get("/api/images/latest")
+    assert response.content == b"first chunksecond chunk"
+    assert response.headers["content-length"] == "23" and response.headers["x-upstream"] == "yes"
+    assert [type(r) for r in sent] == [Response]  # one body message, no stream
+    assert bodies[0].is_closed
+
+
+def test_a_small_answer_broken_off_upstream_is_a_502() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-length": "100"}, stream=BreakingStream())
+
+    with TestClient(gateway_over(handler)) as client:
+        response = client.get("/api/images/latest")
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+
+
+def test_large_or_open_ended_answers_are_streamed(gateway: TestClient) -> None:
+    sent: list[type] = []
+    original = UpstreamStreamResponse.__call__
+
+    async def spy(self: UpstreamStreamResponse, scope: Any, receive: Any, send: Any) -> None:
+        sent.append(type(self))
+        await original(self, scope, receive, send)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(UpstreamStreamResponse, "__call__", spy)
+        assert gateway.get("/api/images/files/images/20240501_120000_ab12cd34.png").content == PNG_BYTES
+        with gateway.stream("GET", "/api/images/jobs/job-1/events") as events:
+            assert b"".join(events.iter_bytes()) == b"".join(JOB_EVENTS)
+    assert sent == [UpstreamStreamResponse, UpstreamStreamResponse]
+
+
+def test_a_cookie_set_upstream_never_rides_along_with_the_next_callers_request() -> None:
+    cookies_seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cookies_seen.append(request.headers.get("cookie"))
+        body = b'{"items": []}'
+        headers = {"set-cookie": "session=alice; Path=/", "content-length": str(len(body))}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(body))
+
+    with TestClient(gateway_over(handler)) as client:
+        first = client.get("/api/images/latest")
+        client.cookies.clear()  # the next caller is someone else
+        client.get("/api/images/latest")
+        client.get("/api/images/latest", headers={"cookie": "theirs=1"})
+    assert first.headers["set-cookie"] == "session=alice; Path=/"  # relayed to its caller
+    assert cookies_seen == [None, None, "theirs=1"]
