@@ -121,7 +121,8 @@ class JobQueue:
 
     def enqueue(self, spec: RenderSpec) -> str:
         job_id = uuid.uuid4().hex
-        with redis_errors():
+        with redis_errors(), self.redis.pipeline() as pipe:
+            # One round trip: RQ registers the queue, saves the job and pushes it all on `pipe`.
             self.queue(spec.engine).enqueue(
                 TASK,
                 spec.model_dump(),
@@ -140,7 +141,9 @@ class JobQueue:
                     "request_id": request_id_var.get(),
                     **caller_meta(),
                 },
+                pipeline=pipe,
             )
+            pipe.execute()
         log.info("job enqueued", extra={"job_id": job_id, "engine": spec.engine, "model": spec.model})
         return job_id
 
