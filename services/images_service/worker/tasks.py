@@ -93,10 +93,11 @@ class JobReporter:
         if self.job is None or self.redis is None:
             return
         self.job.meta["progress"] = {"step": step, "total": total}
-        with self.redis.pipeline() as pipe:
-            self.job.save_meta()
+        # One round trip per step: the meta write (what RQ's save_meta does) and the cancel check.
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
             pipe.exists(CANCEL_KEY.format(job_id=self.job.id))
-            (canceled,) = pipe.execute()
+            _, canceled = pipe.execute()
         if canceled:
             raise JobCanceled(self.job.id)
 
