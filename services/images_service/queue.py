@@ -1,5 +1,6 @@
 """The job queue: RQ on Redis with a JSON serializer. Enqueue a resolved spec, read a job back as
-the wire's `JobView`, cancel. One RQ queue per engine, so each worker takes only what it can run."""
+the wire's `JobView`, cancel. Each engine has its own RQ queue, so each worker takes only what it can
+run, and a priority twin (pro and enterprise keys) that its workers always empty first."""
 
 from __future__ import annotations
 
@@ -107,23 +108,36 @@ def error_from_failure(job: Job) -> ErrorInfo:
     return EngineError("the job failed without a recorded reason").to_info()
 
 
+def engine_queues(redis: Redis, settings: Settings, engine: str) -> list[Queue]:
+    """The queues of `engine` in the order a worker takes from them: priority first (RQ's workers
+    try their queues in order, and block on all of them at once when every one is empty)."""
+    return [
+        Queue(settings.queue_name(engine, priority=priority), connection=redis, serializer=JSONSerializer)
+        for priority in (True, False)
+    ]
+
+
 class JobQueue:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
 
-    def queue(self, engine: str) -> Queue:
-        return Queue(self.settings.queue_name(engine), connection=self.redis, serializer=JSONSerializer)
+    def queue(self, engine: str, *, priority: bool = False) -> Queue:
+        name = self.settings.queue_name(engine, priority=priority)
+        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+
+    def queues(self, engine: str) -> list[Queue]:
+        return engine_queues(self.redis, self.settings, engine)
 
     def ping(self) -> None:
         with redis_errors():
             self.redis.ping()
 
-    def enqueue(self, spec: RenderSpec) -> str:
+    def enqueue(self, spec: RenderSpec, *, priority: bool = False) -> str:
         job_id = uuid.uuid4().hex
         with redis_errors(), self.redis.pipeline() as pipe:
             # One round trip: RQ registers the queue, saves the job and pushes it all on `pipe`.
-            self.queue(spec.engine).enqueue(
+            self.queue(spec.engine, priority=priority).enqueue(
                 TASK,
                 spec.model_dump(),
                 job_id=job_id,
@@ -144,7 +158,10 @@ class JobQueue:
                 pipeline=pipe,
             )
             pipe.execute()
-        log.info("job enqueued", extra={"job_id": job_id, "engine": spec.engine, "model": spec.model})
+        log.info(
+            "job enqueued",
+            extra={"job_id": job_id, "engine": spec.engine, "model": spec.model, "priority": priority},
+        )
         return job_id
 
     def fetch(self, job_id: str) -> Job:
@@ -203,8 +220,10 @@ class JobQueue:
         WORKER_LOST; RQ's own registry cleanup does both."""
         with redis_errors():
             for engine in ENGINES:
-                StartedJobRegistry(queue=self.queue(engine)).cleanup()
+                for queue in self.queues(engine):
+                    StartedJobRegistry(queue=queue).cleanup()
 
     def depth(self, engine: str) -> int:
+        """Jobs waiting for `engine`, in both its queues."""
         with redis_errors():
-            return self.queue(engine).count
+            return sum(queue.count for queue in self.queues(engine))

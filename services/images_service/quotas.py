@@ -33,6 +33,8 @@ class Tier:
     max_steps: int
     max_images: int
     """``num_images`` of one job."""
+    priority: bool = False
+    """Jobs go to the engine's priority queue, which workers empty before the normal one."""
 
 
 TIERS: dict[str, Tier] = {
@@ -40,7 +42,13 @@ TIERS: dict[str, Tier] = {
         "free", images_per_day=50, max_side=1024, max_pixels=1024 * 1024, max_steps=30, max_images=1
     ),
     "pro": Tier(
-        "pro", images_per_day=1000, max_side=2048, max_pixels=2048 * 2048, max_steps=50, max_images=4
+        "pro",
+        images_per_day=1000,
+        max_side=2048,
+        max_pixels=2048 * 2048,
+        max_steps=50,
+        max_images=4,
+        priority=True,
     ),
     # HIP-35 allows enterprise 4096² and batches of 8; the wire stops at 2048 and 4, so those bind.
     "enterprise": Tier(
@@ -50,10 +58,10 @@ TIERS: dict[str, Tier] = {
         max_pixels=MAX_SIDE * MAX_SIDE,
         max_steps=100,
         max_images=MAX_IMAGES,
+        priority=True,
     ),
 }
-"""HIP-35's tiers. Pro's priority queue is not modelled here: the tier is known per request
-(`services.common.api_keys.caller_var`) for whoever schedules by it."""
+"""HIP-35's tiers. HIP-35 gives pro a priority queue; enterprise, above pro, has it too."""
 
 assert tuple(TIERS) == TIER_NAMES, "the tiers keys may name and the tiers with limits must agree"
 
@@ -97,6 +105,11 @@ be created by a late refund)."""
 
 def tier_of(caller: ApiKey) -> Tier:
     return TIERS[caller.tier]
+
+
+def has_priority(caller: ApiKey | None) -> bool:
+    """Whether the caller's jobs go to the priority queue; without API keys there are no tiers."""
+    return caller is not None and tier_of(caller).priority
 
 
 def seconds_until_utc_midnight(now: datetime) -> int:

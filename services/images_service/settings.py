@@ -142,8 +142,9 @@ class Settings(BaseSettings):
     def invokeai_url(self) -> str:
         return f"http://{self.invoke_host}:{self.invoke_port}"
 
-    def queue_name(self, engine: str) -> str:
-        return f"{self.queue_prefix}:{engine}"
+    def queue_name(self, engine: str, *, priority: bool = False) -> str:
+        """An engine's RQ queue; tiers with priority (pro, enterprise) use its ``:priority`` twin."""
+        return f"{self.queue_prefix}:{engine}:priority" if priority else f"{self.queue_prefix}:{engine}"
 
 
 @lru_cache

@@ -19,7 +19,7 @@ from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key,
 from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
 from .queue import JobQueue
-from .quotas import QuotaLedger, check_ceilings
+from .quotas import QuotaLedger, check_ceilings, has_priority
 from .rerun import rerun_spec
 from .settings import Settings
 from .spec import resolve_spec
@@ -93,7 +93,7 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
         check_ceilings(spec, caller)
         reservation = quotas.reserve(caller, spec.num_images)
         try:
-            job_id = queue.enqueue(spec)
+            job_id = queue.enqueue(spec, priority=has_priority(caller))
         except BaseException:
             _best_effort("quota refund", partial(quotas.refund, reservation))
             raise

@@ -58,10 +58,13 @@ def submit(harness: Harness, key: str | None = PRO_KEY, **body: Any) -> httpx.Re
     return harness.client.post("/api/images/generate", json={"prompt": "a red fox", **body}, headers=headers)
 
 
-def queued(harness: Harness, engine: str = "diffusers") -> int:
+def queued(harness: Harness, engine: str = "diffusers", *, priority: bool | None = None) -> int:
+    """Jobs waiting for `engine`: in both its queues, or only the priority (True) or normal one."""
     redis = Redis.from_url(harness.settings.redis_url)
+    which = (True, False) if priority is None else (priority,)
+    names = [harness.settings.queue_name(engine, priority=p) for p in which]
     try:
-        return Queue(harness.settings.queue_name(engine), connection=redis, serializer=JSONSerializer).count
+        return sum(Queue(name, connection=redis, serializer=JSONSerializer).count for name in names)
     finally:
         redis.close()
 
@@ -333,9 +336,9 @@ def slow_enqueue(harness: Harness, monkeypatch: pytest.MonkeyPatch, delay_s: flo
     queue = harness.client.app.state.queue
     original = queue.enqueue
 
-    def enqueue(spec: Any) -> str:
+    def enqueue(spec: Any, **options: Any) -> str:
         time.sleep(delay_s)
-        return str(original(spec))
+        return str(original(spec, **options))
 
     monkeypatch.setattr(queue, "enqueue", enqueue)
 
@@ -382,7 +385,7 @@ def test_a_failed_enqueue_frees_the_idempotency_key(
 ) -> None:
     queue = secured.client.app.state.queue
 
-    def down(spec: Any) -> str:
+    def down(spec: Any, **options: Any) -> str:
         raise QueueUnavailable("the job queue (Redis) is not reachable: test")
 
     with monkeypatch.context() as patch:
@@ -471,7 +474,7 @@ def test_a_failed_enqueue_refunds_the_quota(secured: Harness, monkeypatch: pytes
     quotas = secured.client.app.state.quotas
     queue = secured.client.app.state.queue
 
-    def down(spec: Any) -> str:
+    def down(spec: Any, **options: Any) -> str:
         raise QueueUnavailable("the job queue (Redis) is not reachable: test")
 
     with monkeypatch.context() as patch:
@@ -557,6 +560,26 @@ def test_a_raw_workflow_is_held_to_the_tier_too(secured: Harness) -> None:
 def test_without_keys_there_are_no_tiers(harness_with: Callable[..., Harness]) -> None:
     harness = harness_with()
     assert submit(harness, None, steps=150, num_images=4, width=2048, height=2048).status_code == 202
+    assert (queued(harness, priority=False), queued(harness, priority=True)) == (1, 0)
+
+
+def test_pro_and_enterprise_jobs_take_the_priority_queue_and_run_first(secured: Harness) -> None:
+    order = [(FREE_KEY, "free"), (PRO_KEY, "pro"), (FREE_KEY, "free again"), (ENTERPRISE_KEY, "enterprise")]
+    order += [(PLAIN_KEY, "plain (default tier: pro)")]
+    jobs = {prompt: submit(secured, key, prompt=prompt).json()["job_id"] for key, prompt in order}
+    assert (queued(secured, priority=False), queued(secured, priority=True)) == (2, 3)
+    metrics = secured.client.get("/metrics", headers=key_header(PRO_KEY)).text
+    assert 'images_queue_depth{engine="diffusers"} 5.0' in metrics  # both queues
+
+    secured.work()
+
+    ran = [spec.prompt for spec in secured.engine.calls]
+    assert ran == ["pro", "enterprise", "plain (default tier: pro)", "free", "free again"]
+    for job_id in jobs.values():
+        assert (
+            secured.client.get(f"/api/images/jobs/{job_id}", headers=key_header(FREE_KEY)).json()["status"]
+            == "done"
+        )
 
 
 # --- hostile input ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def serve_asgi(app: Any, *, lifespan: str = "off") -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) while `app` is served; stop it afterwards."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, ws="websockets"
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, ws="websockets-sansio"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from rq import Queue
 from rq.serializers import JSONSerializer
 
 from services.images_service.app import create_app
 from services.images_service.engines import Engine
-from services.images_service.queue import connect_redis
+from services.images_service.queue import connect_redis, engine_queues
 from services.images_service.settings import Settings
 from services.images_service.storage import Store, make_store
 from services.images_service.worker.main import KittyWorker
@@ -42,9 +41,9 @@ class Harness:
         """Drain `engine`'s queue with a real KittyWorker in this process (RQ's burst mode)."""
         set_runtime(Runtime(self.settings, self.client.app.state.registry, self.store, dict(self.engines)))
         conn = connect_redis(self.settings.redis_url)
-        queue = Queue(self.settings.queue_name(engine), connection=conn, serializer=JSONSerializer)
         try:
-            KittyWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True)
+            queues = engine_queues(conn, self.settings, engine)
+            KittyWorker(queues, connection=conn, serializer=JSONSerializer).work(burst=True)
         finally:
             set_runtime(None)
             conn.close()

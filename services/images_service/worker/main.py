@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from services.common.logs import configure_logging
 
 from ..gallery import GalleryIndex
-from ..queue import connect_redis
+from ..queue import connect_redis, engine_queues
 from ..settings import get_settings
 from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         settings.spool_retry_s,
     )
     uploader.start()
-    queue = Queue(settings.queue_name(args.engine), connection=connection, serializer=JSONSerializer)
-    worker = KittyWorker([queue], connection=connection, serializer=JSONSerializer)
+    queues = engine_queues(connection, settings, args.engine)
+    worker = KittyWorker(queues, connection=connection, serializer=JSONSerializer)
     worker.set_heartbeat(settings.heartbeat_s)
-    log.info("worker starting", extra={"engine": args.engine, "queue": queue.name})
+    log.info("worker starting", extra={"engine": args.engine, "queues": [q.name for q in queues]})
     try:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)
     finally:
