@@ -19,6 +19,7 @@ from .settings import Settings
 from .spec import LOCAL_ENGINE
 from .storage import Store
 from .storage.keys import meta_key_for, validate_image_key
+from .uploads import require_stored
 
 
 def _has_secret_fields(value: Any) -> bool:
@@ -75,8 +76,15 @@ def rerun_spec(body: RerunRequest, registry: ModelRegistry, settings: Settings, 
         )
     spec = stored_spec(body.key, store, settings)
     check_engine_name(spec.engine)
+    # What may have gone since the image was made is refused now, rather than failing the job later:
+    # a model or LoRA removed from models.yaml, an input image deleted.
     if spec.engine == LOCAL_ENGINE and spec.model is not None:
-        registry.get(spec.model)  # removed from models.yaml since: refused now, not failed later
+        registry.get(spec.model)
+    for lora in spec.loras:
+        registry.lora(lora.name)
+    for field, input_key in (("image", spec.image), ("mask", spec.mask)):
+        if input_key is not None:
+            require_stored(store, input_key, field=field)
     if body.new_seed:
         return spec.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
     if body.seed is not None:

@@ -22,6 +22,7 @@ from services.gateway.settings import GatewaySettings
 from services.images_service.app import create_app
 from services.images_service.models import ModelRegistry
 from services.images_service.storage import make_store
+from services.images_service.storage.keys import meta_key_for
 from services.images_service.tiny import TINY_LORA
 from services.images_service.uploads import MAX_UPLOAD_SIDE, read_image
 from tests.support.asgi_server import serve_asgi
@@ -235,6 +236,34 @@ def test_a_lora_through_the_api(harness: Harness) -> None:
     assert view["status"] == "done", view
     sidecar = json.loads(harness.store.get(view["result"]["meta_key"]))
     assert sidecar["engine_info"]["loras"] == [{"name": TINY_LORA, "weight": 0.7}]
+
+
+def test_a_rerun_whose_inputs_are_gone_is_refused_at_submit(harness: Harness) -> None:
+    image = upload(harness.client, encode(picture(64, 64)))["key"]
+    mask = upload(harness.client, encode(Image.new("L", (64, 64), 255)))["key"]
+    job_id = harness.generate(image=image, mask=mask, strength=0.5, steps=2, loras=[{"name": TINY_LORA}])
+    harness.work()
+    key = harness.job(job_id)["result"]["images"][0]["key"]
+
+    def rerun() -> tuple[int, dict]:
+        response = harness.client.post("/api/images/rerun", json={"key": key})
+        return response.status_code, response.json().get("error", {})
+
+    assert rerun()[0] == 202
+    sidecar_key = meta_key_for(key)
+    sidecar = harness.store.get(sidecar_key)
+    harness.store.put(sidecar_key, sidecar.replace(TINY_LORA.encode(), b"gone-lora"), "application/json")
+    status, error = rerun()
+    assert (status, error["code"]) == (400, "MODEL_NOT_FOUND") and "gone-lora" in error["message"]
+    harness.store.put(sidecar_key, sidecar, "application/json")
+
+    harness.store.delete(mask)
+    status, error = rerun()
+    assert (status, error["code"], error["detail"]) == (404, "KEY_NOT_FOUND", {"field": "mask", "key": mask})
+    harness.store.delete(image)
+    status, error = rerun()
+    assert (status, error["detail"]["field"]) == (404, "image")
+    assert any("Upload it again" in step for step in error["remediation"])
 
 
 @pytest.mark.parametrize(
