@@ -42,8 +42,13 @@ MAX_UPLOAD_SIDE = 4096
 """Largest width or height accepted (HIP-35's enterprise ceiling): 4096×4096 decodes to 48 MB of RGB,
 while a decompression bomb of a few KB can claim 100,000² pixels; refused before decoding."""
 
-IMAGE_ENGINES = frozenset({"diffusers"})
-"""Engines that take `image`, `mask` and `loras` (image-to-image, inpainting, LoRA) so far."""
+INPUT_ENGINES: dict[str, frozenset[str]] = {
+    "image": frozenset({"diffusers", "a1111"}),
+    "mask": frozenset({"diffusers", "a1111"}),
+    # models.yaml's LoRAs are files the diffusers worker loads; a server engine has its own.
+    "loras": frozenset({"diffusers"}),
+}
+"""Which engines take each input field: image-to-image, inpainting, LoRA."""
 
 DEFAULT_STRENGTH = 0.75
 """`strength` of an image-to-image request that sends none: A1111's and diffusers' usual default."""
@@ -242,14 +247,16 @@ def resolve_inputs(
 
 
 def _check_engine_takes_inputs(request: GenerateRequest, engine: str) -> None:
-    used = [name for name in ("image", "mask", "loras") if getattr(request, name)]
-    if used and engine not in IMAGE_ENGINES:
-        fields = ", ".join(f"`{name}`" for name in used)
+    used = [name for name in INPUT_ENGINES if getattr(request, name)]
+    refused = [name for name in used if engine not in INPUT_ENGINES[name]]
+    if refused:
+        fields = ", ".join(f"`{name}`" for name in refused)
+        takers = sorted(set.intersection(*(set(INPUT_ENGINES[name]) for name in refused)))
         raise ValidationFailed(
-            f"{fields}: engine '{engine}' does not take them; for now only the diffusers engine does "
-            "image-to-image, inpainting and LoRAs",
-            remediation=[f'Send "engine": "diffusers", or drop {fields}.'],
-            detail={"engine": engine, "fields": used},
+            f"{fields}: engine '{engine}' does not take {'it' if len(refused) == 1 else 'them'}; "
+            f"engines that do: {', '.join(takers)}",
+            remediation=[f'Send "engine": "{takers[0]}", or drop {fields}.'],
+            detail={"engine": engine, "fields": refused},
         )
     if request.image is not None and request.refiner:
         raise ValidationFailed(

@@ -4,6 +4,7 @@ absent server, health, and a job through the real queue to an imageRef."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.contracts import RenderSpec
+from services.images_service import engines
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.a1111 import TXT2IMG, A1111Engine, a1111_message
@@ -31,6 +33,7 @@ from services.images_service.errors import (
     Unauthorized,
 )
 from services.images_service.metadata import read_png_text
+from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
@@ -381,3 +384,69 @@ def test_job_through_the_queue_to_an_image_ref(
         assert "Model: dreamshaper_8" in chunks["a1111_parameters"]
         assert Image.open(io.BytesIO(stored)).size == (64, 64)
     engine.close()
+
+
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_img2img_and_inpainting_through_the_queue(
+    webui: tuple[FakeA1111, str], tmp_path: Path, redis_url: str
+) -> None:
+    fake, url = webui
+    settings = make_settings(tmp_path, redis_url, a1111_base_url=url, engine_poll_interval_s=POLL_S)
+    store = make_store(settings)
+    # Built as a worker builds it: with the store to read inputs from.
+    engine = engines.make_engine("a1111", settings, ModelRegistry(settings.models_yaml), store)
+    picture = Image.new("RGB", (96, 64), (10, 120, 200))
+    left_half = Image.new("L", (96, 64), 0)
+    left_half.paste(255, (0, 0, 48, 64))
+    with TestClient(create_app(settings, store=store)) as client:
+        harness = Harness(client, settings, store, {"a1111": engine})
+
+        def upload(image: Image.Image) -> str:
+            headers = {"content-type": "image/png"}
+            response = client.post("/api/images/uploads", content=png_of(image), headers=headers)
+            assert response.status_code == 201, response.text
+            return str(response.json()["key"])
+
+        image_key, mask_key = upload(picture), upload(left_half)
+        whole = harness.generate(engine="a1111", image=image_key, strength=0.6, steps=10, seed=5)
+        masked = harness.generate(engine="a1111", image=image_key, mask=mask_key, steps=10, seed=6)
+        harness.work("a1111")
+
+        sent_whole, sent_masked = fake.requests[-2:]
+        assert decoded(sent_whole["init_images"][0]).tobytes() == picture.tobytes()
+        assert (sent_whole["denoising_strength"], sent_whole["width"], sent_whole["height"]) == (0.6, 96, 64)
+        assert "mask" not in sent_whole
+        assert decoded(sent_masked["mask"]).tobytes() == left_half.tobytes()
+        assert sent_masked["denoising_strength"] == 0.75  # the default strength
+        assert (sent_masked["inpainting_fill"], sent_masked["inpaint_full_res"]) == (1, False)
+        assert sent_masked["inpainting_mask_invert"] == 0
+
+        views = [harness.job(whole), harness.job(masked)]
+        assert [v["status"] for v in views] == ["done", "done"], views
+        assert views[0]["progress"] == {"step": 10, "total": 10}
+        sidecar = json.loads(store.get(views[1]["result"]["meta_key"]))
+        assert sidecar["request"]["image"] == image_key and sidecar["request"]["mask"] == mask_key
+        assert sidecar["engine_info"]["info"]["denoising_strength"] == 0.75
+        result = Image.open(io.BytesIO(store.get(views[1]["result"]["png_key"]))).convert("RGB")
+        assert result.size == (96, 64)
+        # Outside the mask the input comes back as it was; inside it, repainted.
+        assert result.crop((48, 0, 96, 64)).tobytes() == picture.crop((48, 0, 96, 64)).tobytes()
+        assert result.getpixel((5, 5)) != picture.getpixel((5, 5))
+    engine.close()
+
+
+def decoded(encoded: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(encoded)))
+
+
+def test_img2img_without_a_store_to_read_from_says_so(webui: tuple[FakeA1111, str]) -> None:
+    _, url = webui
+    engine = make_engine(url)
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(image="uploads/20260101_000000_deadbeef.png", strength=0.5), Progress())
+    assert "no store" in caught.value.message

@@ -8,8 +8,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import ValidationFailed
-from ..uploads import read_image
-from .base import Engine, EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
+from ..uploads import INPUT_ENGINES, read_image
+from .base import Engine, EngineHealth, ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
 if TYPE_CHECKING:
     from ..models import ModelRegistry
@@ -38,14 +38,17 @@ def make_engine(name: str, settings: Settings, registry: ModelRegistry, store: S
     """`store`: where the diffusers engine reads a job's input image and mask (a worker's store)."""
     module_name, _, class_name = ENGINES[check_engine_name(name)].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    image_loader = partial(read_image, store) if store is not None else None
     if name == "diffusers":
         return cls(  # type: ignore[no-any-return]
             registry,
             device=settings.device,
             cache_size=settings.model_cache_size,
             torch_compile=settings.torch_compile,
-            image_loader=partial(read_image, store) if store is not None else None,
+            image_loader=image_loader,
         )
+    if name in INPUT_ENGINES["image"]:
+        return cls(settings, image_loader=image_loader)  # type: ignore[no-any-return]
     return cls(settings)  # type: ignore[no-any-return]
 
 
@@ -53,6 +56,7 @@ __all__ = [
     "ENGINES",
     "Engine",
     "EngineHealth",
+    "ImageLoader",
     "JobCanceled",
     "ProgressFn",
     "RenderResult",

@@ -1,5 +1,11 @@
-"""The AUTOMATIC1111 adapter: ``POST /sdapi/v1/txt2img`` (which answers only once every image is
-done) runs in a background thread while this one polls the task's progress and checks for cancels.
+"""The AUTOMATIC1111 adapter: ``POST /sdapi/v1/txt2img`` (or ``/sdapi/v1/img2img`` when the job has
+an input image), which answers only once every image is done, runs in a background thread while
+this one polls the task's progress and checks for cancels.
+
+Image-to-image sends the input (and mask) as base64 PNG, read upright from our store. Inpainting
+asks for what our diffusers engine does: white repaints, the masked area starts from the original
+pixels (``inpainting_fill`` 1) at the whole picture's resolution, and A1111 pastes the original back
+outside the mask.
 
 Cancel uses ``POST /sdapi/v1/interrupt``, which stops whatever the server is running: it is sent only
 while the server says our own task (``force_task_id``) is the one running.
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import secrets
@@ -25,7 +32,7 @@ from services.contracts import A1111_SAMPLERS, RenderSpec
 from ..errors import EngineError, EngineTimeout, ModelNotFound, Unauthorized
 from ..metadata import PARAMETERS_CHUNK
 from ..settings import Settings
-from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
+from .base import EngineHealth, ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
 from .remote import (
     HEALTH_TIMEOUT_S,
     SERVER_MESSAGE_CHARS,
@@ -42,11 +49,19 @@ SERVER_LABEL = "AUTOMATIC1111"
 START_HINT = "./webui.sh --api --listen (or --nowebui), bound to 127.0.0.1"
 
 TXT2IMG = "/sdapi/v1/txt2img"
+IMG2IMG = "/sdapi/v1/img2img"
 TASK_PROGRESS = "/internal/progress"
 """Per-task progress; served only with the web UI (absent with ``--nowebui``) and not behind --api-auth."""
 GLOBAL_PROGRESS = "/sdapi/v1/progress"
 INTERRUPT = "/sdapi/v1/interrupt"
 SD_MODELS = "/sdapi/v1/sd-models"
+
+INPAINTING_FILL_ORIGINAL = 1
+"""A1111's ``inpainting_fill``: 0 fill, 1 original, 2 latent noise, 3 latent nothing."""
+
+RESIZE_JUST_RESIZE = 0
+"""A1111's ``resize_mode``: the input is scaled to the job's size (which we derive from the input's
+own aspect ratio when the request gives none)."""
 
 A1111_CHUNK = "a1111_parameters"
 """The server's own infotext is kept under this name: ``parameters`` is rewritten by the store path."""
@@ -84,24 +99,26 @@ class _Task:
     has_task_progress: bool = True
 
 
-class _Txt2ImgCall:
-    """The blocking txt2img request, in a daemon thread so the caller can poll and cancel meanwhile
-    (and a worker that stops never waits for it)."""
+class _RenderCall:
+    """The blocking txt2img or img2img request, in a daemon thread so the caller can poll and cancel
+    meanwhile (and a worker that stops never waits for it)."""
 
-    def __init__(self, client: httpx.Client, payload: dict[str, Any], timeout: httpx.Timeout) -> None:
+    def __init__(
+        self, client: httpx.Client, route: str, payload: dict[str, Any], timeout: httpx.Timeout
+    ) -> None:
         self.done = threading.Event()
         self.response: httpx.Response | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(client, payload, timeout), name="a1111-txt2img", daemon=True
+            target=self._run, args=(client, route, payload, timeout), name="a1111-render", daemon=True
         )
 
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self, client: httpx.Client, payload: dict[str, Any], timeout: httpx.Timeout) -> None:
+    def _run(self, client: httpx.Client, route: str, payload: dict[str, Any], timeout: httpx.Timeout) -> None:
         try:
-            self.response = client.post(TXT2IMG, json=payload, timeout=timeout)
+            self.response = client.post(route, json=payload, timeout=timeout)
         except BaseException as exc:  # handed to the caller's thread, which maps it
             self.error = exc
         finally:
@@ -161,8 +178,16 @@ class A1111Engine:
 
     name = "a1111"
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        """`image_loader` reads a job's input image and mask from our store (image-to-image)."""
         self.settings = settings
+        self._image_loader = image_loader
         self.base_url = settings.a1111_base_url.rstrip("/")
         self._auth_problem: str | None = None
         try:
@@ -187,10 +212,12 @@ class A1111Engine:
         task = _Task(new_task_id(), spec.steps)
         with speaking_to(SERVER_LABEL, self.base_url, START_HINT, "A1111_BASE_URL"):
             checkpoint = self._checkpoint_title(spec.model) if spec.model else None
+            route, payload = self._request(spec, task.id, checkpoint)
             progress(0, spec.steps)
-            call = _Txt2ImgCall(
+            call = _RenderCall(
                 self._client,
-                self._payload(spec, task.id, checkpoint),
+                route,
+                payload,
                 httpx.Timeout(
                     self.settings.job_timeout_s + TXT2IMG_TIMEOUT_SLACK_S,
                     connect=self.settings.engine_connect_timeout_s,
@@ -272,6 +299,36 @@ class A1111Engine:
             payload["override_settings_restore_afterwards"] = True
         return payload
 
+    def _request(self, spec: RenderSpec, task_id: str, checkpoint: str | None) -> tuple[str, dict[str, Any]]:
+        """The route and body of the render: txt2img, or img2img with the input (and mask)."""
+        payload = self._payload(spec, task_id, checkpoint)
+        if spec.image is None:
+            return TXT2IMG, payload
+        payload.update(
+            init_images=[self._input_png(spec.image, "RGB")],
+            denoising_strength=spec.strength,
+            resize_mode=RESIZE_JUST_RESIZE,
+            include_init_images=False,
+        )
+        if spec.mask is not None:
+            payload.update(
+                mask=self._input_png(spec.mask, "L"),
+                inpainting_fill=INPAINTING_FILL_ORIGINAL,
+                inpaint_full_res=False,
+                inpainting_mask_invert=0,  # white repaints, as in the request
+            )
+        return IMG2IMG, payload
+
+    def _input_png(self, key: str, mode: str) -> str:
+        if self._image_loader is None:
+            raise EngineError(
+                "this worker has no store to read the job's input image from",
+                remediation=["Run them on `images-worker --engine a1111`, which opens the store."],
+            )
+        buffer = io.BytesIO()
+        self._image_loader(key).convert(mode).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
     def _checkpoint_title(self, model: str) -> str:
         """The exact title of the checkpoint `model` names. A1111 silently renders with another
         checkpoint when the named one is unknown, so the name is checked first."""
@@ -310,9 +367,9 @@ class A1111Engine:
         )
 
     # --- following the task -------------------------------------------------------------------
-    def _follow(self, call: _Txt2ImgCall, task: _Task, progress: ProgressFn, deadline: float) -> None:
+    def _follow(self, call: _RenderCall, task: _Task, progress: ProgressFn, deadline: float) -> None:
         """Report progress every poll interval (the callback is also where cancels surface) until
-        the txt2img answer arrives."""
+        the render's answer arrives."""
         reported = 0
         while not call.done.wait(self.settings.engine_poll_interval_s):
             if time.monotonic() > deadline:
@@ -347,7 +404,7 @@ class A1111Engine:
             log.debug("progress poll failed", extra={"task_id": task.id, "error": str(exc)})
             return TaskStatus("unknown")
 
-    def _stop(self, call: _Txt2ImgCall, task: _Task, *, until: float | None) -> None:
+    def _stop(self, call: _RenderCall, task: _Task, *, until: float | None) -> None:
         """Interrupt the server only while our task is the one running: the interrupt is global.
 
         A1111 has no per-task cancel, so a task still queued behind another client's is watched
@@ -416,7 +473,7 @@ class A1111Engine:
             body = response.json()
             encoded = list(body.get("images") or [])
         except (ValueError, AttributeError, TypeError) as exc:
-            raise EngineError(f"{SERVER_LABEL} answered txt2img with something other than its JSON") from exc
+            raise EngineError(f"{SERVER_LABEL} answered the render with something other than JSON") from exc
         info = _parse_info(body.get("info"))
         # A grid (when the server returns one) comes first; scripts may append extra images last.
         first = _int(info.get("index_of_first_image"), 0)

@@ -16,6 +16,9 @@ class JobCanceled(Exception):
     """Raised from a progress callback when the job was canceled; engines let it propagate."""
 
 
+ImageLoader = Callable[[str], Image.Image]
+"""Reads a stored input image (`image`/`mask` of a job) by key, upright; `KeyNotFound` when gone."""
+
 ProgressFn = Callable[[int, int], None]
 """Called with (step, total) as rendering advances. It may raise `JobCanceled`: an engine must let
 that exception propagate (and stop its remote job, for adapters)."""

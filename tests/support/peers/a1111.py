@@ -113,6 +113,54 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """``StableDiffusionImg2ImgProcessingAPI``: the processing fields plus the input's."""
+
+    init_images: list[Any] | None = None
+    resize_mode: int | None = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    include_init_images: bool | None = False
+
+
+@dataclass
+class Inputs:
+    """An img2img request's decoded input and mask (white repaints unless inverted)."""
+
+    image: Image.Image
+    mask: Image.Image | None
+    strength: float
+
+    @classmethod
+    def of(cls, request: Img2ImgRequest) -> Inputs:
+        if not request.init_images:
+            raise HTTPException(status_code=404, detail="Init image not found")
+        image = _decode_base64_image(request.init_images[0]).convert("RGB")
+        mask = _decode_base64_image(request.mask).convert("L") if request.mask else None
+        if mask is not None and request.inpainting_mask_invert:
+            mask = mask.point(lambda v: 255 - v)
+        strength = 0.75 if request.denoising_strength is None else request.denoising_strength
+        return cls(image, mask, strength)
+
+    def render(self, width: int, height: int, color: tuple[int, int, int]) -> Image.Image:
+        """The input moved towards `color` by the strength; outside the mask, the input as it was
+        (A1111 pastes the original back over unmasked pixels)."""
+        base = self.image.resize((width, height))
+        out = Image.blend(base, Image.new("RGB", (width, height), color), self.strength)
+        if self.mask is None:
+            return out
+        mask = self.mask.resize((width, height)).point(lambda v: 255 if v >= 128 else 0)
+        return Image.composite(out, base, mask)
+
+
 class InternalProgressRequest(BaseModel):
     id_task: str | None = None
     id_live_preview: int = -1
@@ -208,7 +256,7 @@ class FakeA1111:
 
     checkpoints: list[Checkpoint] = field(default_factory=lambda: [Checkpoint(f) for f in CHECKPOINT_FILES])
     requests: list[dict[str, Any]] = field(default_factory=list)
-    """Every txt2img body as sent."""
+    """Every txt2img and img2img body as sent."""
     interrupted_tasks: list[str | None] = field(default_factory=list)
     """The task each ``POST /sdapi/v1/interrupt`` hit (None: nothing was running)."""
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -224,18 +272,19 @@ class FakeA1111:
         self.app = self._build_app()
 
     # --- what the routes do -------------------------------------------------------------------
-    def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
+    def txt2img(self, request: Txt2ImgRequest, inputs: Inputs | None = None) -> dict[str, Any]:
+        """Also img2img's, with `inputs`."""
         task_id = request.force_task_id or f"task({secrets.token_hex(4)})"
         sampler, scheduler = self._sampler_and_scheduler(request)
         with self.state_lock:
             self.pending[task_id] = time.time()
         with self.queue_lock:
             with self.state_lock:
-                self.state.begin("scripts_txt2img")
+                self.state.begin("scripts_img2img" if inputs else "scripts_txt2img")
                 self.current_task = task_id
                 self.pending.pop(task_id, None)
             try:
-                result = self._process(request, task_id, sampler, scheduler)
+                result = self._process(request, task_id, sampler, scheduler, inputs)
                 with self.state_lock:
                     if self.current_task == task_id:
                         self.current_task = None
@@ -246,7 +295,12 @@ class FakeA1111:
         return result
 
     def _process(
-        self, request: Txt2ImgRequest, task_id: str, sampler: str, scheduler: str | None
+        self,
+        request: Txt2ImgRequest,
+        task_id: str,
+        sampler: str,
+        scheduler: str | None,
+        inputs: Inputs | None,
     ) -> dict[str, Any]:
         if self.fail_with is not None:
             raise self.fail_with
@@ -258,14 +312,16 @@ class FakeA1111:
         if request.override_settings_restore_afterwards is not False:
             self.loaded = previous
         steps, n_iter, batch = request.steps or 50, request.n_iter or 1, request.batch_size or 1
+        # img2img samples only the part of the schedule the denoising strength asks for.
+        sampled = int(steps * min(inputs.strength, 0.999)) + 1 if inputs else steps
         seed = request.seed if request.seed is not None and request.seed != -1 else random.randrange(2**32)
         with self.state_lock:
-            self.state.job_count, self.state.sampling_steps = n_iter, steps
+            self.state.job_count, self.state.sampling_steps = n_iter, sampled
         done = 0
         for job_no in range(n_iter):
             with self.state_lock:
                 self.state.job_no = job_no
-            for step in range(1, steps + 1):
+            for step in range(1, sampled + 1):
                 if self.state.interrupted:
                     break
                 time.sleep(self.step_s)
@@ -281,7 +337,7 @@ class FakeA1111:
         infotexts = [
             self._infotext(request, sampler, scheduler, s, model, width, height, steps) for s in seeds
         ]
-        images = [_png(width, height, s, text) for s, text in zip(seeds, infotexts, strict=True)]
+        images = [_png(width, height, s, text, inputs) for s, text in zip(seeds, infotexts, strict=True)]
         prompt, negative = request.prompt or "", request.negative_prompt or ""
         info = {
             "prompt": prompt,
@@ -307,7 +363,7 @@ class FakeA1111:
             "sd_vae_hash": None,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "denoising_strength": None,
+            "denoising_strength": inputs.strength if inputs else None,
             "extra_generation_params": {"Schedule type": scheduler} if scheduler else {},
             "index_of_first_image": 0,
             "infotexts": infotexts,
@@ -478,6 +534,11 @@ class FakeA1111:
             self.requests.append(body.model_dump(exclude_unset=True))
             return self.txt2img(body)
 
+        @api.post("/img2img")
+        def img2img(body: Img2ImgRequest) -> dict[str, Any]:
+            self.requests.append(body.model_dump(exclude_unset=True))
+            return self.txt2img(body, Inputs.of(body))
+
         @api.get("/progress")
         def progress(skip_current_image: bool = False) -> dict[str, Any]:
             return self.global_progress()
@@ -539,11 +600,27 @@ class FakeA1111:
         return auth
 
 
-def _png(width: int, height: int, seed: int, parameters: str) -> str:
-    """A solid image coloured by its seed, with the infotext chunk, base64 like the real answer."""
+def _png(width: int, height: int, seed: int, parameters: str, inputs: Inputs | None = None) -> str:
+    """An image coloured by its seed (from the input, for img2img), with the infotext chunk, base64
+    like the real answer."""
     color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
+    image = inputs.render(width, height, color) if inputs else Image.new("RGB", (width, height), color)
     info = PngInfo()
     info.add_text("parameters", parameters)
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode_base64_image(encoded: Any) -> Image.Image:
+    """modules/api/api.py's decode_base64_to_image: a data URL or bare base64 (URLs are off by
+    default); an undecodable one is a 500 with its error."""
+    text = str(encoded)
+    if text.startswith("data:image/"):
+        text = text.split(";")[1].split(",")[1]
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(text)))
+        image.load()
+    except Exception as exc:
+        raise HTTPException(status_code=500, detail="Invalid encoded image") from exc
+    return image
