@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 from redis import Redis
@@ -26,6 +28,7 @@ from .metrics import HttpMetricsMiddleware
 from .models import ModelRegistry
 from .queue import JobQueue, connect_redis
 from .quotas import QuotaLedger
+from .retention import sweep_uploads
 from .settings import Settings, get_settings
 from .storage import Store, make_store
 
@@ -44,16 +47,23 @@ def rebuild_gallery_if_empty(gallery: GalleryIndex, store: Store, settings: Sett
         log.warning("gallery index not rebuilt", extra={"code": exc.code.value, "error": exc.message})
 
 
-def run_janitor(queue: JobQueue, stop: threading.Event, interval_s: float) -> None:
-    """Look for jobs of dead workers every `interval_s`: with the default 10 s heartbeat (30 s to be
-    declared lost) and 10 s interval, a killed worker's job is requeued or failed within 40 s."""
-    while not stop.wait(interval_s):
-        try:
-            queue.reap_lost_jobs()
-        except KittyError as exc:  # Redis down: /readyz reports it; try again next round
-            log.debug("janitor skipped", extra={"error": exc.message})
-        except Exception:
-            log.exception("janitor failed")
+def run_janitor(queue: JobQueue, store: Store, settings: Settings, stop: threading.Event) -> None:
+    """Look for jobs of dead workers every IMAGES_JANITOR_INTERVAL: with the default 10 s heartbeat
+    (30 s to be declared lost) and 10 s interval, a killed worker's job is requeued or failed within
+    40 s. Every IMAGES_UPLOADS_SWEEP_INTERVAL, also delete expired uploads."""
+    next_sweep = time.monotonic()
+    while not stop.wait(settings.janitor_interval_s):
+        chores: list[tuple[str, Callable[[], object]]] = [("lost jobs", queue.reap_lost_jobs)]
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + settings.uploads_sweep_interval_s
+            chores.append(("upload sweep", lambda: sweep_uploads(store, settings, datetime.now(UTC))))
+        for chore, action in chores:
+            try:
+                action()
+            except KittyError as exc:  # Redis or storage down: /readyz reports it; next round
+                log.debug("janitor skipped", extra={"chore": chore, "error": exc.message})
+            except Exception:
+                log.exception("janitor failed", extra={"chore": chore})
 
 
 def create_app(
@@ -83,7 +93,7 @@ def create_app(
         rebuild.start()
         stop_janitor = threading.Event()
         janitor = threading.Thread(
-            target=run_janitor, args=(app.state.queue, stop_janitor, settings.janitor_interval_s), daemon=True
+            target=run_janitor, args=(app.state.queue, app.state.store, settings, stop_janitor), daemon=True
         )
         janitor.start()
         yield

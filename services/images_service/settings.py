@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     uploads_prefix: str = Field(default="uploads/", alias="IMAGES_UPLOADS_PREFIX")
     """Key prefix of input images (``POST /api/images/uploads``); apart from S3_PREFIX, so uploads
     never show in the gallery or its index rebuild."""
+    uploads_ttl_days: float = Field(default=7.0, ge=0, alias="IMAGES_UPLOADS_TTL_DAYS")
+    """Uploads older than this are deleted by the janitor (0 keeps them forever)."""
+    uploads_sweep_interval_s: float = Field(default=3600.0, gt=0, alias="IMAGES_UPLOADS_SWEEP_INTERVAL")
+    """Seconds between the janitor's looks for expired uploads (a full listing of the prefix)."""
     signing_key: str | None = Field(default=None, alias="IMAGES_SIGNING_KEY")
     """HMAC key of the filesystem store's download URLs; generated under IMAGES_DATA_DIR when unset."""
     url_ttl_s: int = Field(default=24 * 3600, ge=60, le=MAX_PRESIGN_TTL_S, alias="IMAGES_URL_TTL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -32,6 +33,11 @@ class Store(Protocol):
 
     def list_latest(self, prefix: str, limit: int, suffix: str = ".png") -> list[ObjectInfo]:
         """The `limit` newest objects under `prefix` whose key ends with `suffix`, newest first."""
+        ...
+
+    def objects(self, prefix: str, suffix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under `prefix` whose key ends with `suffix`, in no particular order; read
+        lazily (S3: a page of 1,000 at a time). Raises `StorageUnavailable` while iterating."""
         ...
 
     def presign(self, key: str, ttl_s: int, *, base_url: str) -> str:

@@ -119,13 +119,17 @@ class FilesystemStore:
     def list_latest(self, prefix: str, limit: int, suffix: str = ".png") -> list[ObjectInfo]:
         if limit <= 0:
             return []
+        # A bounded heap: O(n log limit) time, O(limit) memory. Ties (coarse mtimes) go to the
+        # larger key, which is also the later one for keys that start with a timestamp.
+        return heapq.nlargest(limit, self.objects(prefix, suffix), key=lambda o: (o.last_modified, o.key))
+
+    def objects(self, prefix: str, suffix: str = "") -> Iterator[ObjectInfo]:
         root = self.root.resolve()
         # A key prefix may end mid-name ("images/2025"): walk its folder, filter by the full prefix.
         folder = root / prefix.rpartition("/")[0] if "/" in prefix else root
         if not folder.resolve().is_relative_to(root):
             raise ValidationFailed(f"Invalid listing prefix {prefix!r}.", detail={"prefix": prefix})
-
-        def entries() -> Iterator[tuple[int, str, int]]:
+        try:
             for dirpath, dirnames, filenames in os.walk(folder):
                 dirnames[:] = [name for name in dirnames if not name.startswith(".")]
                 for name in filenames:
@@ -139,18 +143,9 @@ class FilesystemStore:
                         stat = path.stat()
                     except FileNotFoundError:  # deleted while we walked
                         continue
-                    yield stat.st_mtime_ns, key, stat.st_size
-
-        try:
-            # A bounded heap: O(n log limit) time, O(limit) memory. Ties (coarse mtimes) go to the
-            # larger key, which is also the later one for keys that start with a timestamp.
-            newest = heapq.nlargest(limit, entries(), key=lambda entry: (entry[0], entry[1]))
+                    yield ObjectInfo(key=key, size=stat.st_size, last_modified=_utc(stat.st_mtime_ns / 1e9))
         except OSError as exc:
             raise _unavailable(self.root, exc) from exc
-        return [
-            ObjectInfo(key=key, size=size, last_modified=_utc(mtime_ns / 1e9))
-            for mtime_ns, key, size in newest
-        ]
 
     def presign(self, key: str, ttl_s: int, *, base_url: str) -> str:
         self._path_for(key)

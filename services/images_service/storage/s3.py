@@ -117,29 +117,26 @@ class S3Store:
     def list_latest(self, prefix: str, limit: int, suffix: str = ".png") -> list[ObjectInfo]:
         if limit <= 0:
             return []
+        # S3 lists in key order, not time order, so every page is read; the bounded heap keeps
+        # memory at O(limit). LastModified has 1 s resolution: ties go to the larger key, which
+        # is also the later one for our timestamped keys.
+        return heapq.nlargest(limit, self.objects(prefix, suffix), key=lambda o: (o.last_modified, o.key))
+
+    def objects(self, prefix: str, suffix: str = "") -> Iterator[ObjectInfo]:
         self._ensure_bucket()
         paginator = self._client.get_paginator("list_objects_v2")
-
-        def entries() -> Iterator[dict[str, Any]]:
+        with self._translated(prefix):
             pages = paginator.paginate(
                 Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
             )
             for page in pages:
                 for item in page.get("Contents", ()):
                     if item["Key"].endswith(suffix):
-                        yield item
-
-        with self._translated(prefix):
-            # S3 lists in key order, not time order, so every page is read; the bounded heap keeps
-            # memory at O(limit). LastModified has 1 s resolution: ties go to the larger key, which
-            # is also the later one for our timestamped keys.
-            newest = heapq.nlargest(limit, entries(), key=lambda item: (item["LastModified"], item["Key"]))
-        return [
-            ObjectInfo(
-                key=item["Key"], size=int(item["Size"]), last_modified=item["LastModified"].astimezone(UTC)
-            )
-            for item in newest
-        ]
+                        yield ObjectInfo(
+                            key=item["Key"],
+                            size=int(item["Size"]),
+                            last_modified=item["LastModified"].astimezone(UTC),
+                        )
 
     def presign(self, key: str, ttl_s: int, *, base_url: str) -> str:
         check_presign_ttl(ttl_s)
