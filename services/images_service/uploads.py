@@ -43,8 +43,8 @@ MAX_UPLOAD_SIDE = 4096
 while a decompression bomb of a few KB can claim 100,000² pixels; refused before decoding."""
 
 INPUT_ENGINES: dict[str, frozenset[str]] = {
-    "image": frozenset({"diffusers", "a1111"}),
-    "mask": frozenset({"diffusers", "a1111"}),
+    "image": frozenset({"diffusers", "a1111", "comfyui"}),
+    "mask": frozenset({"diffusers", "a1111", "comfyui"}),
     # models.yaml's LoRAs are files the diffusers worker loads; a server engine has its own.
     "loras": frozenset({"diffusers"}),
 }
@@ -257,6 +257,12 @@ def _check_engine_takes_inputs(request: GenerateRequest, engine: str) -> None:
             f"engines that do: {', '.join(takers)}",
             remediation=[f'Send "engine": "{takers[0]}", or drop {fields}.'],
             detail={"engine": engine, "fields": refused},
+        )
+    if request.image is not None and request.workflow is not None:
+        raise ValidationFailed(
+            "`image` and `workflow` do not go together: `image` starts the built-in template from a "
+            "picture, while a raw workflow is sent as is and loads its own",
+            remediation=["Drop `workflow` to use `image`, or load the picture in the workflow (LoadImage)."],
         )
     if request.image is not None and request.refiner:
         raise ValidationFailed(

@@ -1,6 +1,7 @@
 """The ComfyUI engine against a fake ComfyUI served for real (HTTP + websocket on loopback): what a
 user sees from a render, a refusal, a failure, a cancel, a lost event stream, an absent server —
-and the whole queue path from submit to a stored PNG that ComfyUI can load back."""
+and the whole queue path from submit to a stored PNG that ComfyUI can load back, for text-to-image,
+image-to-image and inpainting."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.contracts import RenderSpec
+from services.images_service import engines
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.comfyui import ComfyUIEngine, template_graph
-from services.images_service.errors import KittyError
+from services.images_service.errors import EngineError, KittyError
 from services.images_service.metadata import read_png_text
+from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
@@ -399,3 +402,176 @@ def test_queue_path_stores_comfyui_image_with_all_chunks(tmp_path: Path, redis_u
     assert sidecar["engine_info"]["server"] == "comfyui"
     assert sidecar["versions"]["comfyui"] == VERSION
     assert json.loads(chunks["kitty"])["job_id"] == job_id
+
+
+# --- image-to-image and inpainting ------------------------------------------------------------
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def two_tone() -> Image.Image:
+    """192×128, blue-green with a red block on the right: resizing it makes new pixel values."""
+    picture = Image.new("RGB", (192, 128), (10, 120, 200))
+    picture.paste((240, 30, 60), (120, 0, 192, 128))
+    return picture
+
+
+def left_half() -> Image.Image:
+    mask = Image.new("L", (192, 128), 0)
+    mask.paste(255, (0, 0, 96, 128))
+    return mask
+
+
+def nodes_by_type(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {node["class_type"]: node["inputs"] for node in graph.values()}
+
+
+def input_file(fake: FakeComfyUI, name: str) -> Image.Image:
+    return Image.open(io.BytesIO(fake.files[("input", "", name)]))
+
+
+def kept_pixels(image: Image.Image, mask: Image.Image) -> list[Any]:
+    """The pixels of `image` where `mask` is black (keep)."""
+    return [pixel for pixel, repaint in zip(image.getdata(), mask.getdata(), strict=True) if repaint == 0]
+
+
+def test_img2img_and_inpainting_through_the_queue(
+    fake: FakeComfyUI, url: str, tmp_path: Path, redis_url: str
+) -> None:
+    settings = make_settings(tmp_path, redis_url, comfyui_url=url, engine_poll_interval_s=POLL_S)
+    store = make_store(settings)
+    # Built as a worker builds it: with the store to read inputs from.
+    engine = engines.make_engine("comfyui", settings, ModelRegistry(settings.models_yaml), store)
+    size = (96, 64)
+    # What ComfyUI must receive: the uploads at the job's size, resized on our side.
+    picture = two_tone().resize(size, Image.Resampling.LANCZOS)
+    mask = left_half().resize(size, Image.Resampling.LANCZOS)
+    with TestClient(create_app(settings, store=store)) as client:
+        harness = Harness(client, settings, store, {"comfyui": engine})
+
+        def upload(image: Image.Image) -> str:
+            headers = {"content-type": "image/png"}
+            response = client.post("/api/images/uploads", content=png_of(image), headers=headers)
+            assert response.status_code == 201, response.text
+            return str(response.json()["key"])
+
+        image_key, mask_key = upload(two_tone()), upload(left_half())
+        common = {"engine": "comfyui", "image": image_key, "width": 96, "height": 64, "steps": 4}
+        whole = harness.generate(**common, strength=0.6, seed=5)
+        masked = harness.generate(**common, mask=mask_key, seed=6, num_images=2)
+        harness.work("comfyui")
+
+        views = [harness.job(whole), harness.job(masked)]
+        assert [view["status"] for view in views] == ["done", "done"], views
+        assert views[0]["progress"] == {"step": 4, "total": 4}
+        whole_png = store.get(views[0]["result"]["png_key"])
+        masked_pngs = [store.get(item["key"]) for item in views[1]["result"]["images"]]
+        sidecar = json.loads(store.get(views[1]["result"]["meta_key"]))
+    engine.close()
+
+    sent_whole, sent_masked = (body["prompt"] for body in fake.submitted[-2:])
+    nodes = nodes_by_type(sent_whole)
+    assert set(nodes) == {
+        "CheckpointLoaderSimple",
+        "CLIPTextEncode",
+        "LoadImage",
+        "VAEEncode",
+        "KSampler",
+        "VAEDecode",
+        "SaveImage",
+    }
+    assert nodes["KSampler"]["denoise"] == 0.6
+    assert sent_whole[nodes["KSampler"]["latent_image"][0]]["class_type"] == "VAEEncode"
+    sent_picture = input_file(fake, nodes["LoadImage"]["image"])
+    assert (sent_picture.size, sent_picture.tobytes()) == (size, picture.tobytes())
+
+    nodes = nodes_by_type(sent_masked)
+    assert nodes["KSampler"]["denoise"] == 0.75  # the default strength
+    assert (nodes["RepeatLatentBatch"]["amount"], nodes["RepeatImageBatch"]["amount"]) == (2, 2)
+    assert nodes["LoadImageMask"]["channel"] == "red"
+    assert sent_masked[nodes["KSampler"]["latent_image"][0]]["class_type"] == "SetLatentNoiseMask"
+    composite = nodes["ImageCompositeMasked"]
+    assert (composite["x"], composite["y"], composite["resize_source"]) == (0, 0, False)
+    assert sent_masked[nodes["SaveImage"]["images"][0]]["class_type"] == "ImageCompositeMasked"
+    sent_mask = input_file(fake, nodes["LoadImageMask"]["image"])
+    assert (sent_mask.mode, sent_mask.tobytes()) == ("L", mask.tobytes())
+
+    repainted = Image.open(io.BytesIO(whole_png)).convert("RGB")
+    assert repainted.size == size and repainted.getpixel((40, 5)) != picture.getpixel((40, 5))
+    assert len(masked_pngs) == 2
+    results = [Image.open(io.BytesIO(data)).convert("RGB") for data in masked_pngs]
+    kept = kept_pixels(picture, mask)
+    assert len(kept) > size[0] * size[1] // 3
+    for result in results:
+        # Outside the mask the input comes back exactly (the fake's VAE alone would shift it).
+        assert kept_pixels(result, mask) == kept
+        assert result.getpixel((5, 5)) != picture.getpixel((5, 5))
+    assert results[0].getpixel((5, 5)) != results[1].getpixel((5, 5)), "each image of a batch differs"
+
+    assert sidecar["request"]["image"] == image_key and sidecar["request"]["mask"] == mask_key
+    assert sidecar["engine_info"]["inputs"] == {
+        "image": nodes["LoadImage"]["image"],
+        "mask": nodes["LoadImageMask"]["image"],
+    }
+    workflow = json.loads(read_png_text(masked_pngs[0])["workflow"])
+    assert len(workflow["nodes"]) == len(sent_masked)
+    loaders = {node["type"]: node["widgets_values"] for node in workflow["nodes"]}
+    assert loaders["LoadImage"] == [nodes["LoadImage"]["image"], "image"]
+    assert loaders["LoadImageMask"] == [nodes["LoadImageMask"]["image"], "red", "image"]
+
+
+def test_image_with_a_raw_workflow_is_refused_at_submit(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url)
+    store = make_store(settings)
+    with TestClient(create_app(settings, store=store)) as client:
+        key = client.post(
+            "/api/images/uploads", content=png_of(two_tone()), headers={"content-type": "image/png"}
+        ).json()["key"]
+        body = {"prompt": "a fox", "engine": "comfyui", "image": key, "workflow": solid_image_graph()}
+        response = client.post("/api/images/generate", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert "`image` and `workflow` do not go together" in error["message"]
+    assert error["remediation"]
+
+
+def test_img2img_without_a_store_to_read_from_says_so(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(image="uploads/20260101_000000_deadbeef.png", strength=0.5), Recorder())
+    assert "no store" in caught.value.message
+    assert fake.submitted == [] and not [key for key in fake.files if key[0] == "input"]
+
+
+def test_input_gone_from_comfyui_is_an_engine_error(fake: FakeComfyUI, url: str) -> None:
+    fake.forget_uploads = True  # e.g. a second ComfyUI behind the same URL took the upload
+    inputs = {"uploads/in.png": two_tone(), "uploads/mask.png": left_half()}
+    engine = ComfyUIEngine(comfyui_settings(url), image_loader=inputs.__getitem__)
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(image="uploads/in.png", mask="uploads/mask.png", strength=0.5), Recorder())
+    engine.close()
+    error = caught.value
+    assert error.code == "ENGINE_ERROR"
+    assert "no longer has the input" in error.message and "Invalid image file: kitty_image_" in error.message
+    assert "Invalid image file: kitty_mask_" in error.message
+    assert any("Submit the request again" in hint for hint in error.remediation)
+    assert fake.history == {}
+
+
+def test_fake_upload_route_answers_like_comfyui(url: str) -> None:
+    """The fake's fidelity: ComfyUI keeps an identical file once, renames a different one unless
+    told to overwrite, and serves inputs from /view."""
+    first, second = png_of(Image.new("RGB", (8, 8), (1, 2, 3))), png_of(Image.new("RGB", (8, 8), 9))
+
+    def upload(data: bytes, **fields: str) -> Any:
+        files = {"image": ("in.png", data, "image/png")}
+        return httpx.post(f"{url}/api/upload/image", files=files, data=fields).json()
+
+    assert upload(first) == {"name": "in.png", "subfolder": "", "type": "input"}
+    assert upload(first)["name"] == "in.png"
+    assert upload(second)["name"] == "in (1).png"
+    assert upload(second, overwrite="true")["name"] == "in.png"
+    assert httpx.get(f"{url}/view", params={"filename": "in.png", "type": "input"}).content == second
+    assert httpx.post(f"{url}/upload/image", data={"type": "input"}).status_code == 400

@@ -280,7 +280,12 @@ def test_a_rerun_whose_inputs_are_gone_is_refused_at_submit(harness: Harness) ->
             "VALIDATION_ERROR",
             "`mask`",
         ),
-        ({"image": "UPLOAD", "engine": "comfyui"}, 400, "VALIDATION_ERROR", "that do: a1111, diffusers"),
+        (
+            {"image": "UPLOAD", "engine": "invokeai"},
+            400,
+            "VALIDATION_ERROR",
+            "that do: a1111, comfyui, diffusers",
+        ),
         ({"image": "UPLOAD", "refiner": True, "model": "tiny-sdxl"}, 400, "VALIDATION_ERROR", "refiner"),
         ({"loras": [{"name": "no-such-lora"}]}, 400, "MODEL_NOT_FOUND", "not registered"),
         ({"loras": [{"name": TINY_LORA}], "engine": "a1111"}, 400, "VALIDATION_ERROR", "`loras`"),

@@ -1,9 +1,11 @@
 """The ComfyUI engine: renders through a ComfyUI server's own API — ``POST /prompt``, the ``/ws``
-event stream (``/history`` polling when it is unavailable), ``/view`` — from a built-in txt2img
-template or from a raw API-format graph sent by the client."""
+event stream (``/history`` polling when it is unavailable), ``/view``, ``/upload/image`` for a job's
+input picture and mask — from a built-in template (txt2img, image-to-image, inpainting) or from a
+raw API-format graph sent by the client."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -15,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+from PIL import Image
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
@@ -22,7 +25,8 @@ from services.contracts import RenderSpec
 
 from ..errors import EngineError, EngineOffline, EngineTimeout, KittyError, ModelNotFound, ValidationFailed
 from ..settings import Settings
-from .base import EngineHealth, ProgressFn, RenderedImage, RenderResult
+from ..uploads import DEFAULT_STRENGTH
+from .base import EngineHealth, ImageLoader, ProgressFn, RenderedImage, RenderResult
 from .remote import HEALTH_TIMEOUT_S, decode_image, make_client, png_text_chunks, speaking_to
 
 log = logging.getLogger("kitty.images.engines.comfyui")
@@ -62,8 +66,20 @@ socket, and the render goes on by polling ``/history``."""
 CHECKPOINT_NODE, SAMPLER_NODE, SAVE_NODE = "4", "3", "9"
 """Node ids of the template (those of ComfyUI's default workflow, familiar to its users)."""
 
+IMAGE_NODE, MASK_NODE = "10", "13"
+"""The image-to-image template's LoadImage and LoadImageMask: they read our uploaded files."""
+
+MASK_CHANNEL = "red"
+"""LoadImageMask's channel for our masks, greyscale PNGs (white = repaint): "red" reads the grey
+value as is; "alpha" would read their absent alpha as opaque, and invert it."""
+
 CONTROL_AFTER_GENERATE = "fixed"
 """The UI's seed widget mode written into the workflow chunk: reloading it reproduces the image."""
+
+UPLOAD_WIDGET = "image"
+"""What the UI saves for LoadImage's upload button, a widget with no input behind it."""
+
+_UI_ONLY_WIDGETS = {"control_after_generate": CONTROL_AFTER_GENERATE, "upload": UPLOAD_WIDGET}
 
 _Ports = tuple[tuple[str, str], ...]
 _UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
@@ -83,48 +99,126 @@ _UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
     ),
     "VAEDecode": ((("samples", "LATENT"), ("vae", "VAE")), (("IMAGE", "IMAGE"),), ()),
     "SaveImage": ((("images", "IMAGE"),), (), ("filename_prefix",)),
+    "LoadImage": ((), (("IMAGE", "IMAGE"), ("MASK", "MASK")), ("image", "upload")),
+    "LoadImageMask": ((), (("MASK", "MASK"),), ("image", "channel", "upload")),
+    "VAEEncode": ((("pixels", "IMAGE"), ("vae", "VAE")), (("LATENT", "LATENT"),), ()),
+    "RepeatLatentBatch": ((("samples", "LATENT"),), (("LATENT", "LATENT"),), ("amount",)),
+    "SetLatentNoiseMask": ((("samples", "LATENT"), ("mask", "MASK")), (("LATENT", "LATENT"),), ()),
+    "RepeatImageBatch": ((("image", "IMAGE"),), (("IMAGE", "IMAGE"),), ("amount",)),
+    "ImageCompositeMasked": (
+        (("destination", "IMAGE"), ("source", "IMAGE"), ("mask", "MASK")),
+        (("IMAGE", "IMAGE"),),
+        ("x", "y", "resize_source"),
+    ),
 }
 """The template's node types as ComfyUI's UI describes them, to write a loadable ``workflow`` chunk."""
 
 
-def template_graph(spec: RenderSpec, ckpt_name: str) -> dict[str, Any]:
-    """The built-in txt2img graph in ComfyUI's API format (links are ``[node_id, output_index]``)."""
+def template_graph(
+    spec: RenderSpec, ckpt_name: str, *, image: str | None = None, mask: str | None = None
+) -> dict[str, Any]:
+    """The built-in graph in ComfyUI's API format (links are ``[node_id, output_index]``): txt2img,
+    or image-to-image from `image` (inpainting with `mask`), the names ComfyUI gave our uploads.
+
+    Image-to-image encodes the picture (VAEEncode) instead of starting from an empty latent, and
+    the KSampler's ``denoise`` is the job's strength. A batch repeats that latent in the one prompt
+    (RepeatLatentBatch): ComfyUI draws every image's noise from the one seed, as for txt2img, and
+    progress stays one sampler's. Inpainting resamples only white (SetLatentNoiseMask), then pastes
+    the decoded pixels over the original through the mask (ImageCompositeMasked): the VAE's round
+    trip shifts every pixel a little, and black must come back exactly as sent.
+    """
     sampler_name, scheduler = COMFYUI_SAMPLERS.get(spec.scheduler or "", DEFAULT_SAMPLER)
-    return {
+    graph: dict[str, Any] = {
         CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": spec.prompt, "clip": [CHECKPOINT_NODE, 1]}},
         "7": {
             "class_type": "CLIPTextEncode",
             "inputs": {"text": spec.negative_prompt, "clip": [CHECKPOINT_NODE, 1]},
         },
-        "5": {
+    }
+    # Nodes go in in the order they run: the UI workflow is laid out from that order.
+    if image is None:
+        graph["5"] = {
             "class_type": "EmptyLatentImage",
             "inputs": {"width": spec.width, "height": spec.height, "batch_size": spec.num_images},
-        },
-        SAMPLER_NODE: {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": spec.seed,
-                "steps": spec.steps,
-                "cfg": spec.cfg,
-                "sampler_name": sampler_name,
-                "scheduler": scheduler,
-                "denoise": 1.0,
-                "model": [CHECKPOINT_NODE, 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "8": {
-            "class_type": "VAEDecode",
-            "inputs": {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
-        },
-        SAVE_NODE: {
-            "class_type": "SaveImage",
-            "inputs": {"filename_prefix": OUTPUT_PREFIX, "images": ["8", 0]},
+        }
+        latent, denoise = ["5", 0], 1.0
+    else:
+        latent = _input_latent(graph, spec, image, mask)
+        denoise = spec.strength if spec.strength is not None else DEFAULT_STRENGTH
+    graph[SAMPLER_NODE] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "seed": spec.seed,
+            "steps": spec.steps,
+            "cfg": spec.cfg,
+            "sampler_name": sampler_name,
+            "scheduler": scheduler,
+            "denoise": denoise,
+            "model": [CHECKPOINT_NODE, 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": latent,
         },
     }
+    graph["8"] = {
+        "class_type": "VAEDecode",
+        "inputs": {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+    }
+    images = ["8", 0] if mask is None else _paste_over_original(graph, spec, ["8", 0])
+    graph[SAVE_NODE] = {
+        "class_type": "SaveImage",
+        "inputs": {"filename_prefix": OUTPUT_PREFIX, "images": images},
+    }
+    return graph
+
+
+def _input_latent(graph: dict[str, Any], spec: RenderSpec, image: str, mask: str | None) -> list[Any]:
+    """Adds the nodes that turn the uploaded `image` (and `mask`) into the KSampler's latent."""
+    graph[IMAGE_NODE] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    graph["11"] = {
+        "class_type": "VAEEncode",
+        "inputs": {"pixels": [IMAGE_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+    }
+    latent: list[Any] = ["11", 0]
+    if spec.num_images > 1:
+        graph["12"] = {
+            "class_type": "RepeatLatentBatch",
+            "inputs": {"samples": latent, "amount": spec.num_images},
+        }
+        latent = ["12", 0]
+    if mask is not None:
+        graph[MASK_NODE] = {"class_type": "LoadImageMask", "inputs": {"image": mask, "channel": MASK_CHANNEL}}
+        graph["14"] = {
+            "class_type": "SetLatentNoiseMask",
+            "inputs": {"samples": latent, "mask": [MASK_NODE, 0]},
+        }
+        latent = ["14", 0]
+    return latent
+
+
+def _paste_over_original(graph: dict[str, Any], spec: RenderSpec, decoded: list[Any]) -> list[Any]:
+    """Adds the nodes that keep the original outside the mask; returns the link to the result."""
+    original: list[Any] = [IMAGE_NODE, 0]
+    if spec.num_images > 1:
+        # ImageCompositeMasked cuts its source batch down to its destination's: one image would remain.
+        graph["15"] = {
+            "class_type": "RepeatImageBatch",
+            "inputs": {"image": original, "amount": spec.num_images},
+        }
+        original = ["15", 0]
+    graph["16"] = {
+        "class_type": "ImageCompositeMasked",
+        "inputs": {
+            "destination": original,
+            "source": decoded,
+            "x": 0,
+            "y": 0,
+            "resize_source": False,
+            "mask": [MASK_NODE, 0],
+        },
+    }
+    return ["16", 0]
 
 
 def ui_workflow(graph: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +239,7 @@ def ui_workflow(graph: dict[str, Any]) -> dict[str, Any]:
         sources = [str(node["inputs"][name][0]) for name, _ in linked]
         depth[node_id] = 1 + max((depth[s] for s in sources), default=-1)
         values = [
-            CONTROL_AFTER_GENERATE if name == "control_after_generate" else node["inputs"][name]
-            for name in widgets
+            _UI_ONLY_WIDGETS[name] if name in _UI_ONLY_WIDGETS else node["inputs"][name] for name in widgets
         ]
         nodes.append(
             {
@@ -285,14 +378,27 @@ class ComfyUIEngine:
     sidecar tells them apart; re-running the same request reproduces the whole batch). A raw
     ``spec.workflow`` is sent as is and its images record ``spec.seed`` as well.
 
+    With ``spec.image`` the template starts from that picture (and ``spec.mask``): both are read
+    from our store, resized here to the job's size and uploaded to ComfyUI's input folder
+    (``POST /upload/image``) before the prompt is queued (see `template_graph`). ComfyUI offers no
+    route to delete an input, so the uploads stay in that folder.
+
     Canceling (the progress callback raising `JobCanceled`) or running out of time deletes the
     prompt from ComfyUI's queue when it is still pending, or interrupts it when it is running.
     """
 
     name = "comfyui"
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        """`image_loader` reads a job's input image and mask from our store (image-to-image)."""
         self.settings = settings
+        self._image_loader = image_loader
         self.base_url = settings.comfyui_url.rstrip("/")
         self.client_id = uuid.uuid4().hex
         """Our websocket session: ComfyUI sends a prompt's events only to the client that queued it."""
@@ -338,9 +444,13 @@ class ComfyUIEngine:
         }
         if is_template:
             checkpoint = self._checkpoint(spec.model)
-            graph = template_graph(spec, checkpoint)
+            image, mask = self._upload_inputs(spec)
+            graph = template_graph(spec, checkpoint, image=image, mask=mask)
             pnginfo: dict[str, Any] | None = {"workflow": ui_workflow(graph)}
             engine_info["checkpoint"] = checkpoint
+            if image is not None:
+                # Their names in ComfyUI's input folder, where they stay (see the class docstring).
+                engine_info["inputs"] = {"image": image, "mask": mask}
         else:
             graph = dict(spec.workflow or {})
             # A UI workflow cannot be rebuilt from an API graph without the node definitions;
@@ -427,6 +537,54 @@ class ComfyUIEngine:
             )
         return found
 
+    def _upload_inputs(self, spec: RenderSpec) -> tuple[str | None, str | None]:
+        """The job's picture and mask (None, None for txt2img) uploaded at the job's size: resized
+        here, so the graph needs no scaling node and the mask covers the picture pixel for pixel."""
+        if spec.image is None:
+            return None, None
+        size = (spec.width, spec.height)
+        image = self._upload(self._input_png(spec.image, "RGB", size), "image")
+        mask = None if spec.mask is None else self._upload(self._input_png(spec.mask, "L", size), "mask")
+        return image, mask
+
+    def _input_png(self, key: str, mode: str, size: tuple[int, int]) -> bytes:
+        if self._image_loader is None:
+            raise EngineError(
+                "this worker has no store to read the job's input image from",
+                remediation=[
+                    "Run image-to-image jobs on `images-worker --engine comfyui`, which opens the store."
+                ],
+            )
+        picture = self._image_loader(key).convert(mode).resize(size, Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def _upload(self, png: bytes, role: str) -> str:
+        """``POST /upload/image`` into ComfyUI's input folder, under a name of our own that is new
+        each time (``overwrite``: ComfyUI keeps it as sent); answers the name LoadImage reads it by."""
+        filename = f"{OUTPUT_PREFIX}_{role}_{uuid.uuid4().hex}.png"
+        with self._speaking():
+            response = self._client.post(
+                "/upload/image",
+                files={"image": (filename, png, "image/png")},
+                data={"type": "input", "overwrite": "true"},
+            )
+            response.raise_for_status()
+        try:
+            answer = response.json()
+            name, subfolder = answer["name"], answer.get("subfolder") or ""
+        except (ValueError, KeyError, TypeError, AttributeError):
+            name, subfolder = None, ""
+        if not isinstance(name, str) or not name or not isinstance(subfolder, str):
+            raise EngineError(
+                f"{SERVER} at {self.base_url} did not answer /upload/image with the file's name",
+                remediation=[
+                    f"Check that COMFYUI_URL points at {SERVER} itself, not a proxy or another server."
+                ],
+            )
+        return f"{subfolder}/{name}" if subfolder else name
+
     def _submit(
         self, graph: dict[str, Any], prompt_id: str, pnginfo: dict[str, Any] | None, is_template: bool
     ) -> str:
@@ -445,7 +603,8 @@ class ComfyUIEngine:
         return queued
 
     def _refusal(self, response: httpx.Response, is_template: bool) -> KittyError:
-        """``POST /prompt``'s 400 as a validation error naming each failing node and input."""
+        """``POST /prompt``'s 400 as a validation error naming each failing node and input; an
+        engine error when what fails is the template's LoadImage of the input we just uploaded."""
         try:
             body = response.json()
         except ValueError:
@@ -477,6 +636,18 @@ class ComfyUIEngine:
             if error.get("details"):
                 what += f" ({error['details']})"
         # Only these fields cross: a node's extra_info can carry a Python traceback.
+        detail = {"error_type": error.get("type"), "node_errors": problems}
+        if is_template and any(p["node_id"] in (IMAGE_NODE, MASK_NODE) for p in problems):
+            # Our own upload, gone by the time the prompt came: nothing in the request to fix.
+            return EngineError(
+                f"{SERVER} at {self.base_url} no longer has the input uploaded for this job: {what}",
+                remediation=[
+                    "Submit the request again: the input is uploaded anew.",
+                    "If it happens again: COMFYUI_URL must reach one server (uploads and prompts on "
+                    "the same one), and nothing may clear ComfyUI's input folder while jobs run.",
+                ],
+                detail=detail,
+            )
         return ValidationFailed(
             f"{SERVER} refused the workflow: {what}",
             remediation=[
@@ -484,7 +655,7 @@ class ComfyUIEngine:
                 if is_template
                 else "Fix the named node inputs; export the graph from ComfyUI with 'Export (API)'.",
             ],
-            detail={"error_type": error.get("type"), "node_errors": problems},
+            detail=detail,
         )
 
     def _stop(self, prompt_id: str) -> None:

@@ -1,26 +1,31 @@
 """A fake ComfyUI server for adapter tests: v0.3.64's routes, bodies and websocket event order
-(``/work/shared/PEERS.md``), served for real by `serve_asgi`. It "renders" solid-colour PNGs with
-Pillow, carrying ComfyUI's ``prompt``/``workflow`` text chunks, and keeps a per-node cache.
+(``/work/shared/PEERS.md``), served for real by `serve_asgi`. It "renders" PNGs with Pillow — a
+colour drawn from the seed, or for a latent encoded from a picture that picture moved towards the
+colour by ``denoise`` — carrying ComfyUI's ``prompt``/``workflow`` text chunks, and keeps a
+per-node cache. ``POST /upload/image`` keeps files in memory, where LoadImage finds them.
 
 Switches a test may flip at any time: `step_delay_s`, `checkpoints`, `paused` (hold the queue),
-`fail_node_type` (that node raises → ``execution_error``), `websocket_enabled`."""
+`fail_node_type` (that node raises → ``execution_error``), `websocket_enabled`, `forget_uploads`."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import posixpath
 import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
+from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 VERSION = "0.3.64"
@@ -33,6 +38,16 @@ QUEUE_POLL_S = 0.005
 PREVIEW_EVENT, PREVIEW_JPEG = 1, 1
 """Binary frame header: event type 1 (preview image), image format 1 (JPEG)."""
 
+VAE_KEPT_BITS = 0xFC
+"""The fake VAE keeps 6 bits a channel: like a real one, it gives back a picture close to the one
+encoded, not the same — which is why an inpainting graph pastes the original back."""
+
+UPLOAD_TYPES = ("input", "temp", "output")
+"""The folders ``/upload/image`` writes to (its ``type`` field; ``input`` when absent)."""
+
+MASK_CHANNELS = ["alpha", "red", "green", "blue"]
+"""LoadImageMask's ``channel`` choices."""
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -43,6 +58,7 @@ class NodeType:
     required: tuple[str, ...]
     outputs: tuple[str, ...]
     is_output: bool = False
+    optional: tuple[str, ...] = ()
 
 
 NODE_TYPES: dict[str, NodeType] = {
@@ -68,8 +84,19 @@ NODE_TYPES: dict[str, NodeType] = {
     "EmptyImage": NodeType(("width", "height", "batch_size", "color"), ("IMAGE",)),
     "SaveImage": NodeType(("images", "filename_prefix"), (), is_output=True),
     "PreviewImage": NodeType(("images",), (), is_output=True),
+    "LoadImage": NodeType(("image",), ("IMAGE", "MASK")),
+    "LoadImageMask": NodeType(("image", "channel"), ("MASK",)),
+    "VAEEncode": NodeType(("pixels", "vae"), ("LATENT",)),
+    "RepeatLatentBatch": NodeType(("samples", "amount"), ("LATENT",)),
+    "SetLatentNoiseMask": NodeType(("samples", "mask"), ("LATENT",)),
+    "RepeatImageBatch": NodeType(("image", "amount"), ("IMAGE",)),
+    "ImageCompositeMasked": NodeType(
+        ("destination", "source", "x", "y", "resize_source"), ("IMAGE",), optional=("mask",)
+    ),
 }
-"""The nodes this fake knows (a real server has hundreds); inputs all required."""
+"""The nodes this fake knows (a real server has hundreds). An IMAGE is a list of Pillow images (a
+batch), a MASK one greyscale image (white = 1), a LATENT a dict of its size and batch, with the
+pixels it decodes to once encoded or sampled."""
 
 
 class Interrupted(Exception):
@@ -99,6 +126,26 @@ def _error(
     return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
 
 
+def _form_fields(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body as {field: (filename or None, bytes)} (aiohttp's ``post()``)."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return {}
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str):
+            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+def _seed_color(seed: int, index: int) -> tuple[int, int, int]:
+    return ((seed * 37 + 91 * index) % 256, (seed * 11 + 53 * index) % 256, (seed + 29 * index) % 256)
+
+
 def _is_foreign_origin(host: str | None, origin: str | None) -> bool:
     """ComfyUI's origin-only middleware: a loopback Host whose Origin names another host."""
     if not host or not origin:
@@ -123,6 +170,9 @@ class FakeComfyUI:
         self.paused = False
         self.fail_node_type: str | None = None
         self.websocket_enabled = True
+        self.forget_uploads = False
+        """Answer uploads but keep nothing: an input folder cleared meanwhile, or a second server
+        behind the same URL."""
         # What tests assert on.
         self.submitted: list[dict[str, Any]] = []
         self.interrupts: list[dict[str, Any]] = []
@@ -277,6 +327,30 @@ class FakeComfyUI:
                 data, media_type="image/png", headers={"Content-Disposition": f'filename="{filename}"'}
             )
 
+        @app.post("/upload/image")
+        async def upload_image(request: Request) -> Response:
+            form = _form_fields(request.headers.get("content-type", ""), await request.body())
+            filename, data = form.get("image", (None, b""))
+            if not filename:
+                return Response(status_code=400)
+            kind = form.get("type", (None, b"input"))[1].decode()
+            if kind not in UPLOAD_TYPES:  # the real server fails on an unbound variable
+                return Response(
+                    "500 Internal Server Error\n\nServer got itself in trouble", 500, media_type="text/plain"
+                )
+            subfolder = form.get("subfolder", (None, b""))[1].decode()
+            if ".." in posixpath.join(subfolder, filename).split("/") or subfolder.startswith("/"):
+                return Response(status_code=400)
+            if form.get("overwrite", (None, b""))[1] not in (b"true", b"1"):
+                # ComfyUI keeps an identical file and renames a different one: "x (1).png".
+                stem, ext = posixpath.splitext(filename)
+                number = 1
+                while self.files.get((kind, subfolder, filename)) not in (None, data):
+                    filename, number = f"{stem} ({number}){ext}", number + 1
+            if not self.forget_uploads:
+                self.files[(kind, subfolder, filename)] = data
+            return JSONResponse({"name": filename, "subfolder": subfolder, "type": kind})
+
         @app.get("/system_stats")
         async def system_stats() -> dict[str, Any]:
             return {
@@ -322,9 +396,18 @@ class FakeComfyUI:
                 list(self.checkpoints),
                 {"tooltip": "The name of the checkpoint (model) to load."},
             ]
+        if name in ("LoadImage", "LoadImageMask"):
+            inputs = sorted(filename for kind, _, filename in self.files if kind == "input")
+            required["image"] = [inputs, {"image_upload": True}]
+        if name == "LoadImageMask":
+            required["channel"] = [MASK_CHANNELS, {}]
+        optional = {key: ["*", {}] for key in node.optional}
         return {
-            "input": {"required": required},
-            "input_order": {"required": list(node.required)},
+            "input": {"required": required, **({"optional": optional} if optional else {})},
+            "input_order": {
+                "required": list(node.required),
+                **({"optional": list(node.optional)} if optional else {}),
+            },
             "output": list(node.outputs),
             "output_is_list": [False] * len(node.outputs),
             "output_name": list(node.outputs),
@@ -422,6 +505,17 @@ class FakeComfyUI:
                         {"input_name": name},
                     )
                 )
+        if node["class_type"] in ("LoadImage", "LoadImageMask") and "image" in inputs:
+            # LoadImage's VALIDATE_INPUTS: the file must exist in the input folder.
+            if self._input_file(str(inputs["image"])) is None:
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"image - Invalid image file: {inputs['image']}",
+                        {"input_name": "image"},
+                    )
+                )
         if node["class_type"] == "CheckpointLoaderSimple" and "ckpt_name" in inputs:
             value = inputs["ckpt_name"]
             if value not in self.checkpoints:
@@ -434,6 +528,11 @@ class FakeComfyUI:
                     )
                 )
         return errors
+
+    def _input_file(self, name: str) -> bytes | None:
+        """A file of the input folder by the name LoadImage takes (``subfolder/name``)."""
+        subfolder, _, filename = name.rpartition("/")
+        return self.files.get(("input", subfolder, filename))
 
     # --- execution ----------------------------------------------------------------------------
     def _queue_info(self) -> dict[str, Any]:
@@ -631,25 +730,49 @@ class FakeComfyUI:
                 )
                 if step == 1:
                     await self._send(client, "", self._preview())
-            return ({**inputs["latent_image"], "seed": int(inputs["seed"])},), None
+            return (
+                self._sample(inputs["latent_image"], int(inputs["seed"]), float(inputs["denoise"])),
+            ), None
         if class_type == "VAEDecode":
-            latent = inputs["samples"]
-            seed = latent["seed"]
-            colors = [
-                ((seed * 37 + 91 * i) % 256, (seed * 11 + 53 * i) % 256, (seed + 29 * i) % 256)
-                for i in range(latent["batch"])
-            ]
-            return ([(latent["width"], latent["height"], color) for color in colors],), None
+            return (list(inputs["samples"]["pixels"]),), None
         if class_type == "EmptyImage":
             color = int(inputs["color"])
             rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
-            return ([(int(inputs["width"]), int(inputs["height"]), rgb)] * int(inputs["batch_size"]),), None
+            size = (int(inputs["width"]), int(inputs["height"]))
+            return ([Image.new("RGB", size, rgb)] * int(inputs["batch_size"]),), None
+        if class_type in ("LoadImage", "LoadImageMask"):
+            with Image.open(io.BytesIO(self._input_file(inputs["image"]) or b"")) as opened:
+                picture = ImageOps.exif_transpose(opened)
+            if class_type == "LoadImage":
+                # The MASK output is the inverted alpha, or 64×64 of nothing without one.
+                alpha = picture.getchannel("A") if "A" in picture.getbands() else None
+                mask = ImageOps.invert(alpha) if alpha is not None else Image.new("L", (64, 64), 0)
+                return ([picture.convert("RGB")], mask), None
+            rgba = picture if picture.mode == "RGBA" else picture.convert("RGBA")
+            channel = rgba.getchannel("RGBA".index(str(inputs["channel"])[0].upper()))
+            return (ImageOps.invert(channel) if inputs["channel"] == "alpha" else channel,), None
+        if class_type == "VAEEncode":
+            pixels = [image.point(lambda value: value & VAE_KEPT_BITS) for image in inputs["pixels"]]
+            width, height = pixels[0].size
+            return ({"width": width, "height": height, "batch": len(pixels), "pixels": pixels},), None
+        if class_type == "RepeatLatentBatch":
+            latent, amount = dict(inputs["samples"]), int(inputs["amount"])
+            latent["batch"] *= amount
+            if "pixels" in latent:
+                latent["pixels"] = latent["pixels"] * amount
+            return (latent,), None
+        if class_type == "SetLatentNoiseMask":
+            return ({**inputs["samples"], "noise_mask": inputs["mask"]},), None
+        if class_type == "RepeatImageBatch":
+            return (list(inputs["image"]) * int(inputs["amount"]),), None
+        if class_type == "ImageCompositeMasked":
+            return (self._composite(inputs),), None
         # SaveImage / PreviewImage
         saved = class_type == "SaveImage"
         kind = "output" if saved else "temp"
         prefix = str(inputs.get("filename_prefix", "ComfyUI")) if saved else "ComfyUI_temp_fake"
         refs = []
-        for width, height, color in inputs["images"]:
+        for image in inputs["images"]:
             self.counter += 1
             filename = f"{prefix}_{self.counter:05}_.png"
             info = PngInfo()
@@ -657,12 +780,45 @@ class FakeComfyUI:
             for key, value in (extra_data.get("extra_pnginfo") or {}).items():
                 info.add_text(key, json.dumps(value))
             buffer = io.BytesIO()
-            Image.new("RGB", (width, height), color).save(
-                buffer, format="PNG", pnginfo=info, compress_level=4
-            )
+            image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
             self.files[(kind, "", filename)] = buffer.getvalue()
             refs.append({"filename": filename, "subfolder": "", "type": kind})
         return (), {"images": refs}
+
+    @staticmethod
+    def _sample(latent: dict[str, Any], seed: int, denoise: float) -> dict[str, Any]:
+        """KSampler's "render": each image a colour drawn from the seed; from a latent that has
+        pixels (an encoded picture), those moved towards the colour by `denoise`, and only inside
+        its noise mask."""
+        size = (latent["width"], latent["height"])
+        pixels = []
+        for index in range(latent["batch"]):
+            drawn = Image.new("RGB", size, _seed_color(seed, index))
+            if "pixels" in latent:
+                start = latent["pixels"][index]
+                drawn = Image.blend(start, drawn, denoise)
+                if "noise_mask" in latent:
+                    noise_mask = latent["noise_mask"].resize(start.size, Image.Resampling.BILINEAR)
+                    drawn = Image.composite(drawn, start, noise_mask)
+            pixels.append(drawn)
+        return {**latent, "pixels": pixels}
+
+    @staticmethod
+    def _composite(inputs: dict[str, Any]) -> list[Image.Image]:
+        """ImageCompositeMasked: `source` pasted on `destination` at (x, y) through the mask (white
+        takes the source). As in ComfyUI, the source batch is repeated or cut to the destination's."""
+        destination = list(inputs["destination"])
+        source = (list(inputs["source"]) * len(destination))[: len(destination)]
+        mask = inputs.get("mask")
+        composited = []
+        for under, over in zip(destination, source, strict=True):
+            if inputs["resize_source"]:
+                over = over.resize(under.size, Image.Resampling.BILINEAR)
+            canvas = under.copy()
+            through = None if mask is None else mask.resize(over.size, Image.Resampling.BILINEAR)
+            canvas.paste(over, (int(inputs["x"]), int(inputs["y"])), through)
+            composited.append(canvas)
+        return composited
 
     @staticmethod
     def _preview() -> bytes:
