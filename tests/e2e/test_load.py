@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from rq import Queue
 from rq.serializers import JSONSerializer
 
 from services.images_service.gallery import GalleryIndex
 from services.images_service.models import ModelRegistry
-from services.images_service.queue import connect_redis
+from services.images_service.queue import connect_redis, engine_queues
 from services.images_service.storage import make_store
 from services.images_service.worker.main import KittyWorker
 from services.images_service.worker.tasks import Runtime, set_runtime
@@ -101,16 +100,22 @@ def test_thousand_submits_are_accepted_or_429_and_every_job_is_accounted_for(
     assert len(set(accepted)) == len(accepted)  # no duplicates
 
     connection = connect_redis(redis_url)
-    queue = Queue(settings.queue_name("diffusers"), connection=connection, serializer=JSONSerializer)
-    assert sorted(queue.job_ids) == sorted(accepted)  # none lost, none extra
+    queues = engine_queues(connection, settings, "diffusers")
+    priority, normal = queues
+    accepted_by = {
+        key: [job for k, status, job in results if k == key and status == 202] for key in (PRO_KEY, FREE_KEY)
+    }
+    # None lost, none extra: the pro key's jobs wait in the priority queue, the free key's in the other.
+    assert sorted(priority.job_ids) == sorted(accepted_by[PRO_KEY])
+    assert sorted(normal.job_ids) == sorted(accepted_by[FREE_KEY])
 
     store = make_store(settings)
     set_runtime(Runtime(settings, ModelRegistry(settings.models_yaml), store, {"diffusers": FakeEngine()}))
     try:
-        KittyWorker([queue], connection=connection, serializer=JSONSerializer).work(burst=True)
+        KittyWorker(queues, connection=connection, serializer=JSONSerializer).work(burst=True)
     finally:
         set_runtime(None)
-    assert queue.count == 0
-    finished = queue.finished_job_registry.get_job_ids()
+    assert priority.count == normal.count == 0
+    finished = [job for queue in queues for job in queue.finished_job_registry.get_job_ids()]
     assert sorted(finished) == sorted(accepted)
     assert GalleryIndex(connection, settings.queue_prefix).count() == len(accepted)
