@@ -48,7 +48,7 @@ def configure_environment() -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 
-SECTIONS = ("latest", "queue", "submit", "throughput", "batch", "gpu")
+SECTIONS = ("latest", "queue", "submit", "delivery", "throughput", "batch", "gpu")
 """What `--only` can name, in the order they run."""
 
 log = logging.getLogger("bench")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {row.label}: {row.value} {row.unit} {row.note}".rstrip(), started)
 
     with tempfile.TemporaryDirectory(prefix="kitty-bench-") as tmp, ExitStack() as stack:
-        from . import batching, latest, queue_overhead, submission, throughput
+        from . import batching, delivery, latest, queue_overhead, submission, throughput
         from .processes import Processes, start_stack
 
         workdir = Path(tmp)
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             build_tiny_models(workdir / "models", models_yaml)
 
         section("latest", lambda: latest.measure(procs, redis_base))
-        if {"queue", "submit"} & set(sections):
+        if {"queue", "submit", "delivery"} & set(sections):
             # The stack's processes stop before the next sections, which want the CPU to themselves.
             with ExitStack() as stack_processes:
                 stack_procs = Processes(stack_processes, workdir)
                 bench_stack = start_stack(stack_procs, redis_base, models_yaml)
                 section("queue", lambda: queue_overhead.measure(stack_procs, bench_stack, models_yaml))
                 section("submit", lambda: submission.measure(bench_stack))
+                section("delivery", lambda: delivery.measure(bench_stack))
         section("throughput", lambda: throughput.measure(workdir / "noop", redis_base))
         section("batch", lambda: batching.measure(models_yaml))
         section("gpu", gpu_rows)
