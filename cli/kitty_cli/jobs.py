@@ -24,6 +24,7 @@ from services.contracts import (
     ImagesClient,
     JobStatus,
     JobView,
+    LoraRef,
 )
 
 from .completion import complete_image_ref, complete_model, complete_preset
@@ -62,6 +63,44 @@ def request_from_options(options: dict[str, Any]) -> GenerateRequest:
                 remediation=["See `kitty-cli images.generate --help` for each option's range."],
             ),
         ) from exc
+
+
+UPLOAD_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+"""Local files `--image`/`--mask` upload, by extension: what the service's uploads route takes."""
+
+
+def parse_lora(value: str) -> LoraRef:
+    """``NAME`` or ``NAME:WEIGHT`` (weight 1 when omitted)."""
+    name, colon, weight = value.rpartition(":") if ":" in value else (value, "", "")
+    try:
+        return LoraRef(name=name, weight=float(weight)) if colon else LoraRef(name=name)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise click.BadParameter(
+            f"'{value}' is not NAME or NAME:WEIGHT with a weight in -2..2", param_hint="'--lora'"
+        ) from exc
+
+
+def input_key(client: ImagesClient, value: str, option: str) -> str:
+    """The stored key `--image`/`--mask` name: a local file, uploaded now; image N of the latest
+    listing (``--image`` only); or a key as it is."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        content_type = UPLOAD_TYPES.get(path.suffix.lower())
+        if content_type is None:
+            raise click.BadParameter(
+                f"'{value}' is not a PNG, JPEG or WebP file ({', '.join(UPLOAD_TYPES)})",
+                param_hint=f"'--{option}'",
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
+        key = client.upload(data, content_type).key
+        click.echo(f"Uploaded {path} as {key}", err=True)
+        return key
+    if value.isdigit() and option == "image":
+        return resolve_key(client, value)
+    return value
 
 
 def failure_of(view: JobView) -> ErrorInfo:
@@ -173,6 +212,26 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     type=click.Choice(QUALITY_NAMES),
     help="Steps and cfg: low 20/6, standard 30/7, pro 50/8 (--steps and --cfg win).",
 )
+@click.option(
+    "--image",
+    metavar="FILE|N|KEY",
+    shell_complete=complete_image_ref,
+    help="Start from this picture (image-to-image): a PNG/JPEG/WebP file (uploaded first), "
+    "image N of images.latest, or a stored key.",
+)
+@click.option(
+    "--mask",
+    metavar="FILE|KEY",
+    help="Inpaint --image: white areas are repainted, black ones kept exactly.",
+)
+@click.option("--strength", type=float, help="How much of --image is repainted, 0-1 (default 0.75).")
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="NAME[:WEIGHT]",
+    help="Apply a LoRA registered in models.yaml (see images.models), weight 1 by default; repeatable.",
+)
 @job_output_options
 @click.pass_context
 def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **options: Any) -> None:
@@ -186,12 +245,21 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images.generate "a fox" --num-images 3 --out fox.png   # fox.png fox-2.png fox-3.png
       kitty-cli images.generate "an old fisherman" --preset photoreal --quality pro
       kitty-cli images.generate "a fox" --scheduler "DPM++ 2M Karras"
+      kitty-cli images.generate "the same fox, in autumn" --image photo.jpg --strength 0.6
+      kitty-cli images.generate "a red scarf" --image 1 --mask scarf-mask.png
+      kitty-cli images.generate "a fox" --lora film_grain:0.8 --lora watercolor
       kitty-cli images.generate "a fox" --json | jq -r .result.png_key
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
     """
     check_output(out, wait)
-    request = request_from_options(options)
+    options["loras"] = [parse_lora(value) for value in options["loras"]] or None
+    # Every option is checked before a file is uploaded for --image or --mask (which stand in here).
+    request_from_options({**options, **{k: "pending" for k in ("image", "mask") if options[k] is not None}})
     client = state_of(ctx).client()
+    for option in ("image", "mask"):
+        if options[option] is not None:
+            options[option] = input_key(client, options[option], option)
+    request = request_from_options(options)
     report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out)
 
 

@@ -21,6 +21,7 @@ from .schema import (
     ModelsView,
     PresetsView,
     SelectView,
+    UploadView,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -255,6 +256,12 @@ class ImagesClient:
 
     def select(self, key: str) -> SelectView:
         return SelectView.model_validate(self._call("POST", "/api/images/select", json={"key": key}))
+
+    def upload(self, data: bytes, content_type: str) -> UploadView:
+        """Store an input image (PNG, JPEG or WebP, the raw file); its `key` goes in `image`/`mask`."""
+        headers = {"Content-Type": content_type}
+        answer = self._call("POST", "/api/images/uploads", content=data, headers=headers)
+        return UploadView.model_validate(answer)
 
     def download(self, url: str) -> bytes:
         """GET a `downloadUrl`; it is absolute and carries its own authorisation.

@@ -173,3 +173,28 @@ def test_preset_generate_then_rerun_gives_the_same_pixels(stack: Stack, tmp_path
 
 def pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+
+def test_generate_from_a_local_picture_with_a_mask_and_a_lora(stack: Stack, tmp_path: Path) -> None:
+    picture, mask = tmp_path / "beach.jpg", tmp_path / "sky.png"
+    Image.new("RGB", (96, 64), (240, 200, 120)).save(picture, format="JPEG")
+    sky = Image.new("L", (96, 64), 0)
+    sky.paste(255, (0, 0, 96, 24))
+    sky.save(mask)
+    out = tmp_path / "storm.png"
+
+    generated = kitty(
+        stack, "images.generate", "a storm over the beach", "--model", "tiny-sd15", "--steps", "4",
+        "--image", str(picture), "--mask", str(mask), "--strength", "0.5", "--lora", "tiny-lora:0.5",
+        "--out", str(out),
+    )  # fmt: skip
+
+    assert generated.exit_code == 0, generated.output
+    (key,) = generated.stdout.split()
+    sidecar = json.loads(make_store(stack.settings).get(key.removesuffix(".png") + ".json"))
+    request = sidecar["request"]
+    assert request["image"].startswith("uploads/") and request["image"].endswith(".jpg")
+    assert request["mask"].startswith("uploads/") and request["strength"] == 0.5
+    assert request["loras"] == [{"name": "tiny-lora", "weight": 0.5}]
+    with Image.open(out) as result:
+        assert result.size == (96, 64)

@@ -233,6 +233,18 @@ class FakeApi:
             return httpx.Response(200, json=MODELS)
         if path == "/api/images/presets":
             return httpx.Response(200, json=PRESETS)
+        if path == "/api/images/uploads" and request.method == "POST":
+            number = sum(1 for r in self.requests if r.url.path == path)
+            content_type = request.headers["content-type"]
+            key = f"uploads/20240501_130000_0000000{number}.{content_type.split('/')[1]}"
+            body = {
+                "key": key,
+                "width": 64,
+                "height": 64,
+                "content_type": content_type,
+                "size": len(request.content),
+            }
+            return httpx.Response(201, json=body)
         return httpx.Response(404, json=error_body("NOT_FOUND", "no route", []))
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
@@ -397,6 +409,71 @@ def test_generate_canceled_job_exits_1() -> None:
 
     assert result.exit_code == 1
     assert "Error [CANCELED]" in result.stderr
+
+
+def test_generate_uploads_local_inputs_and_sends_their_keys(tmp_path: Path) -> None:
+    photo, mask = tmp_path / "photo.JPG", tmp_path / "mask.png"
+    photo.write_bytes(b"jpeg bytes")
+    mask.write_bytes(b"png bytes")
+    api = FakeApi()
+    args = ["--image", str(photo), "--mask", str(mask), "--strength", "0.6"]
+    args += ["--lora", "film_grain:0.8", "--lora", "watercolor"]
+
+    result = run(["images.generate", "a fox in autumn", "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    uploads = [r for r in api.requests if r.url.path == "/api/images/uploads"]
+    assert [(r.headers["content-type"], r.content) for r in uploads] == [
+        ("image/jpeg", b"jpeg bytes"),
+        ("image/png", b"png bytes"),
+    ]
+    assert api.bodies("/api/images/generate") == [
+        {
+            "prompt": "a fox in autumn",
+            "image": "uploads/20240501_130000_00000001.jpeg",
+            "mask": "uploads/20240501_130000_00000002.png",
+            "strength": 0.6,
+            "loras": [{"name": "film_grain", "weight": 0.8}, {"name": "watercolor"}],  # weight: the default
+        }
+    ]
+    assert f"Uploaded {photo} as uploads/" in result.stderr
+
+
+def test_generate_image_takes_a_gallery_number_or_a_key() -> None:
+    api = FakeApi()
+
+    by_number = run(["images.generate", "again", "--no-wait", "--image", "2"], api)
+    by_key = run(["images.generate", "again", "--no-wait", "--image", "images/x.png"], api)
+
+    assert by_number.exit_code == by_key.exit_code == 0, by_number.output + by_key.output
+    assert [body["image"] for body in api.bodies("/api/images/generate")] == [IMAGE_KEYS[1], "images/x.png"]
+    assert "/api/images/uploads" not in api.paths()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--mask", "mask.png"], "need `image`"),
+        (["--image", "photo.gif"], "not a PNG, JPEG or WebP"),
+        (["--image", "photo.png", "--strength", "1.5"], "strength"),
+        (["--lora", "grain:heavy"], "NAME:WEIGHT"),
+        (["--lora", "grain:3"], "NAME:WEIGHT"),
+    ],
+)
+def test_generate_refuses_bad_inputs_before_uploading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("mask.png", "photo.gif", "photo.png"):
+        (tmp_path / name).write_bytes(b"bytes")
+    api = FakeApi()
+
+    result = run(["images.generate", "a fox", *args], api)
+
+    assert result.exit_code != 0
+    assert words in result.output
+    assert api.requests == []
+    assert_no_traceback(result)
 
 
 def test_generate_rejects_bad_options_before_queueing() -> None:
