@@ -43,8 +43,8 @@ MAX_UPLOAD_SIDE = 4096
 while a decompression bomb of a few KB can claim 100,000² pixels; refused before decoding."""
 
 INPUT_ENGINES: dict[str, frozenset[str]] = {
-    "image": frozenset({"diffusers", "a1111", "comfyui"}),
-    "mask": frozenset({"diffusers", "a1111", "comfyui"}),
+    "image": frozenset({"diffusers", "a1111", "comfyui", "invokeai"}),
+    "mask": frozenset({"diffusers", "a1111", "comfyui", "invokeai"}),
     # models.yaml's LoRAs are files the diffusers worker loads; a server engine has its own.
     "loras": frozenset({"diffusers"}),
 }

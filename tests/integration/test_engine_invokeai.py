@@ -1,6 +1,7 @@
 """The InvokeAI adapter against a fake InvokeAI served over real HTTP (its own HTTP is never patched):
 what a user sees for success, several images, model choice, failures, cancel, old servers, an
-unreachable server, health, and the whole queue path from submit to imageRef."""
+unreachable server, health, the whole queue path from submit to imageRef, and image-to-image and
+inpainting from uploads."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from services.contracts import RenderSpec
+from services.images_service import engines
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.invokeai import InvokeAIEngine
 from services.images_service.errors import EngineError, EngineOffline, EngineTimeout, KittyError
 from services.images_service.metadata import read_png_text
+from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
@@ -336,3 +340,237 @@ def test_queue_job_with_invokeai_ends_as_image_ref(fake: FakeInvokeAI, queue_har
     sidecar = json.loads(queue_harness.store.get(view["result"]["meta_key"]))
     assert sidecar["engine"] == "invokeai" and sidecar["seed"] == 99
     assert len(fake.batches) == 1
+
+
+# --- image-to-image and inpainting ------------------------------------------------------------
+SIZE = (96, 64)
+"""The jobs' size: the inputs are uploaded at it, resized from 192×128."""
+
+
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def two_tone() -> Image.Image:
+    """192×128, blue-green with a red block on the right: resizing it makes new pixel values."""
+    picture = Image.new("RGB", (192, 128), (10, 120, 200))
+    picture.paste((240, 30, 60), (120, 0, 192, 128))
+    return picture
+
+
+def left_half() -> Image.Image:
+    """Our mask: white (repaint) on the left half, black (keep) on the right."""
+    mask = Image.new("L", (192, 128), 0)
+    mask.paste(255, (0, 0, 96, 128))
+    return mask
+
+
+def at_job_size(image: Image.Image) -> Image.Image:
+    return image.resize(SIZE, Image.Resampling.LANCZOS)
+
+
+def kept_pixels(image: Image.Image, mask: Image.Image) -> list[Any]:
+    """The pixels of `image` where our `mask` is black (keep)."""
+    return [pixel for pixel, repaint in zip(image.getdata(), mask.getdata(), strict=True) if repaint == 0]
+
+
+def by_type(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {node["type"]: node for node in graph["nodes"].values()}
+
+
+def source_type(graph: dict[str, Any], node: dict[str, Any], field: str) -> str:
+    """The type of the node whose output an edge brings to `node`'s `field`."""
+    (source,) = [
+        edge["source"]["node_id"]
+        for edge in graph["edges"]
+        if edge["destination"] == {"node_id": node["id"], "field": field}
+    ]
+    return str(graph["nodes"][source]["type"])
+
+
+def uploaded(fake: FakeInvokeAI, field: dict[str, Any]) -> Image.Image:
+    """The image a node's ImageField names, as InvokeAI holds it."""
+    return Image.open(io.BytesIO(fake.images[field["image_name"]]))
+
+
+def test_img2img_and_inpainting_through_the_queue(
+    fake: FakeInvokeAI, served: str, tmp_path: Path, redis_url: str
+) -> None:
+    port = int(served.rsplit(":", 1)[1])
+    settings = make_settings(tmp_path, redis_url, invoke_port=port, engine_poll_interval_s=POLL_S)
+    store = make_store(settings)
+    # Built as a worker builds it: with the store to read inputs from.
+    engine = engines.make_engine("invokeai", settings, ModelRegistry(settings.models_yaml), store)
+    # What InvokeAI must receive: the inputs at the job's size, resized on our side.
+    picture, mask = at_job_size(two_tone()), at_job_size(left_half())
+    with TestClient(create_app(settings, store=store)) as client:
+        harness = Harness(client, settings, store, {"invokeai": engine})
+
+        def upload(image: Image.Image) -> str:
+            headers = {"content-type": "image/png"}
+            response = client.post("/api/images/uploads", content=png_of(image), headers=headers)
+            assert response.status_code == 201, response.text
+            return str(response.json()["key"])
+
+        image_key, mask_key = upload(two_tone()), upload(left_half())
+        common = {"engine": "invokeai", "image": image_key, "width": 96, "height": 64, "steps": 4}
+        whole = harness.generate(**common, strength=0.6, seed=5)
+        masked = harness.generate(**common, mask=mask_key, seed=6, num_images=2)
+        harness.work("invokeai")
+
+        views = [harness.job(whole), harness.job(masked)]
+        assert [view["status"] for view in views] == ["done", "done"], views
+        assert views[0]["progress"] == {"step": 4, "total": 4}
+        whole_png = store.get(views[0]["result"]["png_key"])
+        masked_pngs = [store.get(item["key"]) for item in views[1]["result"]["images"]]
+        sidecar = json.loads(store.get(views[1]["result"]["meta_key"]))
+    engine.close()
+
+    assert [(dto["image_category"], dto["is_intermediate"]) for dto in fake.uploads] == [
+        ("user", True),
+        ("user", True),
+        ("mask", True),
+    ]
+    sent_whole, sent_masked = (body["batch"]["graph"] for body in fake.batches)
+    nodes = by_type(sent_whole)
+    assert set(nodes) == {
+        "main_model_loader",
+        "compel",
+        "noise",
+        "i2l",
+        "denoise_latents",
+        "core_metadata",
+        "l2i",
+    }
+    denoise = nodes["denoise_latents"]
+    assert source_type(sent_whole, denoise, "latents") == "i2l"
+    assert source_type(sent_whole, denoise, "noise") == "noise"
+    assert source_type(sent_whole, nodes["i2l"], "vae") == "main_model_loader"
+    assert denoise["denoising_start"] == pytest.approx(0.4)  # 1 - strength
+    sent_picture = uploaded(fake, nodes["i2l"]["image"])
+    assert (sent_picture.size, sent_picture.convert("RGB").tobytes()) == (SIZE, picture.tobytes())
+    assert [node["type"] for node in nodes.values() if not node["is_intermediate"]] == ["l2i"]
+    metadata = nodes["core_metadata"]
+    assert (metadata["generation_mode"], metadata["strength"]) == ("img2img", 0.6)
+    assert metadata["init_image"] == nodes["i2l"]["image"]["image_name"]
+
+    nodes = by_type(sent_masked)
+    assert nodes["denoise_latents"]["denoising_start"] == pytest.approx(0.25)  # the default strength
+    assert source_type(sent_masked, nodes["denoise_latents"], "denoise_mask") == "create_denoise_mask"
+    create_mask, paste = nodes["create_denoise_mask"], nodes["img_paste"]
+    assert create_mask["image"] == paste["base_image"] == nodes["i2l"]["image"]
+    assert create_mask["mask"] == paste["mask"]
+    assert source_type(sent_masked, create_mask, "vae") == "main_model_loader"
+    assert source_type(sent_masked, paste, "image") == "l2i"
+    assert [node["type"] for node in nodes.values() if not node["is_intermediate"]] == ["img_paste"]
+    # InvokeAI's masks keep white and repaint black: ours goes up inverted.
+    sent_mask = uploaded(fake, create_mask["mask"])
+    assert (sent_mask.mode, sent_mask.tobytes()) == ("L", ImageOps.invert(mask).tobytes())
+    assert nodes["core_metadata"]["generation_mode"] == "inpaint"
+
+    repainted = Image.open(io.BytesIO(whole_png)).convert("RGB")
+    assert repainted.size == SIZE and repainted.getpixel((40, 5)) != picture.getpixel((40, 5))
+    assert len(masked_pngs) == 2
+    results = [Image.open(io.BytesIO(data)).convert("RGB") for data in masked_pngs]
+    kept = kept_pixels(picture, mask)
+    assert len(kept) > SIZE[0] * SIZE[1] // 3
+    for result in results:
+        # Outside the mask the input comes back exactly (the fake's VAE alone would shift it).
+        assert kept_pixels(result, mask) == kept
+        assert result.getpixel((5, 5)) != picture.getpixel((5, 5))
+    assert results[0].getpixel((5, 5)) != results[1].getpixel((5, 5)), "each image has its own seed"
+    chunks = read_png_text(masked_pngs[0])
+    assert json.loads(chunks["invokeai_metadata"])["generation_mode"] == "inpaint"
+
+    assert sidecar["request"]["image"] == image_key and sidecar["request"]["mask"] == mask_key
+    assert sidecar["engine_info"]["inputs"] == {
+        "image": create_mask["image"]["image_name"],
+        "mask": create_mask["mask"]["image_name"],
+    }
+
+
+def inputs_loader() -> Callable[[str], Image.Image]:
+    """A store holding two inputs, read as a worker's store is."""
+    return {"uploads/in.png": two_tone(), "uploads/mask.png": left_half()}.__getitem__
+
+
+def test_sdxl_inpainting_takes_everything_from_the_sdxl_loader(fake: FakeInvokeAI, served: str) -> None:
+    engine = InvokeAIEngine(engine_settings(served), image_loader=inputs_loader())
+    spec = make_spec(
+        model="Juggernaut-XL-v9", image="uploads/in.png", mask="uploads/mask.png", width=96, height=64
+    )
+    result = engine.render(spec, Recorder())
+    engine.close()
+
+    graph = sent_graph(fake)
+    nodes = by_type(graph)
+    for node_type in ("i2l", "create_denoise_mask", "l2i"):
+        assert source_type(graph, nodes[node_type], "vae") == "sdxl_model_loader"
+    assert nodes["sdxl_compel_prompt"]["target_width"] == 96
+    assert nodes["core_metadata"]["generation_mode"] == "sdxl_inpaint"
+    picture, mask = at_job_size(two_tone()), at_job_size(left_half())
+    inpainted = result.images[0].image.convert("RGB")
+    assert kept_pixels(inpainted, mask) == kept_pixels(picture, mask)
+    assert inpainted.getpixel((5, 5)) != picture.getpixel((5, 5))
+
+
+def test_img2img_without_a_store_to_read_from_says_so(fake: FakeInvokeAI, engine: InvokeAIEngine) -> None:
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(image="uploads/20260101_000000_deadbeef.png", strength=0.5), Recorder())
+    assert "no store" in caught.value.message
+    assert fake.batches == [] and fake.uploads == []
+
+
+def test_input_gone_from_invokeai_is_an_engine_error(fake: FakeInvokeAI, served: str) -> None:
+    engine = InvokeAIEngine(engine_settings(served), image_loader=inputs_loader())
+
+    def someone_clears_intermediates(step: int, total: int) -> None:
+        # InvokeAI's Settings → "Clear Intermediates", pressed while our item waits in its queue.
+        httpx.delete(f"{served}/api/v1/images/intermediates").raise_for_status()
+
+    with pytest.raises(EngineError) as caught:
+        engine.render(
+            make_spec(image="uploads/in.png", mask="uploads/mask.png", width=96, height=64),
+            someone_clears_intermediates,
+        )
+    engine.close()
+    error = caught.value
+    assert error.code == "ENGINE_ERROR"
+    assert "no longer has the input uploaded for this job" in error.message
+    assert "ImageFileNotFoundException: Image file not found" in error.message
+    assert any("Submit the request again" in hint for hint in error.remediation)
+    assert [item.status for item in fake.items.values()] == ["failed"]
+
+
+def test_fake_upload_route_answers_like_invokeai(fake: FakeInvokeAI, served: str) -> None:
+    """The fake's fidelity: an ImageDTO for a picture, 415 for what is not one, 422 for a request
+    without its required query."""
+    route = f"{served}/api/v1/images/upload"
+    query = {"image_category": "user", "is_intermediate": "true"}
+
+    def post(data: bytes, content_type: str, params: dict[str, str] = query) -> httpx.Response:
+        return httpx.post(route, params=params, files={"file": ("in.png", data, content_type)})
+
+    accepted = post(png_of(Image.new("RGB", (8, 16), 9)), "image/png")
+    assert accepted.status_code == 201
+    dto = accepted.json()
+    assert (dto["width"], dto["height"], dto["image_category"], dto["is_intermediate"]) == (
+        8,
+        16,
+        "user",
+        True,
+    )
+    assert dto["image_origin"] == "external" and accepted.headers["location"] == dto["image_url"]
+    full = httpx.get(f"{served}/api/v1/images/i/{dto['image_name']}/full")
+    assert Image.open(io.BytesIO(full.content)).size == (8, 16)
+
+    assert post(b"hello", "text/plain").status_code == 415
+    assert post(b"not a png", "image/png").status_code == 415
+    assert post(png_of(Image.new("L", (8, 8))), "image/png", {"is_intermediate": "true"}).status_code == 422
+    assert (
+        post(png_of(Image.new("L", (8, 8))), "image/png", {**query, "image_category": "nope"}).status_code
+        == 422
+    )
+    assert len(fake.uploads) == 1

@@ -281,10 +281,10 @@ def test_a_rerun_whose_inputs_are_gone_is_refused_at_submit(harness: Harness) ->
             "`mask`",
         ),
         (
-            {"image": "UPLOAD", "engine": "invokeai"},
+            {"loras": [{"name": TINY_LORA}], "engine": "invokeai"},
             400,
             "VALIDATION_ERROR",
-            "that do: a1111, comfyui, diffusers",
+            "`loras`: engine 'invokeai' does not take it; engines that do: diffusers",
         ),
         ({"image": "UPLOAD", "refiner": True, "model": "tiny-sdxl"}, 400, "VALIDATION_ERROR", "refiner"),
         ({"loras": [{"name": "no-such-lora"}]}, 400, "MODEL_NOT_FOUND", "not registered"),

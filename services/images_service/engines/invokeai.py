@@ -1,7 +1,8 @@
 """The InvokeAI engine: renders a `RenderSpec` on an InvokeAI 4+ server through its session queue.
 
-Owns the version gate, the choice of main model, the text-to-image graph for SD1.x/SD2.x and SDXL
-(InvokeAI's own node types), the batch that gives each image its own seed, polling the queue items,
+Owns the version gate, the choice of main model, the graphs for SD1.x/SD2.x and SDXL (InvokeAI's
+own node types) for text-to-image, image-to-image and inpainting, uploading a job's picture and mask
+into InvokeAI's image store, the batch that gives each image its own seed, polling the queue items,
 cancelling them, and fetching the finished PNGs with their ``invokeai_*`` text chunks.
 
 Progress is coarse: a queue item shows no step progress until it is finished (InvokeAI reports
@@ -11,6 +12,7 @@ steps (image i of n done = ``i * steps`` of ``n * steps``).
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from PIL import Image, ImageOps
 
 from services.contracts import MAX_SEED, RenderSpec
 
 from ..errors import EngineError, EngineTimeout, ModelNotFound, ValidationFailed
 from ..settings import Settings
-from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
+from ..uploads import DEFAULT_STRENGTH
+from .base import EngineHealth, ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
 from .remote import HEALTH_TIMEOUT_S, decode_image, make_client, png_text_chunks, speaking_to
 
 logger = logging.getLogger("kitty.images.engine.invokeai")
@@ -80,9 +84,20 @@ LIST_PAGE = 100
 LIST_MAX_PAGES = 200
 """Stop searching an older server's queue after this many pages (its queue holds at most 10,000)."""
 
-# Node ids of the graph we send; `OUTPUT_NODE` is the one whose result holds the image.
+UPLOAD_ROUTE = "/api/v1/images/upload"
+IMAGE_CATEGORY, MASK_CATEGORY = "user", "mask"
+"""``image_category`` of our uploads (InvokeAI's ``ImageCategory``). Both go up as intermediates:
+like the inputs InvokeAI's own canvas uploads, they stay out of its gallery until "Clear
+Intermediates" deletes them."""
+
+IMAGE_NOT_FOUND = "ImageFileNotFoundException"
+"""What a node raises when the image it names is not in InvokeAI's store. Our graphs name no image
+but the inputs we uploaded, so it means one was deleted before the item ran."""
+
+# Node ids of the graph we send; `output_node` says whose result holds the finished image.
 LOADER_NODE, POSITIVE_NODE, NEGATIVE_NODE = "model_loader", "positive_prompt", "negative_prompt"
-NOISE_NODE, DENOISE_NODE, METADATA_NODE, OUTPUT_NODE = "noise", "denoise", "core_metadata", "l2i"
+NOISE_NODE, DENOISE_NODE, METADATA_NODE, DECODE_NODE = "noise", "denoise", "core_metadata", "l2i"
+ENCODE_NODE, MASK_NODE, PASTE_NODE = "i2l", "denoise_mask", "paste_back"
 
 
 @dataclass(frozen=True)
@@ -145,12 +160,40 @@ def image_seeds(spec: RenderSpec) -> list[int]:
     return [(spec.seed + i) % (MAX_SEED + 1) for i in range(spec.num_images)]
 
 
-def build_graph(spec: RenderSpec, model: InvokeModel, scheduler: str) -> dict[str, Any]:
-    """The text-to-image graph of InvokeAI's own linear UI, for an SD1.x/SD2.x or an SDXL model.
+def output_node(mask: str | None) -> str:
+    """The node whose image is the result: the paste-back when inpainting, else the decoder."""
+    return DECODE_NODE if mask is None else PASTE_NODE
+
+
+def build_graph(
+    spec: RenderSpec,
+    model: InvokeModel,
+    scheduler: str,
+    *,
+    image: str | None = None,
+    mask: str | None = None,
+) -> dict[str, Any]:
+    """The graph of InvokeAI's own linear UI for an SD1.x/SD2.x or an SDXL model: text-to-image, or
+    image-to-image from `image` (inpainting with `mask`), the names InvokeAI gave our uploads.
+
+    Image-to-image starts the denoise from the picture's latents (``i2l``, the model's VAE) noised to
+    ``denoising_start = 1 - strength`` of the schedule, as InvokeAI's UI does: the first
+    ``1 - strength`` of the timesteps are skipped, so strength 1 repaints from pure noise.
+
+    Inpainting follows InvokeAI's convention for masks, the opposite of ours: white keeps, black is
+    repainted. ``create_denoise_mask`` hands the denoise a tensor where 1 keeps the picture's latents
+    (InvokeAI's canvas draws the area to repaint in black on white), and ``img_paste`` inverts its
+    mask before pasting, so the decoded image lands where the mask is black. That is why the worker
+    uploads our mask inverted (see `InvokeAIEngine._upload_inputs`), and both nodes read that one
+    upload. The paste puts the picture back outside the repainted area pixel for pixel: the VAE's
+    round trip shifts every pixel a little, and black of our mask must come back exactly as sent.
 
     Every node but the output is an intermediate; the output skips the invocation cache so each
     run saves a fresh image instead of pointing at one that may have been deleted since.
     """
+    strength = spec.strength if spec.strength is not None else DEFAULT_STRENGTH
+    output = output_node(mask)
+    final = {"is_intermediate": False, "use_cache": False}
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, Any]] = []
 
@@ -199,14 +242,16 @@ def build_graph(spec: RenderSpec, model: InvokeModel, scheduler: str) -> dict[st
         steps=spec.steps,
         cfg_scale=spec.cfg,
         scheduler=scheduler,
-        denoising_start=0.0,
+        denoising_start=0.0 if image is None else 1 - strength,
         denoising_end=1.0,
     )
+    mode = "txt2img" if image is None else "img2img" if mask is None else "inpaint"
+    from_picture = {} if image is None else {"strength": strength, "init_image": image}
     # Core metadata becomes the image's `invokeai_metadata` chunk: InvokeAI's gallery recalls it.
     node(
         METADATA_NODE,
         "core_metadata",
-        generation_mode="sdxl_txt2img" if model.is_sdxl else "txt2img",
+        generation_mode=f"sdxl_{mode}" if model.is_sdxl else mode,
         positive_prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
         width=spec.width,
@@ -216,15 +261,28 @@ def build_graph(spec: RenderSpec, model: InvokeModel, scheduler: str) -> dict[st
         cfg_scale=spec.cfg,
         scheduler=scheduler,
         model=model.identifier,
+        **from_picture,
     )
-    node(OUTPUT_NODE, "l2i", is_intermediate=False, use_cache=False)
+    node(DECODE_NODE, "l2i", **(final if output == DECODE_NODE else {}))
     edge(LOADER_NODE, "unet", DENOISE_NODE, "unet")
     edge(POSITIVE_NODE, "conditioning", DENOISE_NODE, "positive_conditioning")
     edge(NEGATIVE_NODE, "conditioning", DENOISE_NODE, "negative_conditioning")
     edge(NOISE_NODE, "noise", DENOISE_NODE, "noise")
-    edge(DENOISE_NODE, "latents", OUTPUT_NODE, "latents")
-    edge(LOADER_NODE, "vae", OUTPUT_NODE, "vae")
-    edge(METADATA_NODE, "metadata", OUTPUT_NODE, "metadata")
+    edge(DENOISE_NODE, "latents", DECODE_NODE, "latents")
+    edge(LOADER_NODE, "vae", DECODE_NODE, "vae")
+    edge(METADATA_NODE, "metadata", output, "metadata")
+    if image is not None:
+        picture = {"image_name": image}
+        node(ENCODE_NODE, "i2l", image=picture)
+        edge(LOADER_NODE, "vae", ENCODE_NODE, "vae")
+        edge(ENCODE_NODE, "latents", DENOISE_NODE, "latents")
+        if mask is not None:
+            # The picture too: an inpainting model (9-channel UNet) also reads it with the area cut out.
+            node(MASK_NODE, "create_denoise_mask", image=picture, mask={"image_name": mask})
+            edge(LOADER_NODE, "vae", MASK_NODE, "vae")
+            edge(MASK_NODE, "denoise_mask", DENOISE_NODE, "denoise_mask")
+            node(PASTE_NODE, "img_paste", base_image=picture, mask={"image_name": mask}, crop=True, **final)
+            edge(DECODE_NODE, "image", PASTE_NODE, "image")
     return {"id": f"kitty-{uuid.uuid4().hex[:12]}", "nodes": nodes, "edges": edges}
 
 
@@ -252,17 +310,17 @@ def item_seed(item: dict[str, Any], fallback: int) -> int:
     return fallback
 
 
-def output_image_name(item: dict[str, Any]) -> str | None:
-    """The image name our output node produced in a finished queue item.
+def output_image_name(item: dict[str, Any], node_id: str) -> str | None:
+    """The image name our output node `node_id` produced in a finished queue item.
 
     ``session.results`` is keyed by *execution* node ids; ``source_prepared_mapping`` maps the ids
     we sent to them (InvokeAI 4.2+ stores the finished session in the queue item).
     """
     session = item.get("session") or {}
     results: dict[str, Any] = session.get("results") or {}
-    prepared = (session.get("source_prepared_mapping") or {}).get(OUTPUT_NODE) or []
-    for node_id in [*prepared, OUTPUT_NODE]:
-        image = (results.get(node_id) or {}).get("image") or {}
+    prepared = (session.get("source_prepared_mapping") or {}).get(node_id) or []
+    for executed in [*prepared, node_id]:
+        image = (results.get(executed) or {}).get("image") or {}
         if image.get("image_name"):
             return str(image["image_name"])
     return None
@@ -279,13 +337,50 @@ def failure_text(item: dict[str, Any]) -> str:
     return lines[-1] if lines else "no error message recorded"
 
 
+def item_failure(item_id: int, item: dict[str, Any]) -> EngineError:
+    """The error a failed queue item becomes; an input deleted before the item ran says so."""
+    text = failure_text(item)
+    detail = {"item_id": item_id, "error_type": item.get("error_type")}
+    if text.startswith(IMAGE_NOT_FOUND):
+        return EngineError(
+            f"{ENGINE_LABEL} no longer has the input uploaded for this job (queue item {item_id}: {text})",
+            remediation=[
+                "Submit the request again: the input is uploaded anew.",
+                "If it happens again: nothing may clear InvokeAI's intermediate images while jobs run, "
+                "and INVOKE_HOST/INVOKE_PORT must reach one server.",
+            ],
+            detail=detail,
+        )
+    return EngineError(
+        f"{ENGINE_LABEL} failed queue item {item_id}: {text}",
+        remediation=[
+            f"See item {item_id} in InvokeAI's queue tab and its log for the full error.",
+            "If it names the model, check that model in InvokeAI's model manager.",
+        ],
+        detail=detail,
+    )
+
+
 class InvokeAIEngine:
-    """An HTTP adapter for one InvokeAI server (``INVOKE_HOST``:``INVOKE_PORT``)."""
+    """An HTTP adapter for one InvokeAI server (``INVOKE_HOST``:``INVOKE_PORT``).
+
+    With ``spec.image`` the graph starts from that picture (and ``spec.mask``): both are read from
+    our store, resized here to the job's size and uploaded to InvokeAI's image store before the
+    batch is queued (see `build_graph`). The uploads stay there, as intermediates.
+    """
 
     name = "invokeai"
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        """`image_loader` reads a job's input image and mask from our store (image-to-image)."""
         self.settings = settings
+        self._image_loader = image_loader
         self.url = settings.invokeai_url
         self._client = make_client(
             self.url, connect_timeout_s=settings.engine_connect_timeout_s, transport=transport
@@ -312,8 +407,9 @@ class InvokeAIEngine:
         with speaking_to(ENGINE_LABEL, self.url, START_HINT, "INVOKE_HOST/INVOKE_PORT"):
             version = self._checked_version()
             model = self._choose_model(spec.model)
+            image, mask = self._upload_inputs(spec)
             batch = {
-                "graph": build_graph(spec, model, scheduler),
+                "graph": build_graph(spec, model, scheduler, image=image, mask=mask),
                 "runs": 1,
                 "data": seed_data(spec),
                 "origin": ORIGIN,
@@ -336,19 +432,24 @@ class InvokeAIEngine:
             render_s = time.monotonic() - started
             fallback_seeds = image_seeds(spec)
             images = [
-                self._fetch(item, item_seed(item, fallback_seeds[index])) for index, item in enumerate(items)
+                self._fetch(item, output_node(mask), item_seed(item, fallback_seeds[index]))
+                for index, item in enumerate(items)
             ]
+        engine_info: dict[str, Any] = {
+            "server": "invokeai",
+            "version": version,
+            "model": {"name": model.name, "base": model.base, "key": model.key},
+            "scheduler": scheduler,
+            "item_ids": item_ids,
+            "batch_id": batch_id,
+        }
+        if image is not None:
+            # Their names in InvokeAI's image store, where they stay (see the class docstring).
+            engine_info["inputs"] = {"image": image, "mask": mask}
         return RenderResult(
             images=images,
             device=self.url,
-            engine_info={
-                "server": "invokeai",
-                "version": version,
-                "model": {"name": model.name, "base": model.base, "key": model.key},
-                "scheduler": scheduler,
-                "item_ids": item_ids,
-                "batch_id": batch_id,
-            },
+            engine_info=engine_info,
             timings={"render_s": round(render_s, 4)},
         )
 
@@ -436,6 +537,50 @@ class InvokeAIEngine:
             )
         return usable[0]
 
+    def _upload_inputs(self, spec: RenderSpec) -> tuple[str | None, str | None]:
+        """The job's picture and mask (None, None for text-to-image) uploaded at the job's size: resized
+        here, so no node scales them and the mask covers the picture pixel for pixel. The mask goes up
+        inverted, in InvokeAI's polarity (white keeps; see `build_graph`)."""
+        if spec.image is None:
+            return None, None
+        size = (spec.width, spec.height)
+        picture = self._input(spec.image, "RGB", size)
+        mask = None if spec.mask is None else ImageOps.invert(self._input(spec.mask, "L", size))
+        image_name = self._upload(picture, IMAGE_CATEGORY)
+        return image_name, None if mask is None else self._upload(mask, MASK_CATEGORY)
+
+    def _input(self, key: str, mode: str, size: tuple[int, int]) -> Image.Image:
+        if self._image_loader is None:
+            raise EngineError(
+                "this worker has no store to read the job's input image from",
+                remediation=[
+                    "Run image-to-image jobs on `images-worker --engine invokeai`, which opens the store."
+                ],
+            )
+        return self._image_loader(key).convert(mode).resize(size, Image.Resampling.LANCZOS)
+
+    def _upload(self, picture: Image.Image, category: str) -> str:
+        """``POST /api/v1/images/upload`` as a PNG; answers the name InvokeAI gave it (its own, new
+        each time: the file name sent is not kept)."""
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        response = self._client.post(
+            UPLOAD_ROUTE,
+            params={"image_category": category, "is_intermediate": "true"},
+            files={"file": (f"kitty_{category}.png", buffer.getvalue(), "image/png")},
+        )
+        response.raise_for_status()
+        try:
+            name = response.json().get("image_name")
+        except (ValueError, AttributeError):
+            name = None
+        if not isinstance(name, str) or not name:
+            raise EngineError(
+                f"{self.url}{UPLOAD_ROUTE} did not answer with the uploaded image's name",
+                remediation=["Check that INVOKE_HOST and INVOKE_PORT point at InvokeAI itself, not a proxy."],
+            )
+        return name
+
     def _find_item_ids(self, batch_id: str) -> list[int]:
         """Our queue items on servers whose enqueue answer has no ``item_ids`` (before ~5.10): page
         through the queue list for the batch id (items never move between batches)."""
@@ -472,14 +617,7 @@ class InvokeAIEngine:
                 for item_id in item_ids:
                     status = finished.get(item_id, {}).get("status")
                     if status == "failed":
-                        raise EngineError(
-                            f"{ENGINE_LABEL} failed queue item {item_id}: {failure_text(finished[item_id])}",
-                            remediation=[
-                                f"See item {item_id} in InvokeAI's queue tab and its log for the full error.",
-                                "If it names the model, check that model in InvokeAI's model manager.",
-                            ],
-                            detail={"item_id": item_id, "error_type": finished[item_id].get("error_type")},
-                        )
+                        raise item_failure(item_id, finished[item_id])
                     if status == "canceled":
                         raise EngineError(
                             f"queue item {item_id} was canceled on the {ENGINE_LABEL} server, "
@@ -521,8 +659,8 @@ class InvokeAIEngine:
             except httpx.HTTPError as exc:
                 logger.warning("could not cancel InvokeAI queue item %s: %s", item_id, exc)
 
-    def _fetch(self, item: dict[str, Any], seed: int) -> RenderedImage:
-        image_name = output_image_name(item)
+    def _fetch(self, item: dict[str, Any], node_id: str, seed: int) -> RenderedImage:
+        image_name = output_image_name(item, node_id)
         if image_name is None:
             raise EngineError(
                 f"{ENGINE_LABEL} finished queue item {item.get('item_id')} but its session holds no "

@@ -1,7 +1,8 @@
 """A fake InvokeAI 4+/5+ server (FastAPI) with the real routes and payload shapes, for adapter tests.
 
 What it reproduces, read from InvokeAI's source (``api/routers/session_queue.py``, ``images.py``,
-``app_info.py``, ``model_manager.py``, ``services/session_queue/session_queue_common.py``):
+``app_info.py``, ``model_manager.py``, ``services/session_queue/session_queue_common.py``,
+``invocations/image_to_latents.py``, ``create_denoise_mask.py``, ``denoise_latents.py``, ``image.py``):
 - ``GET /api/v1/app/version`` → ``{"version"}``; ``GET /api/v2/models/?model_type=`` → ``{"models"}``.
 - ``POST /api/v1/queue/{q}/enqueue_batch`` with body ``{"batch", "prepend"}``, validated like the real
   pydantic models (unknown node types, unknown fields, dangling edges, bad batch data → 422 with
@@ -9,9 +10,17 @@ What it reproduces, read from InvokeAI's source (``api/routers/session_queue.py`
   Sessions = ``runs × product(outer data lists)``, items of one inner list zipped.
 - Items run one at a time: pending → in_progress → completed (or failed), ``run_s`` each. A finished
   item holds its session: ``results`` keyed by execution ids, ``source_prepared_mapping`` from ours.
+- Running a session evaluates its nodes in edge order, so inputs matter; latents are pixels here.
+  ``denoise_latents`` paints the seed's colour: over the whole noise size from nothing, or over
+  ``i2l``'s latents by ``1 - denoising_start`` (only where a ``create_denoise_mask`` mask is black:
+  white keeps). The fake VAE is lossy (``i2l`` drops low bits), and ``img_paste`` composites as the
+  real one, inverting its mask. A node that names an image the store lacks fails the item with
+  ``ImageFileNotFoundException``; a required input left unset fails it as InvokeAI's checks do.
+- ``POST /api/v1/images/upload`` (multipart ``file``, query ``image_category``, ``is_intermediate``)
+  → 201 and an ImageDTO; 415 for a non-image; ``DELETE /api/v1/images/intermediates`` → the count.
 - ``GET /api/v1/queue/{q}/i/{id}`` (None fields left out, as ``response_model_exclude_none``),
   ``PUT .../cancel``, ``GET /api/v1/queue/{q}/list`` (cursor pages, for servers without ``item_ids``).
-- ``GET /api/v1/images/i/{name}/full``: a PNG of the noise node's size with ``invokeai_metadata``,
+- ``GET /api/v1/images/i/{name}/full``: an upload as sent, or a node's PNG with ``invokeai_metadata``,
   ``invokeai_graph`` (and ``invokeai_workflow`` when the batch carried a workflow).
 """
 
@@ -26,10 +35,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from email import policy
+from email.parser import BytesParser
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Body, FastAPI, HTTPException, Query, Response
-from PIL import Image
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, Field, model_validator
 
@@ -81,6 +92,18 @@ NODE_TYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ),
         frozenset({"latents", "width", "height"}),
     ),
+    "i2l": (
+        frozenset({"image", "vae", "tiled", "tile_size", "fp32", "color_compensation"}),
+        frozenset({"latents", "width", "height"}),
+    ),
+    "create_denoise_mask": (
+        frozenset({"vae", "image", "mask", "tiled", "fp32"}),
+        frozenset({"denoise_mask"}),
+    ),
+    "img_paste": (
+        frozenset({"base_image", "image", "mask", "x", "y", "crop", "metadata", "board"}),
+        frozenset({"image", "width", "height"}),
+    ),
     "core_metadata": (
         frozenset(
             {
@@ -103,6 +126,8 @@ NODE_TYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 "ipAdapters",
                 "t2iAdapters",
                 "loras",
+                "strength",
+                "init_image",
                 "vae",
             }
         ),
@@ -114,6 +139,49 @@ NODE_TYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
 }
 """Node type → (input fields, output fields), from ``invokeai/app/invocations/`` (v4/v5)."""
+
+REQUIRED_CONNECTIONS: dict[str, tuple[str, ...]] = {
+    "compel": ("clip",),
+    "sdxl_compel_prompt": ("clip", "clip2"),
+    "denoise_latents": ("positive_conditioning", "negative_conditioning", "unet"),
+    "i2l": ("vae",),
+    "create_denoise_mask": ("vae",),
+    "l2i": ("latents", "vae"),
+}
+"""Inputs that only an edge can set; a node run without one fails (``RequiredConnectionException``)."""
+
+REQUIRED_VALUES: dict[str, tuple[str, ...]] = {
+    "i2l": ("image",),
+    "create_denoise_mask": ("mask",),
+    "img_paste": ("base_image", "image"),
+}
+"""Inputs a value or an edge must set; a node run without one fails (``MissingInputException``)."""
+
+IMAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "i2l": ("image",),
+    "create_denoise_mask": ("image", "mask"),
+    "img_paste": ("base_image", "image", "mask"),
+}
+"""Inputs that are an ``ImageField`` (``{"image_name"}``): the name of an image in the store."""
+
+GenerationMode = Literal[
+    "txt2img",
+    "img2img",
+    "inpaint",
+    "outpaint",
+    "sdxl_txt2img",
+    "sdxl_img2img",
+    "sdxl_inpaint",
+    "sdxl_outpaint",
+]
+"""``core_metadata.generation_mode`` (``GENERATION_MODES`` of SD and SDXL)."""
+
+ImageCategory = Literal["general", "mask", "control", "user", "other"]
+"""``ImageCategory`` of an image record, which the upload route asks for."""
+
+VAE_KEPT_BITS = 0xF8
+"""The fake VAE's loss: encoding keeps these bits of each channel, so a decoded picture differs
+from the one encoded, as a real VAE's round trip does."""
 
 SCHEDULER_NAMES = frozenset(
     {
@@ -153,6 +221,41 @@ SCHEDULER_NAMES = frozenset(
 
 SEED_MAX = 2**32 - 1
 LATENT_SCALE_FACTOR = 8
+
+
+class NodeError(Exception):
+    """A node failing as InvokeAI reports it: ``NodeError(error_type, error_message)``."""
+
+
+def seed_color(seed: int) -> tuple[int, int, int]:
+    """What the fake's denoise paints for a seed: images of different seeds differ."""
+    return seed % 256, (seed >> 8) % 256, (seed >> 16) % 256
+
+
+def denoise(inputs: dict[str, Any]) -> Image.Image:
+    """``denoise_latents``: the seed's colour over the noise's size from nothing; from ``latents``,
+    those moved towards the colour by the share of the schedule that runs (``1 - denoising_start``),
+    and only where the denoise mask is black (1 keeps the latents, as ``create_denoise_mask`` has it)."""
+    noise, latents = inputs.get("noise"), inputs.get("latents")
+    if latents is None:
+        if noise is None:
+            raise NodeError("ValueError", "'latents' or 'noise' must be provided!")
+        return Image.new("RGB", (noise["width"], noise["height"]), seed_color(noise["seed"]))
+    seed = 0  # InvokeAI falls back on the latents' seed, which i2l leaves unset
+    if noise is not None:
+        noise_size = (noise["width"], noise["height"])
+        if noise_size != latents.size:
+            # InvokeAI's own spelling.
+            raise NodeError(
+                "ValueError", f"Incompatable 'noise' and 'latents' shapes: {latents.size=} {noise_size=}"
+            )
+        seed = noise["seed"]
+    drawn = Image.new("RGB", latents.size, seed_color(seed))
+    moved = Image.blend(latents, drawn, 1 - float(inputs.get("denoising_start", 0.0)))
+    mask = inputs.get("denoise_mask")
+    if mask is None:
+        return moved
+    return Image.composite(latents, moved, mask.resize(latents.size, Image.Resampling.BILINEAR))
 
 
 def default_models() -> list[dict[str, Any]]:
@@ -218,12 +321,38 @@ class Graph(BaseModel):
                 known = NODE_TYPES[self.nodes[end.node_id]["type"]][fields_of]
                 if end.field not in known:
                     raise ValueError(f"Edge field {end.field} not on node {end.node_id}")
+        if execution_order(self.model_dump(mode="json")) is None:
+            raise ValueError("Graph contains cycles")
         return self
+
+
+def execution_order(graph: dict[str, Any]) -> list[str] | None:
+    """Node ids with every edge's source before its destination; None when edges make a cycle."""
+    sources = {node_id: set[str]() for node_id in graph["nodes"]}
+    for edge in graph["edges"]:
+        sources[edge["destination"]["node_id"]].add(edge["source"]["node_id"])
+    order: list[str] = []
+    while sources:
+        ready = [node_id for node_id, needs in sources.items() if needs <= set(order)]
+        if not ready:
+            return None
+        for node_id in ready:
+            order.append(node_id)
+            del sources[node_id]
+    return order
 
 
 def check_values(node_id: str, node: dict[str, Any]) -> None:
     """The field constraints of the real invocations that a wrong adapter would trip over."""
     node_type = node["type"]
+    for name in IMAGE_FIELDS.get(node_type, ()):
+        value = node.get(name)
+        if value is not None and not (isinstance(value, dict) and isinstance(value.get("image_name"), str)):
+            raise ValueError(f"{node_id}.{name} must be an ImageField {{image_name}}")
+    if node_type == "core_metadata" and node.get("generation_mode") not in (None, *get_args(GenerationMode)):
+        raise ValueError(
+            f"{node_id}.generation_mode {node.get('generation_mode')!r} is not a generation mode"
+        )
     if node_type == "noise":
         for side in ("width", "height"):
             value = node.get(side, 512)
@@ -279,6 +408,26 @@ class Batch(BaseModel):
                     raise ValueError("Each batch data must have unique node_id and field_name")
                 seen.add(pair)
         return self
+
+
+def form_parts(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body as {field: (the part's Content-Type, bytes)}."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return {}
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str):
+            declared = part.get("content-type")
+            parts[name] = (
+                str(declared) if declared else None,
+                payload if isinstance(payload, bytes) else b"",
+            )
+    return parts
 
 
 def field_value_sets(batch: Batch) -> list[list[dict[str, Any]]]:
@@ -382,6 +531,11 @@ class FakeInvokeAI:
     cancel_requests: list[int] = field(default_factory=list)
     items: dict[int, QueueItem] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
+    """The image store: name → PNG bytes (uploads as sent, node outputs)."""
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """name → ImageDTO of every image in the store."""
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    """The ImageDTO answered to every accepted upload, in order."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -413,11 +567,14 @@ class FakeInvokeAI:
 
     def _finish(self, item: QueueItem) -> None:
         item.completed_at = now_text()
-        loader = next(n for n in item.graph["nodes"].values() if n["type"].endswith("model_loader"))
-        known = {m["key"] for m in self.models}
-        if self.fail_next is not None or loader["model"]["key"] not in known:
-            error_type, message = self.fail_next or ("Exception", f"Unknown model {loader['model']['key']}")
-            self.fail_next = None
+        try:
+            if self.fail_next is not None:
+                error_type, message = self.fail_next
+                self.fail_next = None
+                raise NodeError(error_type, message)
+            self._run_session(item)
+        except Exception as exc:  # as InvokeAI: whatever a node raises fails the item
+            error_type, message = exc.args if isinstance(exc, NodeError) else (type(exc).__name__, str(exc))
             item.error_type, item.error_message = error_type, message
             item.error_traceback = (
                 "Traceback (most recent call last):\n"
@@ -428,38 +585,162 @@ class FakeInvokeAI:
             )
             item.set_status("failed")
             return
-        for node_id, node in item.graph["nodes"].items():
-            prepared = str(uuid.uuid4())
-            item.source_prepared_mapping[node_id] = [prepared]
-            item.results[prepared] = self._output(item, node)
         item.set_status("completed")
 
-    def _output(self, item: QueueItem, node: dict[str, Any]) -> dict[str, Any]:
-        if node["type"] != "l2i":
-            return {"type": f"{node['type']}_output"}
-        noise = next(n for n in item.graph["nodes"].values() if n["type"] == "noise")
-        width, height, seed = noise.get("width", 512), noise.get("height", 512), noise.get("seed", 0)
+    def _run_session(self, item: QueueItem) -> None:
+        """Runs each node on its values and the outputs its edges bring; results as InvokeAI keeps them."""
+        graph = item.graph
+        outputs: dict[str, dict[str, Any]] = {}
+        for node_id in execution_order(graph) or []:
+            node = graph["nodes"][node_id]
+            inputs = {name: value for name, value in node.items() if name not in COMMON_FIELDS}
+            connected = set()
+            for edge in graph["edges"]:
+                if edge["destination"]["node_id"] == node_id:
+                    source = edge["source"]
+                    inputs[edge["destination"]["field"]] = outputs[source["node_id"]][source["field"]]
+                    connected.add(edge["destination"]["field"])
+            for name in REQUIRED_CONNECTIONS.get(node["type"], ()):
+                if name not in connected:
+                    raise NodeError(
+                        "RequiredConnectionException",
+                        f"Node {node['type']} missing connections for field {name}",
+                    )
+            for name in REQUIRED_VALUES.get(node["type"], ()):
+                if inputs.get(name) is None:
+                    raise NodeError(
+                        "MissingInputException",
+                        f"Node {node['type']} missing value or connection for field {name}",
+                    )
+            outputs[node_id] = self._invoke(item, node, inputs)
+            prepared = str(uuid.uuid4())
+            item.source_prepared_mapping[node_id] = [prepared]
+            if "image" in outputs[node_id]:
+                result = {
+                    "type": "image_output",
+                    **{k: outputs[node_id][k] for k in ("image", "width", "height")},
+                }
+            else:
+                result = {"type": f"{node['type']}_output"}
+            item.results[prepared] = result
+
+    def _invoke(self, item: QueueItem, node: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+        """One node's outputs. Latents are pixels (an RGB image at the image's size)."""
+        node_type = node["type"]
+        if node_type.endswith("model_loader"):
+            key = inputs["model"]["key"]
+            if key not in {m["key"] for m in self.models}:
+                raise NodeError("Exception", f"Unknown model {key}")
+            return {name: f"{name}:{key}" for name in NODE_TYPES[node_type][1]}
+        if node_type in ("compel", "sdxl_compel_prompt"):
+            return {"conditioning": inputs.get("prompt", "")}
+        if node_type == "noise":
+            size = {"width": inputs.get("width", 512), "height": inputs.get("height", 512)}
+            return {"noise": {"seed": inputs.get("seed", 0), **size}, **size}
+        if node_type == "i2l":
+            latents = self._open(inputs["image"]).convert("RGB").point(lambda value: value & VAE_KEPT_BITS)
+            return {"latents": latents, "width": latents.width, "height": latents.height}
+        if node_type == "create_denoise_mask":
+            if inputs.get("image") is not None:
+                self._open(inputs["image"])
+            return {"denoise_mask": self._open(inputs["mask"]).convert("L")}
+        if node_type == "denoise_latents":
+            latents = denoise(inputs)
+            return {"latents": latents, "width": latents.width, "height": latents.height}
+        if node_type == "core_metadata":
+            return {"metadata": {**inputs, "app_version": self.version}}
+        if node_type == "l2i":
+            return self._save(item, node, inputs["latents"], inputs.get("metadata"))
+        if node_type == "img_paste":
+            return self._save(item, node, self._paste(inputs), inputs.get("metadata"))
+        raise NodeError("NotImplementedError", f"the fake does not run {node_type}")
+
+    def _paste(self, inputs: dict[str, Any]) -> Image.Image:
+        """``img_paste``: `image` over `base_image` at (x, y) on a transparent canvas big enough for
+        both (cut to the base with ``crop``), through the inverted mask: black takes `image`."""
+        base, over = self._open(inputs["base_image"]), self._open(inputs["image"])
+        x, y = int(inputs.get("x", 0)), int(inputs.get("y", 0))
+        mask = (
+            None if inputs.get("mask") is None else ImageOps.invert(self._open(inputs["mask"]).convert("L"))
+        )
+        left, top = -min(0, x), -min(0, y)
+        width = max(base.width, over.width + x) + left
+        height = max(base.height, over.height + y) + top
+        canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        canvas.paste(base, (left, top))
+        canvas.paste(over, (max(0, x), max(0, y)), mask)
+        if inputs.get("crop"):
+            canvas = canvas.crop((left, top, left + base.width, top + base.height))
+        return canvas
+
+    def _open(self, field: dict[str, Any]) -> Image.Image:
+        data = self.images.get(field["image_name"])
+        if data is None:
+            raise NodeError("ImageFileNotFoundException", "Image file not found")
+        picture = Image.open(io.BytesIO(data))
+        picture.load()
+        return picture
+
+    def _save(
+        self, item: QueueItem, node: dict[str, Any], picture: Image.Image, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A node's image into the store, with the chunks InvokeAI writes; the node's ``ImageOutput``."""
         info = PngInfo()
-        metadata = self._metadata_for(item, node["id"])
         if metadata is not None:
             info.add_text("invokeai_metadata", json.dumps(metadata))
         info.add_text("invokeai_graph", json.dumps(item.graph))
         if item.batch.workflow is not None:
             info.add_text("invokeai_workflow", json.dumps(item.batch.workflow))
         buffer = io.BytesIO()
-        color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
-        Image.new("RGB", (width, height), color).save(buffer, format="PNG", pnginfo=info)
-        image_name = f"{uuid.uuid4()}.png"
-        self.images[image_name] = buffer.getvalue()
-        return {"type": "image_output", "image": {"image_name": image_name}, "width": width, "height": height}
+        picture.save(buffer, format="PNG", pnginfo=info)
+        dto = self._record(buffer.getvalue(), picture.size, "general", bool(node.get("is_intermediate")))
+        dto.update(image_origin="internal", session_id=item.session_id, node_id=node["id"])
+        return {"image": {"image_name": dto["image_name"]}, "width": picture.width, "height": picture.height}
 
-    def _metadata_for(self, item: QueueItem, output_id: str) -> dict[str, Any] | None:
-        for edge in item.graph["edges"]:
-            if edge["destination"] == {"node_id": output_id, "field": "metadata"}:
-                source = item.graph["nodes"][edge["source"]["node_id"]]
-                data = {k: v for k, v in source.items() if k not in COMMON_FIELDS}
-                return {**data, "app_version": self.version}
-        return None
+    def _record(
+        self, data: bytes, size: tuple[int, int], category: str, is_intermediate: bool
+    ) -> dict[str, Any]:
+        """Stores `data` under a new name; its ImageDTO (``None`` fields left out, as the real one)."""
+        image_name = f"{uuid.uuid4()}.png"
+        self.images[image_name] = data
+        created = now_text()
+        dto: dict[str, Any] = {
+            "image_name": image_name,
+            "image_url": f"api/v1/images/i/{image_name}/full",
+            "thumbnail_url": f"api/v1/images/i/{image_name}/thumbnail",
+            "image_origin": "external",
+            "image_category": category,
+            "width": size[0],
+            "height": size[1],
+            "created_at": created,
+            "updated_at": created,
+            "is_intermediate": is_intermediate,
+            "starred": False,
+            "has_workflow": False,
+        }
+        self.records[image_name] = dto
+        return dto
+
+    def upload(
+        self, data: bytes, category: str, is_intermediate: bool, board_id: str | None
+    ) -> dict[str, Any]:
+        with self._lock:
+            with Image.open(io.BytesIO(data)) as picture:
+                size = picture.size
+            dto = self._record(data, size, category, is_intermediate)
+            if board_id is not None:
+                dto["board_id"] = board_id
+            self.uploads.append(dto)
+            return dto
+
+    def clear_intermediates(self) -> int:
+        """Settings → "Clear Intermediates" in InvokeAI's UI: deletes every intermediate image."""
+        with self._lock:
+            doomed = [name for name, dto in self.records.items() if dto["is_intermediate"]]
+            for name in doomed:
+                del self.records[name]
+                self.images.pop(name, None)
+            return len(doomed)
 
     def enqueue(self, batch: Batch, prepend: bool) -> dict[str, Any]:
         with self._lock:
@@ -579,6 +860,34 @@ class FakeInvokeAI:
                     "has_more": len(page) > limit,
                     "items": [i.view(with_session=False) for i in page[:limit]],
                 }
+
+        @api.post("/api/v1/images/upload", status_code=201)
+        async def upload_image(
+            request: Request,
+            response: Response,
+            image_category: Annotated[ImageCategory, Query()],
+            is_intermediate: Annotated[bool, Query()],
+            board_id: str | None = None,
+        ) -> dict[str, Any]:
+            parts = form_parts(request.headers.get("content-type", ""), await request.body())
+            if "file" not in parts:
+                missing = {"type": "missing", "loc": ["body", "file"], "msg": "Field required", "input": None}
+                raise HTTPException(422, detail=[missing])
+            content_type, data = parts["file"]
+            if not content_type or not content_type.startswith("image"):
+                raise HTTPException(415, detail="Not an image")
+            try:
+                with Image.open(io.BytesIO(data)) as picture:
+                    picture.load()
+            except Exception:
+                raise HTTPException(415, detail="Failed to read image") from None
+            dto = self.upload(data, image_category, is_intermediate, board_id)
+            response.headers["Location"] = dto["image_url"]
+            return dto
+
+        @api.delete("/api/v1/images/intermediates")
+        def clear_intermediates() -> int:
+            return self.clear_intermediates()
 
         @api.get("/api/v1/images/i/{image_name}/full")
         def get_image_full(image_name: str) -> Response:
