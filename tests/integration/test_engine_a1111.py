@@ -39,6 +39,7 @@ from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.a1111 import VERSION, FakeA1111, OutOfMemoryError
+from tests.support.pictures import upload_picture
 from tests.support.servers import free_port
 
 POLL_S = 0.03
@@ -386,12 +387,6 @@ def test_job_through_the_queue_to_an_image_ref(
     engine.close()
 
 
-def png_of(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_img2img_and_inpainting_through_the_queue(
     webui: tuple[FakeA1111, str], tmp_path: Path, redis_url: str
 ) -> None:
@@ -406,13 +401,7 @@ def test_img2img_and_inpainting_through_the_queue(
     with TestClient(create_app(settings, store=store)) as client:
         harness = Harness(client, settings, store, {"a1111": engine})
 
-        def upload(image: Image.Image) -> str:
-            headers = {"content-type": "image/png"}
-            response = client.post("/api/images/uploads", content=png_of(image), headers=headers)
-            assert response.status_code == 201, response.text
-            return str(response.json()["key"])
-
-        image_key, mask_key = upload(picture), upload(left_half)
+        image_key, mask_key = upload_picture(client, picture), upload_picture(client, left_half)
         whole = harness.generate(engine="a1111", image=image_key, strength=0.6, steps=10, seed=5)
         masked = harness.generate(engine="a1111", image=image_key, mask=mask_key, steps=10, seed=6)
         harness.work("a1111")

@@ -30,6 +30,7 @@ from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.comfyui import DEFAULT_CHECKPOINTS, DEVICE_NAME, VERSION, FakeComfyUI
+from tests.support.pictures import kept_pixels, left_half, png_of, two_tone, upload_picture
 from tests.support.servers import free_port
 
 POLL_S = 0.05
@@ -405,36 +406,12 @@ def test_queue_path_stores_comfyui_image_with_all_chunks(tmp_path: Path, redis_u
 
 
 # --- image-to-image and inpainting ------------------------------------------------------------
-def png_of(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def two_tone() -> Image.Image:
-    """192×128, blue-green with a red block on the right: resizing it makes new pixel values."""
-    picture = Image.new("RGB", (192, 128), (10, 120, 200))
-    picture.paste((240, 30, 60), (120, 0, 192, 128))
-    return picture
-
-
-def left_half() -> Image.Image:
-    mask = Image.new("L", (192, 128), 0)
-    mask.paste(255, (0, 0, 96, 128))
-    return mask
-
-
 def nodes_by_type(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {node["class_type"]: node["inputs"] for node in graph.values()}
 
 
 def input_file(fake: FakeComfyUI, name: str) -> Image.Image:
     return Image.open(io.BytesIO(fake.files[("input", "", name)]))
-
-
-def kept_pixels(image: Image.Image, mask: Image.Image) -> list[Any]:
-    """The pixels of `image` where `mask` is black (keep)."""
-    return [pixel for pixel, repaint in zip(image.getdata(), mask.getdata(), strict=True) if repaint == 0]
 
 
 def test_img2img_and_inpainting_through_the_queue(
@@ -451,13 +428,7 @@ def test_img2img_and_inpainting_through_the_queue(
     with TestClient(create_app(settings, store=store)) as client:
         harness = Harness(client, settings, store, {"comfyui": engine})
 
-        def upload(image: Image.Image) -> str:
-            headers = {"content-type": "image/png"}
-            response = client.post("/api/images/uploads", content=png_of(image), headers=headers)
-            assert response.status_code == 201, response.text
-            return str(response.json()["key"])
-
-        image_key, mask_key = upload(two_tone()), upload(left_half())
+        image_key, mask_key = upload_picture(client, two_tone()), upload_picture(client, left_half())
         common = {"engine": "comfyui", "image": image_key, "width": 96, "height": 64, "steps": 4}
         whole = harness.generate(**common, strength=0.6, seed=5)
         masked = harness.generate(**common, mask=mask_key, seed=6, num_images=2)

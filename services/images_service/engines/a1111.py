@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import secrets
@@ -37,7 +36,9 @@ from .remote import (
     HEALTH_TIMEOUT_S,
     SERVER_MESSAGE_CHARS,
     decode_image,
+    job_input,
     make_client,
+    png_bytes,
     png_text_chunks,
     server_message,
     speaking_to,
@@ -305,29 +306,23 @@ class A1111Engine:
         if spec.image is None:
             return TXT2IMG, payload
         payload.update(
-            init_images=[self._input_png(spec.image, "RGB")],
+            init_images=[self._input_png(spec, spec.image, "RGB")],
             denoising_strength=spec.strength,
             resize_mode=RESIZE_JUST_RESIZE,
             include_init_images=False,
         )
         if spec.mask is not None:
             payload.update(
-                mask=self._input_png(spec.mask, "L"),
+                mask=self._input_png(spec, spec.mask, "L"),
                 inpainting_fill=INPAINTING_FILL_ORIGINAL,
                 inpaint_full_res=False,
                 inpainting_mask_invert=0,  # white repaints, as in the request
             )
         return IMG2IMG, payload
 
-    def _input_png(self, key: str, mode: str) -> str:
-        if self._image_loader is None:
-            raise EngineError(
-                "this worker has no store to read the job's input image from",
-                remediation=["Run them on `images-worker --engine a1111`, which opens the store."],
-            )
-        buffer = io.BytesIO()
-        self._image_loader(key).convert(mode).save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+    def _input_png(self, spec: RenderSpec, key: str, mode: str) -> str:
+        picture = job_input(self._image_loader, key, mode, (spec.width, spec.height), self.name)
+        return base64.b64encode(png_bytes(picture)).decode("ascii")
 
     def _checkpoint_title(self, model: str) -> str:
         """The exact title of the checkpoint `model` names. A1111 silently renders with another

@@ -5,7 +5,6 @@ raw API-format graph sent by the client."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -17,7 +16,6 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
@@ -27,7 +25,15 @@ from ..errors import EngineError, EngineOffline, EngineTimeout, KittyError, Mode
 from ..settings import Settings
 from ..uploads import DEFAULT_STRENGTH
 from .base import EngineHealth, ImageLoader, ProgressFn, RenderedImage, RenderResult
-from .remote import HEALTH_TIMEOUT_S, decode_image, make_client, png_text_chunks, speaking_to
+from .remote import (
+    HEALTH_TIMEOUT_S,
+    decode_image,
+    job_input,
+    make_client,
+    png_bytes,
+    png_text_chunks,
+    speaking_to,
+)
 
 log = logging.getLogger("kitty.images.engines.comfyui")
 
@@ -543,22 +549,12 @@ class ComfyUIEngine:
         if spec.image is None:
             return None, None
         size = (spec.width, spec.height)
-        image = self._upload(self._input_png(spec.image, "RGB", size), "image")
-        mask = None if spec.mask is None else self._upload(self._input_png(spec.mask, "L", size), "mask")
-        return image, mask
-
-    def _input_png(self, key: str, mode: str, size: tuple[int, int]) -> bytes:
-        if self._image_loader is None:
-            raise EngineError(
-                "this worker has no store to read the job's input image from",
-                remediation=[
-                    "Run image-to-image jobs on `images-worker --engine comfyui`, which opens the store."
-                ],
-            )
-        picture = self._image_loader(key).convert(mode).resize(size, Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return buffer.getvalue()
+        picture = job_input(self._image_loader, spec.image, "RGB", size, self.name)
+        image = self._upload(png_bytes(picture), "image")
+        if spec.mask is None:
+            return image, None
+        mask = job_input(self._image_loader, spec.mask, "L", size, self.name)
+        return image, self._upload(png_bytes(mask), "mask")
 
     def _upload(self, png: bytes, role: str) -> str:
         """``POST /upload/image`` into ComfyUI's input folder, under a name of our own that is new

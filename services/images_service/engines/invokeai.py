@@ -12,7 +12,6 @@ steps (image i of n done = ``i * steps`` of ``n * steps``).
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import time
@@ -29,7 +28,15 @@ from ..errors import EngineError, EngineTimeout, ModelNotFound, ValidationFailed
 from ..settings import Settings
 from ..uploads import DEFAULT_STRENGTH
 from .base import EngineHealth, ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
-from .remote import HEALTH_TIMEOUT_S, decode_image, make_client, png_text_chunks, speaking_to
+from .remote import (
+    HEALTH_TIMEOUT_S,
+    decode_image,
+    job_input,
+    make_client,
+    png_bytes,
+    png_text_chunks,
+    speaking_to,
+)
 
 logger = logging.getLogger("kitty.images.engine.invokeai")
 
@@ -544,30 +551,20 @@ class InvokeAIEngine:
         if spec.image is None:
             return None, None
         size = (spec.width, spec.height)
-        picture = self._input(spec.image, "RGB", size)
-        mask = None if spec.mask is None else ImageOps.invert(self._input(spec.mask, "L", size))
+        picture = job_input(self._image_loader, spec.image, "RGB", size, self.name)
         image_name = self._upload(picture, IMAGE_CATEGORY)
-        return image_name, None if mask is None else self._upload(mask, MASK_CATEGORY)
-
-    def _input(self, key: str, mode: str, size: tuple[int, int]) -> Image.Image:
-        if self._image_loader is None:
-            raise EngineError(
-                "this worker has no store to read the job's input image from",
-                remediation=[
-                    "Run image-to-image jobs on `images-worker --engine invokeai`, which opens the store."
-                ],
-            )
-        return self._image_loader(key).convert(mode).resize(size, Image.Resampling.LANCZOS)
+        if spec.mask is None:
+            return image_name, None
+        mask = ImageOps.invert(job_input(self._image_loader, spec.mask, "L", size, self.name))
+        return image_name, self._upload(mask, MASK_CATEGORY)
 
     def _upload(self, picture: Image.Image, category: str) -> str:
         """``POST /api/v1/images/upload`` as a PNG; answers the name InvokeAI gave it (its own, new
         each time: the file name sent is not kept)."""
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
         response = self._client.post(
             UPLOAD_ROUTE,
             params={"image_category": category, "is_intermediate": "true"},
-            files={"file": (f"kitty_{category}.png", buffer.getvalue(), "image/png")},
+            files={"file": (f"kitty_{category}.png", png_bytes(picture), "image/png")},
         )
         response.raise_for_status()
         try:

@@ -12,6 +12,7 @@ import httpx
 from PIL import Image
 
 from ..errors import EngineError, EngineOffline, EngineTimeout, KittyError, Unauthorized
+from .base import ImageLoader
 
 READ_TIMEOUT_S = 60.0
 """Longest wait for one HTTP answer from a server engine (A1111's txt2img answers only when done)."""
@@ -104,3 +105,23 @@ def png_text_chunks(data: bytes, names: tuple[str, ...]) -> dict[str, str]:
     """The named PNG text chunks a server wrote, to keep them in the stored PNG."""
     info = Image.open(io.BytesIO(data)).info
     return {name: str(info[name]) for name in names if name in info}
+
+
+def job_input(
+    loader: ImageLoader | None, key: str, mode: str, size: tuple[int, int], engine: str
+) -> Image.Image:
+    """A job's input picture (``mode`` "RGB") or mask ("L") as a server engine sends it: read from
+    our store and resized here to the job's size, so the server scales nothing and a mask covers its
+    picture pixel for pixel."""
+    if loader is None:
+        raise EngineError(
+            "this worker has no store to read the job's input image from",
+            remediation=[f"Run these jobs on `images-worker --engine {engine}`, which opens the store."],
+        )
+    return loader(key).convert(mode).resize(size, Image.Resampling.LANCZOS)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
