@@ -367,8 +367,8 @@ def source_type(graph: dict[str, Any], node: dict[str, Any], field: str) -> str:
 
 
 def uploaded(fake: FakeInvokeAI, field: dict[str, Any]) -> Image.Image:
-    """The image a node's ImageField names, as InvokeAI holds it."""
-    return Image.open(io.BytesIO(fake.images[field["image_name"]]))
+    """The upload a node's ImageField names, as InvokeAI received it."""
+    return Image.open(io.BytesIO(fake.uploaded_bytes[field["image_name"]]))
 
 
 def test_img2img_and_inpainting_through_the_queue(
@@ -403,6 +403,10 @@ def test_img2img_and_inpainting_through_the_queue(
         ("user", True),
         ("mask", True),
     ]
+    # Each job deleted its own inputs once it ended: nothing of ours is left in InvokeAI's store.
+    names = [dto["image_name"] for dto in fake.uploads]
+    assert fake.deleted == names
+    assert not set(names) & set(fake.images)
     sent_whole, sent_masked = (body["batch"]["graph"] for body in fake.batches)
     nodes = by_type(sent_whole)
     assert set(nodes) == {
@@ -512,6 +516,22 @@ def test_input_gone_from_invokeai_is_an_engine_error(fake: FakeInvokeAI, served:
     assert "ImageFileNotFoundException: Image file not found" in error.message
     assert any("Submit the request again" in hint for hint in error.remediation)
     assert [item.status for item in fake.items.values()] == ["failed"]
+    # A failed job cleans up too (here nothing was left: the real route answers 200 all the same).
+    assert fake.deleted == [dto["image_name"] for dto in fake.uploads]
+
+
+def test_a_failed_delete_never_hides_the_jobs_outcome(
+    fake: FakeInvokeAI, served: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = InvokeAIEngine(engine_settings(served), image_loader=inputs_loader())
+
+    def connection_lost(url: str, **kwargs: Any) -> httpx.Response:
+        raise httpx.ConnectError(f"connection lost deleting {url}")
+
+    monkeypatch.setattr(engine._client, "delete", connection_lost)
+    result = engine.render(make_spec(image="uploads/in.png", width=96, height=64), lambda step, total: None)
+    engine.close()
+    assert len(result.images) == 1 and fake.deleted == []
 
 
 def test_fake_upload_route_answers_like_invokeai(fake: FakeInvokeAI, served: str) -> None:

@@ -373,7 +373,8 @@ class InvokeAIEngine:
 
     With ``spec.image`` the graph starts from that picture (and ``spec.mask``): both are read from
     our store, resized here to the job's size and uploaded to InvokeAI's image store before the
-    batch is queued (see `build_graph`). The uploads stay there, as intermediates.
+    batch is queued (see `build_graph`), and deleted again once the job has ended, however it ended
+    (``DELETE /api/v1/images/i/{name}``): the next job uploads its own.
     """
 
     name = "invokeai"
@@ -415,33 +416,36 @@ class InvokeAIEngine:
             version = self._checked_version()
             model = self._choose_model(spec.model)
             image, mask = self._upload_inputs(spec)
-            batch = {
-                "graph": build_graph(spec, model, scheduler, image=image, mask=mask),
-                "runs": 1,
-                "data": seed_data(spec),
-                "origin": ORIGIN,
-            }
-            response = self._client.post(
-                f"/api/v1/queue/{QUEUE_ID}/enqueue_batch", json={"batch": batch, "prepend": False}
-            )
-            response.raise_for_status()
-            enqueued = response.json()
-            batch_id = str(enqueued.get("batch", {}).get("batch_id", ""))
-            item_ids = sorted(int(i) for i in enqueued.get("item_ids") or self._find_item_ids(batch_id))
-            if len(item_ids) != spec.num_images:
-                self._cancel(item_ids)
-                raise EngineError(
-                    f"InvokeAI enqueued {len(item_ids)} of the {spec.num_images} images asked for",
-                    remediation=["The InvokeAI queue may be full: clear or prune it, then retry."],
-                    detail={"batch_id": batch_id, "item_ids": item_ids},
+            try:
+                batch = {
+                    "graph": build_graph(spec, model, scheduler, image=image, mask=mask),
+                    "runs": 1,
+                    "data": seed_data(spec),
+                    "origin": ORIGIN,
+                }
+                response = self._client.post(
+                    f"/api/v1/queue/{QUEUE_ID}/enqueue_batch", json={"batch": batch, "prepend": False}
                 )
-            items = self._wait(item_ids, spec.steps, progress, deadline)
-            render_s = time.monotonic() - started
-            fallback_seeds = image_seeds(spec)
-            images = [
-                self._fetch(item, output_node(mask), item_seed(item, fallback_seeds[index]))
-                for index, item in enumerate(items)
-            ]
+                response.raise_for_status()
+                enqueued = response.json()
+                batch_id = str(enqueued.get("batch", {}).get("batch_id", ""))
+                item_ids = sorted(int(i) for i in enqueued.get("item_ids") or self._find_item_ids(batch_id))
+                if len(item_ids) != spec.num_images:
+                    self._cancel(item_ids)
+                    raise EngineError(
+                        f"InvokeAI enqueued {len(item_ids)} of the {spec.num_images} images asked for",
+                        remediation=["The InvokeAI queue may be full: clear or prune it, then retry."],
+                        detail={"batch_id": batch_id, "item_ids": item_ids},
+                    )
+                items = self._wait(item_ids, spec.steps, progress, deadline)
+                render_s = time.monotonic() - started
+                fallback_seeds = image_seeds(spec)
+                images = [
+                    self._fetch(item, output_node(mask), item_seed(item, fallback_seeds[index]))
+                    for index, item in enumerate(items)
+                ]
+            finally:
+                self._delete_inputs(image, mask)
         engine_info: dict[str, Any] = {
             "server": "invokeai",
             "version": version,
@@ -451,7 +455,7 @@ class InvokeAIEngine:
             "batch_id": batch_id,
         }
         if image is not None:
-            # Their names in InvokeAI's image store, where they stay (see the class docstring).
+            # Their names in InvokeAI's image store while the job ran (deleted afterwards).
             engine_info["inputs"] = {"image": image, "mask": mask}
         return RenderResult(
             images=images,
@@ -557,6 +561,20 @@ class InvokeAIEngine:
             return image_name, None
         mask = ImageOps.invert(job_input(self._image_loader, spec.mask, "L", size, self.name))
         return image_name, self._upload(mask, MASK_CATEGORY)
+
+    def _delete_inputs(self, *names: str | None) -> None:
+        """Remove our uploads from InvokeAI's image store. Best effort: a failure is logged, never
+        raised over the job's own outcome (what is left is an intermediate "Clear Intermediates"
+        also removes)."""
+        for name in names:
+            if name is None:
+                continue
+            try:
+                self._client.delete(f"/api/v1/images/i/{name}", timeout=HEALTH_TIMEOUT_S).raise_for_status()
+            except httpx.HTTPError as exc:
+                logger.warning(
+                    "input not deleted from InvokeAI", extra={"image_name": name, "error": repr(exc)}
+                )
 
     def _upload(self, picture: Image.Image, category: str) -> str:
         """``POST /api/v1/images/upload`` as a PNG; answers the name InvokeAI gave it (its own, new

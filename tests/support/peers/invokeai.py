@@ -536,6 +536,10 @@ class FakeInvokeAI:
     """name → ImageDTO of every image in the store."""
     uploads: list[dict[str, Any]] = field(default_factory=list)
     """The ImageDTO answered to every accepted upload, in order."""
+    uploaded_bytes: dict[str, bytes] = field(default_factory=dict)
+    """Every upload's bytes by name, kept after a delete (for tests to look at)."""
+    deleted: list[str] = field(default_factory=list)
+    """Every name ``DELETE /api/v1/images/i/{name}`` was asked for, in order."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -728,10 +732,20 @@ class FakeInvokeAI:
             with Image.open(io.BytesIO(data)) as picture:
                 size = picture.size
             dto = self._record(data, size, category, is_intermediate)
+            self.uploaded_bytes[dto["image_name"]] = data
             if board_id is not None:
                 dto["board_id"] = board_id
             self.uploads.append(dto)
             return dto
+
+    def delete_image(self, image_name: str) -> dict[str, Any]:
+        """``DELETE /api/v1/images/i/{name}``: 200 with what went, also when nothing had that name
+        (the real route swallows the error)."""
+        with self._lock:
+            found = self.records.pop(image_name, None) is not None
+            self.images.pop(image_name, None)
+            self.deleted.append(image_name)
+            return {"deleted_images": [image_name] if found else [], "affected_boards": []}
 
     def clear_intermediates(self) -> int:
         """Settings → "Clear Intermediates" in InvokeAI's UI: deletes every intermediate image."""
@@ -884,6 +898,10 @@ class FakeInvokeAI:
             dto = self.upload(data, image_category, is_intermediate, board_id)
             response.headers["Location"] = dto["image_url"]
             return dto
+
+        @api.delete("/api/v1/images/i/{image_name}")
+        def delete_image(image_name: str) -> dict[str, Any]:
+            return self.delete_image(image_name)
 
         @api.delete("/api/v1/images/intermediates")
         def clear_intermediates() -> int:
