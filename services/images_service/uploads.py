@@ -130,8 +130,9 @@ def check_upload(data: bytes, content_type: str) -> CheckedImage:
     except ValidationFailed:
         raise
     except Image.UnidentifiedImageError as exc:
+        # Pillow's own message names an in-memory object by address: nothing a caller can use.
         raise refuse(
-            f"the body is not {expected} data", f"Send the Content-Type that matches the file ({exc})."
+            f"the body is not {expected} data", "Send the Content-Type that matches the file."
         ) from exc
     except Exception as exc:  # Pillow's decoders raise a zoo of types on damaged or hostile input
         raise refuse(

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from services.images_service.storage import make_store
+from services.images_service.tiny import TINY_LORA
 from tests.support.stack import Stack, run_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,7 +31,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Request, Route, ViewportSize, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -220,6 +221,32 @@ def brightness(css_color: str) -> float:
 
 def pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+
+def stored_request(stack: Stack, item: dict[str, Any]) -> dict[str, Any]:
+    """The request an image's sidecar recorded: every default resolved, inputs by key."""
+    sidecar = json.loads(make_store(stack.settings).get(item["meta_key"]))
+    request: dict[str, Any] = sidecar["request"]
+    return request
+
+
+def write_png(path: Path, image: Image.Image) -> Path:
+    image.save(path, format="PNG")
+    return path
+
+
+def submit_and_wait(gallery: Gallery) -> dict[str, Any]:
+    """Press Generate, wait for the job's card; the generate body the page sent."""
+    page = gallery.page
+    with page.expect_request("**/api/images/generate") as sent:
+        page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    body: dict[str, Any] = sent.value.post_data_json
+    return body
+
+
+PICTURE_FIELDS = ("image", "mask", "strength")
+"""What a generate request carries of a starting picture: sent only when there is one."""
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -462,12 +489,17 @@ def test_a_preset_and_quality_chosen_in_the_form_shape_the_image_and_show_on_its
     expect(settings).to_contain_text("low")
 
 
-def test_phone_viewport_stacks_the_form_and_never_scrolls_sideways(gallery: Gallery) -> None:
+def test_phone_viewport_stacks_the_form_and_never_scrolls_sideways(gallery: Gallery, tmp_path: Path) -> None:
     page = gallery.page
     page.set_viewport_size(PHONE)
     gallery.open()
     expect(page.locator("#grid .card").first).to_be_visible()
     is_overflowing = "document.documentElement.scrollWidth > document.documentElement.clientWidth"
+    assert not page.evaluate(is_overflowing)
+    long_name = tmp_path / f"a-picture-with-a-very-{'long-' * 12}name.png"
+    page.set_input_files("#image", str(write_png(long_name, Image.new("RGB", (96, 64), (200, 90, 40)))))
+    expect(page.locator("#strength")).to_be_visible()  # the picture's controls fit too
+    expect(page.locator("#loras")).to_be_visible()
     assert not page.evaluate(is_overflowing)
 
     form = page.locator("#generate-form").bounding_box()
@@ -522,3 +554,139 @@ def test_a_401_asks_for_an_api_key_then_sends_it(gallery: Gallery) -> None:
     expect(page.locator("#api-key-form")).to_be_hidden()
     assert page.evaluate("localStorage.getItem('kitty.apiKey')") == api_key
     assert sent_keys[-1] == api_key
+
+
+def test_a_picture_and_mask_from_disk_are_uploaded_then_start_the_image(
+    gallery: Gallery, stack: Stack, tmp_path: Path
+) -> None:
+    page = gallery.page
+    picture = write_png(tmp_path / "start.png", Image.new("RGB", (64, 64), (10, 120, 200)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask_path = write_png(tmp_path / "mask.png", mask)
+    gallery.open()
+    expect(page.locator("#strength")).to_be_hidden()  # no picture, no picture controls
+
+    prompt = "the lighthouse repainted from a blue picture"
+    page.fill("#prompt", prompt)
+    page.select_option("#model", TINY_MODEL)
+    page.fill("#steps", "4")
+    page.set_input_files("#image", str(picture))
+    expect(page.locator("#image-name")).to_have_text("start.png")
+    expect(page.locator("#size option:checked")).to_have_text("Picture's size")
+    expect(page.locator("#strength-value")).to_have_text("0.75")
+    page.locator("#strength").focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")  # 0.05 a press
+    expect(page.locator("#strength-value")).to_have_text("0.50")
+    page.set_input_files("#mask", str(mask_path))
+    uploaded_types: list[str] = []
+
+    def note_upload(request: Request) -> None:
+        if "/api/images/uploads" in request.url:
+            uploaded_types.append(request.headers.get("content-type", ""))
+
+    page.on("request", note_upload)
+    body = submit_and_wait(gallery)
+
+    assert uploaded_types == ["image/png", "image/png"]  # each file as itself, not multipart
+    assert body["strength"] == 0.5 and "width" not in body
+    expect(gallery.card(prompt)).to_be_visible()
+    item = latest(stack, 1)[0]
+    assert item["prompt"] == prompt and (item["width"], item["height"]) == (64, 64)
+    request = stored_request(stack, item)
+    uploads_prefix = stack.settings.uploads_prefix
+    assert (request["image"], request["mask"]) == (body["image"], body["mask"])
+    assert request["image"].startswith(uploads_prefix) and request["mask"].startswith(uploads_prefix)
+    assert request["strength"] == 0.5
+    store = make_store(stack.settings)
+    assert store.get(request["image"]) == picture.read_bytes()  # the raw file, not a multipart body
+    assert store.get(request["mask"]) == mask_path.read_bytes()
+
+
+def test_use_as_input_starts_the_form_from_a_gallery_image_and_clear_forgets_it(
+    gallery: Gallery, stack: Stack
+) -> None:
+    page = gallery.page
+    gallery.open()
+    card = page.locator("#grid .card").first
+    key = gallery.card_key(card)
+    card.click()
+    page.locator("#viewer").get_by_role("button", name="Use as input").click()
+    expect(page.locator("#viewer")).to_be_hidden()
+    expect(page.locator("#image-name")).to_have_text(f"gallery image {key.split('/')[-1]}")
+    expect(page.locator("#strength")).to_be_focused()
+
+    prompt = "a variation of a gallery image"
+    page.fill("#prompt", prompt)
+    page.select_option("#model", TINY_MODEL)
+    page.fill("#steps", "4")
+    body = submit_and_wait(gallery)
+    assert (body["image"], body["strength"]) == (key, 0.75) and "mask" not in body
+    assert not [url for url in gallery.requests if "/api/images/uploads" in url], (
+        "a gallery image needs no upload"
+    )
+    item = latest(stack, 1)[0]
+    assert item["prompt"] == prompt
+    request = stored_request(stack, item)
+    assert (request["image"], request["strength"]) == (key, 0.75)
+
+    page.get_by_role("button", name="Clear picture").click()
+    expect(page.locator("#image-chosen")).to_be_hidden()
+    expect(page.locator("#strength")).to_be_hidden()
+    body = submit_and_wait(gallery)
+    assert not set(PICTURE_FIELDS) & body.keys()
+
+
+def test_a_checked_lora_and_its_weight_reach_the_request(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    gallery.open()
+    loras = page.locator("#loras")
+    expect(loras).to_be_visible()
+    weight = page.get_by_label(f"Weight of {TINY_LORA}")
+    expect(weight).to_be_disabled()  # weighs nothing until checked
+    page.get_by_label(TINY_LORA, exact=True).check()
+    weight.fill("0.5")
+
+    prompt = "a fox in the tiny LoRA's style"
+    page.fill("#prompt", prompt)
+    page.select_option("#model", TINY_MODEL)
+    page.fill("#steps", "4")
+    body = submit_and_wait(gallery)
+    assert body["loras"] == [{"name": TINY_LORA, "weight": 0.5}]
+    assert not set(PICTURE_FIELDS) & body.keys()  # no picture chosen: none of its fields
+    item = latest(stack, 1)[0]
+    assert item["prompt"] == prompt
+    assert stored_request(stack, item)["loras"] == [{"name": TINY_LORA, "weight": 0.5}]
+
+
+def test_a_refused_upload_shows_its_code_and_remediation_and_queues_nothing(
+    gallery: Gallery, stack: Stack, tmp_path: Path
+) -> None:
+    page = gallery.page
+    fake = tmp_path / "not-really.png"
+    fake.write_text("this is text, not a PNG")
+    refusal = httpx.post(
+        f"{stack.gateway_url}/api/images/uploads",
+        content=fake.read_bytes(),
+        headers={"content-type": "image/png"},
+    )
+    assert refusal.status_code == 400
+    newest = latest(stack, 1)[0]["key"]
+    gallery.open()
+
+    page.fill("#prompt", "never rendered")
+    page.set_input_files("#image", str(fake))
+    page.get_by_role("button", name="Generate", exact=True).click()
+    error = page.locator("#generate-form .error-box")
+    expect(error).to_be_visible()
+    refused = refusal.json()["error"]
+    expect(error.locator(".error-code")).to_have_text(refused["code"])
+    expect(error.locator(".error-message")).to_have_text(refused["message"])
+    expect(error.locator(".remediation li")).to_have_text(refused["remediation"])
+    expect(page.locator("#image")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+    expect(page.locator(".job")).to_have_count(0)
+    assert [url for url in gallery.requests if "/api/images/uploads" in url]
+    assert not [url for url in gallery.requests if "/api/images/generate" in url]
+    assert latest(stack, 1)[0]["key"] == newest

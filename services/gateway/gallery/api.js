@@ -1,5 +1,5 @@
-// The gallery's one way to the gateway: JSON calls that carry the API key when there is one, the
-// wire's error shape as an ApiError, and a job watcher (server-sent events, polling as a fallback).
+// The gallery's one way to the gateway: JSON calls and file uploads that carry the API key when there
+// is one, the wire's error shape as an ApiError, and a job watcher (server-sent events, polling as a fallback).
 
 const API_KEY_STORAGE = "kitty.apiKey";
 const API_KEY_HEADER = "X-API-Key";
@@ -49,18 +49,23 @@ export function onUnauthorized(listener) {
   unauthorizedListener = listener;
 }
 
-/** `fetch` a JSON route of the API; resolve to the parsed body (null for 204), reject with ApiError. */
-export async function api(path, { method = "GET", body } = {}) {
+/**
+ * `fetch` a route of the API; resolve to the parsed JSON answer (null for 204), reject with ApiError.
+ * `body` goes as JSON; a `file` (a File or Blob) goes as the raw body with its own Content-Type.
+ */
+export async function api(path, { method = "GET", body, file } = {}) {
   const headers = { Accept: "application/json" };
   const key = storedApiKey();
   if (key) headers[API_KEY_HEADER] = key;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // A file of a type the browser does not know is sent as such, for the API to refuse with its reasons.
+  if (file) headers["Content-Type"] = file.type || "application/octet-stream";
+  else if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: file || (body === undefined ? undefined : JSON.stringify(body)),
     });
   } catch (error) {
     throw new ApiError(0, {
@@ -78,6 +83,14 @@ export async function api(path, { method = "GET", body } = {}) {
     throw error;
   }
   return data;
+}
+
+/**
+ * Store `file` as an input image (`POST /api/images/uploads`, the raw file, not multipart); resolves to
+ * `{key, width, height, content_type, size}`, the key to send as `image` or `mask`.
+ */
+export function upload(path, file) {
+  return api(path, { method: "POST", file });
 }
 
 /** A key as a URL path: each segment encoded, the slashes kept (routes take `{key:path}`). */

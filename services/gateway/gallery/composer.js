@@ -1,9 +1,10 @@
-// The generate form and the jobs it starts: models and their defaults from `GET /api/images/models`,
-// presets and quality levels from `GET /api/images/presets`, size choices, submit to
-// `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress for each job.
+// The generate form and the jobs it starts: models, their defaults and the LoRAs from
+// `GET /api/images/models`, presets and quality levels from `GET /api/images/presets`, size choices,
+// a starting picture (a file, uploaded on submit, or a gallery image) with its strength and mask,
+// submit to `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress.
 
-import { api, watchJob } from "./api.js";
-import { clearError, excerpt, h, showError } from "./dom.js";
+import { api, upload, watchJob } from "./api.js";
+import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
 const SIZE_PRESETS = [
@@ -30,6 +31,9 @@ const STATUS_LABELS = {
 /** Form fields sent as numbers when they hold one (anything else goes as typed, for the API to judge). */
 const NUMERIC_FIELDS = ["steps", "cfg", "seed"];
 
+/** A LoRA's weight field: the range the API takes, and its default weight. */
+const LORA_WEIGHT_RANGE = { min: -2, max: 2, step: 0.05, value: 1 };
+
 const NEGATIVE_PLACEHOLDER = "blurry, low quality";
 const NEGATIVE_EXCERPT_CHARS = 80;
 
@@ -38,15 +42,33 @@ function asNumber(text) {
   return trimmed !== "" && Number.isFinite(Number(trimmed)) ? Number(trimmed) : trimmed;
 }
 
+/** A request's LoRA: an empty weight is left out, for the API's default. */
+function loraRef(name, weight) {
+  return weight.trim() === "" ? { name } : { name, weight: asNumber(weight) };
+}
+
 export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) {
   const fields = form.elements;
   const submitButton = form.querySelector("button[type=submit]");
   const errorBox = form.querySelector(".error-box");
   const modelNote = form.querySelector("#model-note");
   const presetNote = form.querySelector("#preset-note");
+  const loraGroup = form.querySelector("#loras");
+  const loraList = form.querySelector("#lora-list");
+  const picture = {
+    chosen: form.querySelector("#image-chosen"),
+    preview: form.querySelector("#image-preview"),
+    name: form.querySelector("#image-name"),
+    options: form.querySelector("#image-options"),
+    strengthValue: form.querySelector("#strength-value"),
+    maskClear: form.querySelector("#mask-clear"),
+  };
   const models = new Map();
   const presets = new Map();
   let qualityLevels = {}; // quality name -> {steps, cfg}: the same for every preset
+  let loraRows = []; // {box, weight}: one per LoRA offered
+  let galleryImage = null; // the LatestItem chosen with "Use as input", when no file is
+  let previewUrl = ""; // the object URL of the chosen file's preview, revoked when it changes
 
   function selectedModel() {
     return models.get(fields.model.value) || null;
@@ -54,6 +76,10 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
 
   function selectedPreset() {
     return presets.get(fields.preset.value) || null;
+  }
+
+  function hasPicture() {
+    return fields.image.files.length > 0 || galleryImage !== null;
   }
 
   /** The quality level a submit gets: the one chosen, else the preset's own (none without either). */
@@ -67,15 +93,20 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   }
 
   /**
-   * Size choices: first what the service picks when no size is sent (the preset's size, else the
-   * model's), then, under a preset, the model's own size, then the usual sizes.
+   * Size choices: first what the service picks when no size is sent (the starting picture's size,
+   * else the preset's, else the model's), then, under a preset, the model's own size, then the usual.
    */
   function renderSizes(keep) {
     const defaults = (selectedModel() || {}).defaults || {};
     const hasModelSize = Boolean(defaults.width && defaults.height);
     const preset = selectedPreset();
     const options = [];
-    if (preset) {
+    if (hasPicture()) {
+      options.push(h("option", { value: "", text: "Picture's size" }));
+      if (hasModelSize) {
+        options.push(sizeOption(defaults.width, defaults.height, `Model · ${defaults.width} × ${defaults.height}`));
+      }
+    } else if (preset) {
       const { width, height } = preset.defaults;
       options.push(h("option", { value: "", text: `Preset · ${width} × ${height}` }));
       if (hasModelSize) {
@@ -153,7 +184,39 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     }
     fields.model.replaceChildren(...options);
     if (view.default && models.has(view.default)) fields.model.value = view.default;
+    renderLoras(view.loras || []);
     applyDefaults();
+  }
+
+  /** A checkbox and a weight per LoRA; the group stays hidden when none is registered. */
+  function renderLoras(loras) {
+    const rows = loras.map((lora, index) => {
+      const id = `lora-${index}`;
+      const box = h("input", { type: "checkbox", id, value: lora.name, "aria-describedby": `${id}-note` });
+      const weight = h("input", {
+        type: "number",
+        id: `${id}-weight`,
+        inputmode: "decimal",
+        ...LORA_WEIGHT_RANGE,
+        disabled: true,
+        "aria-label": `Weight of ${lora.name}`,
+      });
+      box.addEventListener("change", () => (weight.disabled = !box.checked));
+      const note = [lora.base, lora.description].filter(Boolean).join(" · ");
+      const row = h(
+        "div",
+        { class: "lora" },
+        box,
+        h("label", { for: id, class: "lora-name", text: lora.name }),
+        h("label", { for: weight.id, class: "lora-weight", text: "Weight" }),
+        weight,
+        h("p", { id: `${id}-note`, class: "hint lora-note", text: note }),
+      );
+      return { row, box, weight };
+    });
+    loraRows = rows;
+    loraList.replaceChildren(...rows.map(({ row }) => row));
+    loraGroup.hidden = rows.length === 0;
   }
 
   async function loadPresets() {
@@ -185,7 +248,65 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     for (const name of NUMERIC_FIELDS) {
       if (fields[name].value.trim() !== "") request[name] = asNumber(fields[name].value);
     }
+    const loras = loraRows.filter(({ box }) => box.checked).map(({ box, weight }) => loraRef(box.value, weight.value));
+    if (loras.length) request.loras = loras;
     return request;
+  }
+
+  /**
+   * `request` with the starting picture, its strength and mask: a chosen file is uploaded first and
+   * its key sent, a gallery image is sent by its own key. Without a picture, none of these is sent.
+   */
+  async function withPicture(request) {
+    if (!hasPicture()) return request;
+    const image = galleryImage ? galleryImage.key : await uploadFile(fields.image);
+    const mask = fields.mask.files.length ? await uploadFile(fields.mask) : null;
+    return { ...request, image, ...(mask && { mask }), strength: Number(fields.strength.value) };
+  }
+
+  /** Upload the file chosen in `input`; its key. A refusal points at the input, then goes on up. */
+  async function uploadFile(input) {
+    onStatus(`Uploading ${input.files[0].name}…`);
+    try {
+      return (await upload(routes.uploads, input.files[0])).key;
+    } catch (error) {
+      input.setAttribute("aria-invalid", "true");
+      throw error;
+    }
+  }
+
+  /** Show the starting picture (a file's name, or the gallery image), or hide its controls. */
+  function renderPicture() {
+    const file = fields.image.files[0];
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = file ? URL.createObjectURL(file) : "";
+    const thumb = file ? previewUrl : galleryImage ? safeUrl(galleryImage.thumb_url) : "";
+    if (thumb) picture.preview.src = thumb;
+    else picture.preview.removeAttribute("src");
+    picture.preview.hidden = !thumb;
+    const galleryName = galleryImage ? `gallery image ${galleryImage.key.split("/").pop()}` : "";
+    picture.name.textContent = file ? file.name : galleryName;
+    picture.chosen.hidden = !hasPicture();
+    picture.options.hidden = !hasPicture();
+    if (!hasPicture()) clearMask();
+    renderSizes(fields.size.value);
+  }
+
+  function clearMask() {
+    fields.mask.value = "";
+    fields.mask.removeAttribute("aria-invalid");
+    picture.maskClear.hidden = true;
+  }
+
+  /**
+   * Start from an image of the gallery ("Use as input" in the image dialog), by its key: no upload.
+   * `null` clears the starting picture, whichever it was.
+   */
+  function useImage(item) {
+    fields.image.value = "";
+    fields.image.removeAttribute("aria-invalid");
+    galleryImage = item;
+    renderPicture();
   }
 
   /**
@@ -223,22 +344,25 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   }
 
   function submit(request) {
-    return start(routes.generate, request, request);
+    return start(routes.generate, () => withPicture(request), request);
   }
 
   /** Render a stored image again from its stored request: its own seed, or a fresh one. */
   function rerun(item, { newSeed = false } = {}) {
     const body = newSeed ? { key: item.key, new_seed: true } : { key: item.key };
-    return start(routes.rerun, body, { prompt: item.prompt || item.key, steps: item.steps });
+    return start(routes.rerun, () => body, { prompt: item.prompt || item.key, steps: item.steps });
   }
 
-  /** POST `body` to `route`, then follow the job it queued in a panel titled from `shown`. */
-  async function start(route, body, shown) {
+  /**
+   * POST the body `makeBody()` resolves to (it may upload files first) to `route`, then follow the
+   * job it queued in a panel titled from `shown`. A refused upload shows like a refused submit.
+   */
+  async function start(route, makeBody, shown) {
     clearError(errorBox);
     clearInvalid();
     submitButton.disabled = true;
     try {
-      const accepted = await api(route, { method: "POST", body });
+      const accepted = await api(route, { method: "POST", body: await makeBody() });
       trackJob(accepted.job_id, shown);
       onStatus(`Job ${accepted.job_id.slice(0, 8)} queued.`);
     } catch (error) {
@@ -334,6 +458,35 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   fields.model.addEventListener("change", applyDefaults);
   fields.preset.addEventListener("change", applyPreset);
   fields.quality.addEventListener("change", applyDefaults);
+  fields.image.addEventListener("change", () => {
+    fields.image.removeAttribute("aria-invalid");
+    if (fields.image.files.length) galleryImage = null;
+    renderPicture();
+  });
+  form.querySelector("#image-clear").addEventListener("click", () => {
+    useImage(null);
+    fields.image.focus();
+  });
+  fields.strength.addEventListener("input", () => {
+    picture.strengthValue.value = Number(fields.strength.value).toFixed(2);
+  });
+  fields.mask.addEventListener("change", () => {
+    fields.mask.removeAttribute("aria-invalid");
+    picture.maskClear.hidden = fields.mask.files.length === 0;
+  });
+  picture.maskClear.addEventListener("click", () => {
+    clearMask();
+    fields.mask.focus();
+  });
 
-  return { loadModels, loadPresets, prefill, submit, rerun, focus: () => fields.prompt.focus() };
+  return {
+    loadModels,
+    loadPresets,
+    prefill,
+    submit,
+    rerun,
+    useImage,
+    focus: () => fields.prompt.focus(),
+    focusPicture: () => fields.strength.focus(),
+  };
 }

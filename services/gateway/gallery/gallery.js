@@ -17,6 +17,7 @@ const ROUTES = {
   presets: "/api/images/presets",
   generate: "/api/images/generate",
   rerun: "/api/images/rerun",
+  uploads: "/api/images/uploads",
   job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
   latest: "/api/images/latest",
   select: "/api/images/select",
@@ -71,6 +72,11 @@ const viewer = createViewer({
   onEdit: (item) => {
     composer.prefill(item);
     composer.focus();
+  },
+  onUseAsInput: (item) => {
+    composer.useImage(item);
+    composer.focusPicture();
+    showStatus("The form starts from this image: set the strength, write a prompt, Generate.");
   },
   onDeleted: (key) => {
     const next = grid.remove(key);

@@ -1,6 +1,7 @@
 // The image dialog: the full PNG through a fresh `select` downloadUrl (the thumbnail, upscaled, until
 // it has loaded), every setting, and the actions: Select (the imageRef, copyable), Re-run (the same
-// seed, or a new one), Edit, Download, Delete with a confirmation.
+// seed, or a new one), Edit, Use as input (the form's starting picture), Download, Delete with a
+// confirmation.
 
 import { api } from "./api.js";
 import { clearError, formatSize, h, parseTime, safeUrl, showError } from "./dom.js";
@@ -11,7 +12,7 @@ const COPIED_NOTE_MS = 2_500;
 /** An image shown this many times its own size or more is drawn with crisp pixels, not smeared. */
 const UPSCALE_PIXELATED = 3;
 
-export function createViewer({ dialog, routes, onRerun, onEdit, onDeleted, onStatus }) {
+export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, onDeleted, onStatus }) {
   const $ = (selector) => dialog.querySelector(selector);
   const preview = $("#viewer-preview");
   const full = $("#viewer-full");
@@ -171,6 +172,12 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onDeleted, onSta
     const item = current;
     close();
     onEdit(item);
+  });
+  $("#viewer-use").addEventListener("click", () => {
+    const item = current;
+    trigger = null; // the focus goes to the form, not back to the card
+    close();
+    onUseAsInput(item);
   });
 
   $("#viewer-delete").addEventListener("click", () => {
