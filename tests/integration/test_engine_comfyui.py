@@ -18,19 +18,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.contracts import RenderSpec
-from services.images_service import engines
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.comfyui import ComfyUIEngine, template_graph
 from services.images_service.errors import EngineError, KittyError
 from services.images_service.metadata import read_png_text
-from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.comfyui import DEFAULT_CHECKPOINTS, DEVICE_NAME, VERSION, FakeComfyUI
-from tests.support.pictures import kept_pixels, left_half, png_of, two_tone, upload_picture
+from tests.support.pictures import kept_pixels, left_half, png_of, run_img2img_pair, two_tone
 from tests.support.servers import free_port
 
 POLL_S = 0.05
@@ -418,29 +416,14 @@ def test_img2img_and_inpainting_through_the_queue(
     fake: FakeComfyUI, url: str, tmp_path: Path, redis_url: str
 ) -> None:
     settings = make_settings(tmp_path, redis_url, comfyui_url=url, engine_poll_interval_s=POLL_S)
-    store = make_store(settings)
-    # Built as a worker builds it: with the store to read inputs from.
-    engine = engines.make_engine("comfyui", settings, ModelRegistry(settings.models_yaml), store)
     size = (96, 64)
     # What ComfyUI must receive: the uploads at the job's size, resized on our side.
     picture = two_tone().resize(size, Image.Resampling.LANCZOS)
     mask = left_half().resize(size, Image.Resampling.LANCZOS)
-    with TestClient(create_app(settings, store=store)) as client:
-        harness = Harness(client, settings, store, {"comfyui": engine})
-
-        image_key, mask_key = upload_picture(client, two_tone()), upload_picture(client, left_half())
-        common = {"engine": "comfyui", "image": image_key, "width": 96, "height": 64, "steps": 4}
-        whole = harness.generate(**common, strength=0.6, seed=5)
-        masked = harness.generate(**common, mask=mask_key, seed=6, num_images=2)
-        harness.work("comfyui")
-
-        views = [harness.job(whole), harness.job(masked)]
-        assert [view["status"] for view in views] == ["done", "done"], views
-        assert views[0]["progress"] == {"step": 4, "total": 4}
-        whole_png = store.get(views[0]["result"]["png_key"])
-        masked_pngs = [store.get(item["key"]) for item in views[1]["result"]["images"]]
-        sidecar = json.loads(store.get(views[1]["result"]["meta_key"]))
-    engine.close()
+    run = run_img2img_pair(settings, "comfyui")
+    views, whole_png, masked_pngs, sidecar = run.views, run.whole_png, run.masked_pngs, run.sidecar
+    image_key, mask_key = run.image_key, run.mask_key
+    assert views[0]["progress"] == {"step": 4, "total": 4}
 
     sent_whole, sent_masked = (body["prompt"] for body in fake.submitted[-2:])
     nodes = nodes_by_type(sent_whole)

@@ -18,19 +18,17 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
 from services.contracts import RenderSpec
-from services.images_service import engines
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.invokeai import InvokeAIEngine
 from services.images_service.errors import EngineError, EngineOffline, EngineTimeout, KittyError
 from services.images_service.metadata import read_png_text
-from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.invokeai import FakeInvokeAI
-from tests.support.pictures import kept_pixels, left_half, png_of, two_tone, upload_picture
+from tests.support.pictures import kept_pixels, left_half, png_of, run_img2img_pair, two_tone
 from tests.support.servers import free_port
 
 POLL_S = 0.01
@@ -376,27 +374,12 @@ def test_img2img_and_inpainting_through_the_queue(
 ) -> None:
     port = int(served.rsplit(":", 1)[1])
     settings = make_settings(tmp_path, redis_url, invoke_port=port, engine_poll_interval_s=POLL_S)
-    store = make_store(settings)
-    # Built as a worker builds it: with the store to read inputs from.
-    engine = engines.make_engine("invokeai", settings, ModelRegistry(settings.models_yaml), store)
     # What InvokeAI must receive: the inputs at the job's size, resized on our side.
     picture, mask = at_job_size(two_tone()), at_job_size(left_half())
-    with TestClient(create_app(settings, store=store)) as client:
-        harness = Harness(client, settings, store, {"invokeai": engine})
-
-        image_key, mask_key = upload_picture(client, two_tone()), upload_picture(client, left_half())
-        common = {"engine": "invokeai", "image": image_key, "width": 96, "height": 64, "steps": 4}
-        whole = harness.generate(**common, strength=0.6, seed=5)
-        masked = harness.generate(**common, mask=mask_key, seed=6, num_images=2)
-        harness.work("invokeai")
-
-        views = [harness.job(whole), harness.job(masked)]
-        assert [view["status"] for view in views] == ["done", "done"], views
-        assert views[0]["progress"] == {"step": 4, "total": 4}
-        whole_png = store.get(views[0]["result"]["png_key"])
-        masked_pngs = [store.get(item["key"]) for item in views[1]["result"]["images"]]
-        sidecar = json.loads(store.get(views[1]["result"]["meta_key"]))
-    engine.close()
+    run = run_img2img_pair(settings, "invokeai")
+    views, whole_png, masked_pngs, sidecar = run.views, run.whole_png, run.masked_pngs, run.sidecar
+    image_key, mask_key = run.image_key, run.mask_key
+    assert views[0]["progress"] == {"step": 4, "total": 4}
 
     assert [(dto["image_category"], dto["is_intermediate"]) for dto in fake.uploads] == [
         ("user", True),
