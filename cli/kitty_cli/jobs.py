@@ -80,9 +80,9 @@ def parse_lora(value: str) -> LoraRef:
         ) from exc
 
 
-def input_key(client: ImagesClient, value: str, option: str) -> str:
-    """The stored key `--image`/`--mask` name: a local file, uploaded now; image N of the latest
-    listing (``--image`` only); or a key as it is."""
+def input_file(value: str, option: str) -> tuple[Path, str] | None:
+    """The local file (and its Content-Type) `--image`/`--mask` names, None when `value` is image N
+    or a stored key; refused here, before anything is uploaded, when it can be neither."""
     path = Path(value).expanduser()
     if path.is_file():
         content_type = UPLOAD_TYPES.get(path.suffix.lower())
@@ -91,16 +91,32 @@ def input_key(client: ImagesClient, value: str, option: str) -> str:
                 f"'{value}' is not a PNG, JPEG or WebP file ({', '.join(UPLOAD_TYPES)})",
                 param_hint=f"'--{option}'",
             )
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
-        key = client.upload(data, content_type).key
-        click.echo(f"Uploaded {path} as {key}", err=True)
-        return key
+        return path, content_type
     if value.isdigit() and option == "image":
-        return resolve_key(client, value)
-    return value
+        return None
+    # Stored keys are relative paths with a folder (uploads/…, images/…): anything else meant a file.
+    if "/" not in value or value.startswith(("/", "./", "../", "~")):
+        raise click.BadParameter(
+            f"no such file '{value}' (a stored key looks like uploads/….png or images/….png)",
+            param_hint=f"'--{option}'",
+        )
+    return None
+
+
+def input_key(client: ImagesClient, value: str, option: str) -> str:
+    """The stored key `--image`/`--mask` name: a local file, uploaded now; image N of the latest
+    listing (``--image`` only); or a key as it is."""
+    found = input_file(value, option)
+    if found is None:
+        return resolve_key(client, value) if value.isdigit() else value
+    path, content_type = found
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
+    key = client.upload(data, content_type).key
+    click.echo(f"Uploaded {path} as {key}", err=True)
+    return key
 
 
 def failure_of(view: JobView) -> ErrorInfo:
@@ -255,10 +271,12 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
     # Every option is checked before a file is uploaded for --image or --mask (which stand in here).
     request_from_options({**options, **{k: "pending" for k in ("image", "mask") if options[k] is not None}})
+    inputs = [option for option in ("image", "mask") if options[option] is not None]
+    for option in inputs:
+        input_file(options[option], option)  # both checked before either is uploaded
     client = state_of(ctx).client()
-    for option in ("image", "mask"):
-        if options[option] is not None:
-            options[option] = input_key(client, options[option], option)
+    for option in inputs:
+        options[option] = input_key(client, options[option], option)
     request = request_from_options(options)
     report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out)
 

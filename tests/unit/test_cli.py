@@ -458,6 +458,9 @@ def test_generate_image_takes_a_gallery_number_or_a_key() -> None:
         (["--image", "photo.png", "--strength", "1.5"], "strength"),
         (["--lora", "grain:heavy"], "NAME:WEIGHT"),
         (["--lora", "grain:3"], "NAME:WEIGHT"),
+        (["--image", "missing.png"], "no such file 'missing.png'"),
+        (["--image", "./photos/missing.jpg"], "no such file"),
+        (["--image", "photo.png", "--mask", "~/masks/missing.png"], "no such file"),
     ],
 )
 def test_generate_refuses_bad_inputs_before_uploading_anything(
