@@ -428,6 +428,22 @@ def test_rerun_asks_the_service_to_render_the_stored_request_again(gallery: Gall
     expect(page.locator("#seed")).to_have_value("31337")
 
 
+def test_edit_settings_fills_the_form_and_puts_the_focus_in_it(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    prompt = "a tin robot watering tulips, edit me"
+    generate(stack, prompt=prompt, seed=2024, steps=3)
+    gallery.open()
+    gallery.card(prompt).click()
+    page.locator("#viewer").get_by_role("button", name="Edit settings", exact=True).click()
+
+    expect(page.locator("#viewer")).not_to_be_visible()
+    expect(page.locator("#prompt")).to_have_value(prompt)
+    expect(page.locator("#seed")).to_have_value("2024")
+    # The dialog's close comes after the form took the focus: it must not hand it back to the card.
+    page.wait_for_timeout(200)
+    expect(page.locator("#prompt")).to_be_focused()
+
+
 def test_rerun_with_a_new_seed_keeps_everything_else(gallery: Gallery, stack: Stack) -> None:
     page = gallery.page
     prompt = "a kite over the dunes, vary me"

@@ -170,6 +170,7 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
   });
   $("#viewer-edit").addEventListener("click", () => {
     const item = current;
+    trigger = null; // the focus goes to the form, not back to the card
     close();
     onEdit(item);
   });
