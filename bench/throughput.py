@@ -25,7 +25,7 @@ from services.images_service.models import ModelRegistry
 from services.images_service.queue import JobQueue, connect_redis
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
-from services.images_service.worker.main import KittyWorker
+from services.images_service.worker.rq_worker import KittyWorker
 from services.images_service.worker.tasks import Runtime, set_runtime
 
 from .report import Goal, Measurement, median

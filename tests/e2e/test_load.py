@@ -19,7 +19,7 @@ from services.images_service.gallery import GalleryIndex
 from services.images_service.models import ModelRegistry
 from services.images_service.queue import connect_redis, engine_queues
 from services.images_service.storage import make_store
-from services.images_service.worker.main import KittyWorker
+from services.images_service.worker.rq_worker import KittyWorker
 from services.images_service.worker.tasks import Runtime, set_runtime
 from tests.support.fakes import FakeEngine
 from tests.support.harness import make_settings

@@ -24,7 +24,7 @@ from services.images_service.app import create_app
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
 from services.images_service.queue import CANCEL_KEY, connect_redis
-from services.images_service.worker.main import KittyWorker
+from services.images_service.worker.rq_worker import KittyWorker
 from tests.support.fakes import FakeEngine
 from tests.support.harness import MODEL, Harness, make_settings
 

@@ -18,7 +18,7 @@ from services.images_service.engines import Engine
 from services.images_service.queue import connect_redis, engine_queues
 from services.images_service.settings import Settings
 from services.images_service.storage import Store, make_store
-from services.images_service.worker.main import KittyWorker
+from services.images_service.worker.rq_worker import KittyWorker
 from services.images_service.worker.tasks import Runtime, set_runtime
 from tests.support.fakes import FakeEngine
 

@@ -1,21 +1,13 @@
-"""`images-worker`: a non-forking RQ worker that keeps its engines (and their models) resident.
-
-RQ's default worker forks a work horse per job, which would reload the model every time (measured
-2.6 s per job vs 0.35 s resident). `SimpleWorker` runs jobs in-process but sends no heartbeats while
-a job runs, so `KittyWorker` keeps them alive from a thread.
-"""
+"""`images-worker`: a non-forking RQ worker that keeps its engines (and their models) resident
+(`KittyWorker`, in rq_worker.py with every other touch of RQ's worker internals)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import threading
 
 from prometheus_client import start_http_server
-from rq import Queue, SimpleWorker
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from services.common.logs import configure_logging
@@ -23,47 +15,11 @@ from services.common.logs import configure_logging
 from ..gallery import GalleryIndex
 from ..queue import connect_redis, engine_queues
 from ..settings import get_settings
+from .rq_worker import KittyWorker
 from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
 
 log = logging.getLogger("kitty.images.worker")
-
-MISSED_HEARTBEATS = 3
-"""A running job whose last heartbeat is this many intervals old belongs to a dead worker (RQ's
-default TTL for a non-forking worker is the whole job timeout plus a minute: far too late to
-notice a kill -9)."""
-
-
-class KittyWorker(SimpleWorker):
-    """RQ's non-forking worker, heartbeating from a thread while a job runs."""
-
-    heartbeat_s: float = 10.0
-    """Seconds between heartbeats while a job runs (IMAGES_WORKER_HEARTBEAT)."""
-
-    def set_heartbeat(self, seconds: float) -> None:
-        self.heartbeat_s = seconds
-        # RQ puts this into EXPIRE commands, which take whole seconds.
-        self.job_monitoring_interval = max(1, math.ceil(seconds))
-
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        return max(1, math.ceil(MISSED_HEARTBEATS * self.heartbeat_s))
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, stop), name="heartbeat", daemon=True)
-        beat.start()
-        try:
-            super().execute_job(job, queue)
-        finally:
-            stop.set()
-            beat.join()
-
-    def _beat(self, job: Job, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_s):
-            try:
-                self.maintain_heartbeats(job)
-            except Exception:  # a missed beat is retried next interval; never kill the job for it
-                log.warning("heartbeat failed", extra={"job_id": job.id}, exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> None:

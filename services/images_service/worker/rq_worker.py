@@ -1,0 +1,106 @@
+"""Every place KITTY reaches into RQ's worker, in one module (written for rq>=3,<4).
+
+RQ's default worker forks a work horse per job, which would reload the model every time (measured
+2.6 s per job vs 0.35 s resident). `SimpleWorker` runs jobs in-process, but nothing heartbeats
+while its job runs: the main thread is busy rendering. `KittyWorker` heartbeats from a thread, so
+a job that renders for minutes stays `started` and is never taken for a dead worker's.
+
+The touch points, each with a test in tests/unit/test_rq_worker.py:
+  1. `SimpleWorker.execute_job` is overridden (prepare the execution, perform, go idle), so the
+     heartbeat thread knows the `Execution` it keeps alive;
+  2. `BaseWorker.maintain_heartbeats(job, execution)` is called from that thread;
+  3. `BaseWorker.get_heartbeat_ttl(job, working_time)` is overridden: a missed beat or three, not the
+     whole job timeout, mark a running job's worker as lost;
+  4. the attributes `job_monitoring_interval` (TTL of the worker key while busy) and `worker_ttl`
+     (how long an idle worker blocks on the queue between heartbeats) are set;
+  5. the worker hash's `last_heartbeat` field is read (`Worker.all`) to tell live workers from the
+     keys of killed ones, which RQ keeps for minutes.
+RQ's public API covers the rest: `Queue`, `Job`, `StartedJobRegistry.cleanup` (the janitor).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker, Worker
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import BaseWorker, WorkerStatus
+
+log = logging.getLogger("kitty.images.worker")
+
+MISSED_HEARTBEATS = 3
+"""A running job whose last heartbeat is this many intervals old belongs to a dead worker (RQ's
+default TTL for a non-forking worker is the whole job timeout plus a minute: far too late to
+notice a kill -9)."""
+
+IDLE_HEARTBEAT_S = 15
+"""An idle worker blocks on its queues this long between heartbeats (RQ: worker_ttl - 15)."""
+
+WORKER_TTL_S = IDLE_HEARTBEAT_S + 15
+"""RQ's `worker_ttl`: a worker whose last heartbeat is older than this is not live."""
+
+
+class KittyWorker(SimpleWorker):
+    """RQ's non-forking worker, heartbeating from a thread while a job runs."""
+
+    heartbeat_s: float = 10.0
+    """Seconds between heartbeats while a job runs (IMAGES_WORKER_HEARTBEAT)."""
+
+    def __init__(self, queues: list[Queue], **kwargs: Any) -> None:
+        kwargs.setdefault("worker_ttl", WORKER_TTL_S)
+        super().__init__(queues, **kwargs)
+
+    def set_heartbeat(self, seconds: float) -> None:
+        self.heartbeat_s = seconds
+        # RQ puts this into EXPIRE commands, which take whole seconds.
+        self.job_monitoring_interval = max(1, math.ceil(seconds))
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return max(1, math.ceil(MISSED_HEARTBEATS * self.heartbeat_s))
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # a missed beat is retried next interval; never kill the job for it
+                log.warning("heartbeat failed", extra={"job_id": job.id}, exc_info=True)
+
+
+def last_heartbeat(worker: BaseWorker) -> datetime | None:
+    beat = worker.last_heartbeat
+    if beat is not None and beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)  # RQ stores UTC without an offset
+    return beat
+
+
+def live_workers(connection: Redis, queues: list[Queue], *, now: datetime | None = None) -> list[BaseWorker]:
+    """Workers serving any of `queues` that heartbeated within `WORKER_TTL_S` (RQ keeps a killed
+    worker's key for minutes, so its mere presence says little)."""
+    now = now or datetime.now(UTC)
+    names = {queue.name for queue in queues}
+    live = []
+    for worker in Worker.all(connection=connection):
+        if not names.intersection(worker.queue_names()):
+            continue
+        beat = last_heartbeat(worker)
+        if beat is not None and (now - beat).total_seconds() <= WORKER_TTL_S:
+            live.append(worker)
+    return live
