@@ -71,10 +71,18 @@ def _dropped_by_connection(headers: httpx.Headers) -> set[str]:
 
 def upstream_request_headers(
     request: Request, request_id: str, credential: str | None = None
-) -> list[tuple[str, str]]:
+) -> list[tuple[bytes, bytes]]:
     """The caller's headers minus hop-by-hop ones, plus this hop's forwarding headers. With a
-    ``credential`` (IMAGES_API_KEY) the caller's own key headers are replaced by it."""
+    ``credential`` (IMAGES_API_KEY) the caller's own key headers are replaced by it.
+
+    Values travel as the exact bytes the caller sent, non-ASCII ones included (RFC 9110's obs-text;
+    h11 has already refused control characters). Passing them on, rather than refusing them here,
+    leaves each header to the service that reads it: the images-service answers 400 to an
+    Idempotency-Key that is not printable ASCII, and a header nobody reads does no harm. (Handed str
+    values, httpx encodes them as ASCII: a byte like 0xE9 was a 500 that also dropped the connection.)"""
     incoming = httpx.Headers(request.headers.raw)
+    # Decoding as latin-1 maps each byte to one character, so encoding back restores the bytes.
+    incoming.encoding = "latin-1"
     dropped = HOP_BY_HOP_HEADERS | REQUEST_HEADERS_SET_HERE | _dropped_by_connection(incoming)
     if credential:
         dropped |= CALLER_CREDENTIAL_HEADERS
@@ -91,21 +99,19 @@ def upstream_request_headers(
     headers.append(("x-forwarded-proto", request.url.scheme))
     headers.append(("x-forwarded-host", request.headers.get("host", request.url.netloc)))
     headers.append(("x-request-id", request_id))
-    return headers
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 def downstream_response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones.
+    """The upstream's headers minus hop-by-hop ones, as the exact bytes it sent (a UTF-8 filename in
+    Content-Disposition stays UTF-8).
 
     Content-Length and Content-Encoding are kept: bodies are relayed raw (``aiter_raw``), byte for byte,
     so both stay true, and a client downloading a large PNG still sees its size.
     """
     dropped = HOP_BY_HOP_HEADERS | RESPONSE_HEADERS_SET_HERE | _dropped_by_connection(upstream.headers)
-    return [
-        (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in upstream.headers.multi_items()
-        if k.lower() not in dropped
-    ]
+    raw = [(k.lower(), v) for k, v in upstream.headers.raw]
+    return [(k, v) for k, v in raw if k.decode("latin-1") not in dropped]
 
 
 def upstream_timeout_for(request: Request, settings: GatewaySettings) -> httpx.Timeout:
