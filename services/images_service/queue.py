@@ -39,8 +39,10 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 
 REDIS_SOCKET_TIMEOUT_S = 5.0
 
-CANCEL_KEY = "kitty-images:cancel:{job_id}"
-"""Set when a running job is canceled; the worker checks it at every progress step."""
+CANCEL_KEY = "{prefix}:cancel:{job_id}"
+"""Set when a running job is canceled; the worker checks it at every progress step. Under
+IMAGES_QUEUE_PREFIX like every key of ours, so deployments sharing a Redis never cancel each other's
+jobs (RQ's job records are shared: another deployment's API can still fetch a job by its id)."""
 
 FAILURE_TTL_S = 7 * 24 * 3600
 
@@ -63,6 +65,10 @@ def caller_meta() -> dict[str, str]:
     """Who submitted the job, by key id and tier (never the key itself); empty when keys are off."""
     caller = caller_var.get()
     return {"key_id": caller.key_id, "tier": caller.tier} if caller else {}
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    return CANCEL_KEY.format(prefix=prefix, job_id=job_id)
 
 
 def connect_redis(url: str) -> Redis:
@@ -212,7 +218,8 @@ class JobQueue:
             if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):
                 job.cancel()
             elif status == RQStatus.STARTED:
-                self.redis.set(CANCEL_KEY.format(job_id=job_id), 1, ex=self.settings.job_timeout_s + 60)
+                key = cancel_key(self.settings.queue_prefix, job_id)
+                self.redis.set(key, 1, ex=self.settings.job_timeout_s + 60)
         return self.view(job_id)
 
     def reap_lost_jobs(self) -> None:

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -16,14 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import REGISTRY
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 
 from services.common.logs import JsonFormatter
+from services.contracts import RenderSpec
 from services.images_service.app import create_app
+from services.images_service.engines import ProgressFn, RenderResult
 from services.images_service.errors import ModelNotFound
 from services.images_service.metadata import read_png_text
-from services.images_service.queue import CANCEL_KEY, connect_redis
+from services.images_service.queue import cancel_key, connect_redis
 from services.images_service.worker.rq_worker import KittyWorker
 from tests.support.fakes import FakeEngine
 from tests.support.harness import MODEL, Harness, make_settings
@@ -234,12 +237,48 @@ def test_cancel_queued_job(harness: Harness) -> None:
 def test_cancel_flag_stops_a_running_job_at_the_next_step(harness: Harness) -> None:
     job_id = harness.generate(steps=10)
     # What POST /cancel does for a started job: the worker sees it at its next step.
-    connect_redis(harness.settings.redis_url).set(CANCEL_KEY.format(job_id=job_id), 1)
+    connect_redis(harness.settings.redis_url).set(cancel_key(harness.settings.queue_prefix, job_id), 1)
     harness.work()
     view = harness.job(job_id)
     assert view["status"] == "canceled" and view["error"]["code"] == "CANCELED"
     assert view["progress"]["step"] == 0
     assert harness.client.get("/api/images/latest").json()["items"] == []
+
+
+@dataclass
+class CancelingEngine(FakeEngine):
+    """A user cancels the running job through `api` once its first step is done."""
+
+    api: TestClient | None = None
+    answers: list[str] = field(default_factory=list)
+    """The status each cancel request answered with."""
+
+    def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        def cancel_after_first_step(step: int, total: int) -> None:
+            job = get_current_job()
+            if step == 1 and self.api is not None and job is not None:
+                self.answers.append(self.api.post(f"/api/images/jobs/{job.id}/cancel").json()["status"])
+            progress(step, total)
+
+        return super().render(spec, cancel_after_first_step)
+
+
+@pytest.mark.parametrize(("sent_to", "outcome"), [("deploy-b", "done"), ("deploy-a", "canceled")])
+def test_a_cancel_reaches_only_the_deployment_it_was_sent_to(
+    harness_with: Callable[..., Harness], sent_to: str, outcome: str
+) -> None:
+    # Two deployments on one Redis, apart only by IMAGES_QUEUE_PREFIX; the job runs in deploy-a.
+    engine = CancelingEngine()
+    deployments = {prefix: harness_with(engine, queue_prefix=prefix) for prefix in ("deploy-a", "deploy-b")}
+    engine.api = deployments[sent_to].client
+    job_id = deployments["deploy-a"].generate(steps=4)
+
+    deployments["deploy-a"].work()
+
+    assert engine.answers == ["started"]  # each API found the running job and flagged it
+    assert deployments["deploy-a"].job(job_id)["status"] == outcome
+    redis = connect_redis(deployments["deploy-a"].settings.redis_url)
+    assert redis.keys("*:cancel:*") == [cancel_key(sent_to, job_id).encode()]
 
 
 def test_redis_down_is_503_and_readyz_says_why(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUn
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
 from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
-from ..queue import CANCEL_KEY
+from ..queue import cancel_key
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
@@ -85,9 +85,11 @@ def get_runtime() -> Runtime:
 class JobReporter:
     """Writes progress into the job's meta and turns a cancel request into `JobCanceled`."""
 
-    def __init__(self, job: Job | None, redis: Redis | None) -> None:
+    def __init__(self, job: Job | None, redis: Redis | None, prefix: str) -> None:
         self.job = job
         self.redis = redis
+        self.prefix = prefix
+        """IMAGES_QUEUE_PREFIX: the cancel requests of this deployment alone."""
 
     def progress(self, step: int, total: int) -> None:
         if self.job is None or self.redis is None:
@@ -96,7 +98,7 @@ class JobReporter:
         # One round trip per step: the meta write (what RQ's save_meta does) and the cancel check.
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
-            pipe.exists(CANCEL_KEY.format(job_id=self.job.id))
+            pipe.exists(cancel_key(self.prefix, self.job.id))
             _, canceled = pipe.execute()
         if canceled:
             raise JobCanceled(self.job.id)
@@ -216,7 +218,7 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
     """Failures are recorded as a wire error in the job's meta, then re-raised so RQ marks the job
     failed."""
     runtime = get_runtime()
-    reporter = JobReporter(job, job.connection if job else None)
+    reporter = JobReporter(job, job.connection if job else None, runtime.settings.queue_prefix)
     job_id = job.id if job else "local"
     spec = RenderSpec.model_validate(spec_data)
     if job is not None and job.enqueued_at is not None:
