@@ -62,7 +62,8 @@ class KittyWorker(SimpleWorker):
         self.job_monitoring_interval = max(1, math.ceil(seconds))
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return max(1, math.ceil(MISSED_HEARTBEATS * self.heartbeat_s))
+        # RQ scores registry entries as `int(now) + ttl`: the truncation takes up to a second off.
+        return math.ceil(MISSED_HEARTBEATS * self.heartbeat_s) + 1
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
