@@ -3,19 +3,33 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= worker,embedded,dev
+# Every install takes the exact versions the tests passed with: requirements.lock, resolved from
+# pyproject.toml's ranges by `make lock`, is given to pip as constraints.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
 
-.PHONY: install run demo test test-fast lint bench clean
+.PHONY: install lock run demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "pip==$(PIP_VERSION)"
 
-# Re-install when pyproject.toml changes. torch is pinned (torch==2.13.0) in the `worker` extra.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+# Re-install when pyproject.toml or the lock changes. torch is pinned (torch==2.13.0) in the `worker` extra.
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolve the lock after editing pyproject.toml: pins already in the lock are kept where the ranges
+# allow. Upgrade on purpose with UPGRADE="rq redis" (those packages) or UPGRADE=all (everything),
+# then `make install test` and commit the lock with the change.
+UV_VERSION := 0.13.9
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile pyproject.toml --quiet --all-extras --universal --python-version 3.11 \
+		--custom-compile-command "make lock" --annotation-style line -o $(LOCK) \
+		$(if $(filter all,$(UPGRADE)),--upgrade,$(foreach pkg,$(UPGRADE),--upgrade-package $(pkg)))
 
 run: install  ## Redis (private unless REDIS_URL), images-service :8089, a worker, gateway :8080
 	$(BIN)/kitty-images up

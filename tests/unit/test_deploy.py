@@ -162,7 +162,7 @@ def test_the_api_image_has_no_torch() -> None:
     instructions = dockerfile_instructions("Dockerfile.api").lower()
     assert "torch" not in instructions
     assert "[worker" not in instructions and "worker]" not in instructions
-    assert re.search(r"pip install \.\s*$", instructions, re.MULTILINE)
+    assert re.search(r"pip install -c requirements.lock \.\s*$", instructions, re.MULTILINE)
 
 
 def test_both_api_processes_use_the_api_image(compose: dict[str, Any]) -> None:
@@ -182,7 +182,20 @@ def test_the_worker_image_installs_the_pinned_torch() -> None:
     version = re.search(r"ARG TORCH_VERSION=(\S+)", instructions)
     assert version and pin == f"torch=={version.group(1)}"
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in instructions
-    assert 'pip install ".[worker]"' in instructions
+    assert 'pip install -c requirements.lock ".[worker]"' in instructions
+    # Only torch from PyTorch's index; its dependencies at the locked versions with ours.
+    assert re.search(r"pip install --no-deps \"torch==\$\{TORCH_VERSION\}\"", instructions)
+
+
+@pytest.mark.parametrize("image", ["Dockerfile.api", "Dockerfile.worker"])
+def test_every_image_installs_the_locked_versions(image: str) -> None:
+    instructions = dockerfile_instructions(image)
+    copied = re.search(r"^COPY (.*) \./$", instructions, re.MULTILINE)
+    assert copied and "requirements.lock" in copied.group(1).split()
+    installs = [line for line in instructions.splitlines() if "pip install" in line and "torch==" not in line]
+    assert installs and all("-c requirements.lock" in line for line in installs)
+    ignore = (COMPOSE_DIR / f"{image}.dockerignore").read_text().splitlines()
+    assert "!requirements.lock" in ignore, "the build context must carry the lock"
 
 
 def test_prometheus_scrapes_every_metrics_endpoint() -> None:
