@@ -367,7 +367,8 @@ def report(
 @click.option("--json", "as_json", is_flag=True, help="Print the job's JSON.")
 @click.pass_context
 def jobs(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
-    """Show job ID: status, progress, engine and model, times, images or error.
+    """Show job ID: status (and what it waits for while queued), progress, engine and model, times,
+    images or error.
 
     \b
     Examples:

@@ -192,6 +192,8 @@ def image_keys(view: JobView) -> list[str]:
 def job_lines(view: JobView) -> list[str]:
     """A job's view as ``label  value`` lines."""
     fields: list[tuple[str, str]] = [("job", view.job_id), ("status", view.status.value)]
+    if view.waiting_for:
+        fields.append(("waiting for", view.waiting_for))
     if view.progress.total:
         fields.append(("progress", f"{view.progress.step}/{view.progress.total}"))
     for label, value in (("engine", view.engine), ("model", view.model)):
@@ -215,7 +217,8 @@ def job_lines(view: JobView) -> list[str]:
 
 class ProgressLine:
     """Shows a waiting job on stderr: one line redrawn in place on a terminal, one line per change
-    otherwise (a log file or CI output gets no carriage returns)."""
+    otherwise (a log file or CI output gets no carriage returns). What a queued job waits for gets a
+    line of its own each time it changes."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         # Looked up at call time: click's test runner swaps sys.stderr for each invocation.
@@ -223,17 +226,35 @@ class ProgressLine:
         self.is_tty = self.stream.isatty()
         self._drawn_width = 0
         self._drawn = False
+        self._last_text: str | None = None
+        self._waiting_for: str | None = None
 
     def __call__(self, view: JobView) -> None:
         text = self.describe(view)
+        waiting_for = view.waiting_for if view.status is JobStatus.QUEUED else None
+        note = f"  waiting for {waiting_for}" if waiting_for and waiting_for != self._waiting_for else None
+        self._waiting_for = waiting_for
         if self.is_tty:
-            # Pad so a shorter line fully covers the one it replaces.
-            padding = " " * max(0, self._drawn_width - len(text))
-            click.echo(f"\r{text}{padding}", file=self.stream, nl=False)
-            self._drawn_width = len(text)
+            if note:
+                # Kept above the redrawn line: a reason can be longer than the terminal is wide, and
+                # a line that wrapped cannot be redrawn in place.
+                self._redraw(note)
+                click.echo("", file=self.stream)
+                self._drawn_width = 0
+            self._redraw(text)
         else:
-            click.echo(text, file=self.stream)
+            if text != self._last_text:  # a view that changed only its reason repeats the line
+                click.echo(text, file=self.stream)
+            if note:
+                click.echo(note, file=self.stream)
+        self._last_text = text
         self._drawn = True
+
+    def _redraw(self, text: str) -> None:
+        # Pad so a shorter line fully covers the one it replaces.
+        padding = " " * max(0, self._drawn_width - len(text))
+        click.echo(f"\r{text}{padding}", file=self.stream, nl=False)
+        self._drawn_width = len(text)
 
     def finish(self) -> None:
         """End the redrawn line, so what follows starts on a line of its own."""

@@ -265,6 +265,8 @@ class JobView(BaseModel):
     enqueued_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
+    waiting_for: str | None = None
+    """While queued: what the job waits for, in words (no worker serves its engine; N jobs ahead)."""
 
 
 class LatestItem(BaseModel):

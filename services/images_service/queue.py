@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobVi
 from .engines import ENGINES
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
 from .settings import Settings
+from .worker.rq_worker import live_workers
 
 log = logging.getLogger("kitty.images.queue")
 
@@ -45,6 +48,9 @@ IMAGES_QUEUE_PREFIX like every key of ours, so deployments sharing a Redis never
 jobs (RQ's job records are shared: another deployment's API can still fetch a job by its id)."""
 
 FAILURE_TTL_S = 7 * 24 * 3600
+
+LIVE_WORKERS_CACHE_S = 2.0
+"""How long a count of an engine's live workers is reused: job views are polled, submits are many."""
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Job ids we make are 32 hex digits; RQ accepts letters, digits, `_` and `-`."""
@@ -127,6 +133,8 @@ class JobQueue:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self._live: dict[str, tuple[float, int]] = {}
+        self._live_lock = threading.Lock()
 
     def queue(self, engine: str, *, priority: bool = False) -> Queue:
         name = self.settings.queue_name(engine, priority=priority)
@@ -185,8 +193,10 @@ class JobQueue:
             rq_status = job.get_status(refresh=False)
             meta: dict[str, Any] = job.meta or {}
             status = _STATUS.get(rq_status, JobStatus.QUEUED) if rq_status else JobStatus.QUEUED
-            result = error = None
-            if status is JobStatus.DONE and meta.get("upload") == "pending":
+            result = error = waiting_for = None
+            if status is JobStatus.QUEUED:
+                waiting_for = self.waiting_for(job, meta.get("engine"))
+            elif status is JobStatus.DONE and meta.get("upload") == "pending":
                 # Rendered, but its images wait in the worker's spool for storage to return.
                 status = JobStatus.STARTED
             elif status is JobStatus.DONE:
@@ -208,6 +218,7 @@ class JobQueue:
             enqueued_at=_iso(job.enqueued_at),
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),
+            waiting_for=waiting_for,
         )
 
     def cancel(self, job_id: str) -> JobView:
@@ -229,6 +240,35 @@ class JobQueue:
             for engine in ENGINES:
                 for queue in self.queues(engine):
                     StartedJobRegistry(queue=queue).cleanup()
+
+    def live_workers(self, engine: str) -> int:
+        """Workers of `engine` that heartbeated lately (a killed worker's RQ key lingers for minutes)."""
+        now = time.monotonic()
+        with self._live_lock:
+            cached = self._live.get(engine)
+        if cached and now - cached[0] < LIVE_WORKERS_CACHE_S:
+            return cached[1]
+        with redis_errors():
+            count = len(live_workers(self.redis, self.queues(engine)))
+        with self._live_lock:
+            self._live[engine] = (now, count)
+        return count
+
+    def waiting_for(self, job: Job, engine: str | None) -> str | None:
+        """Why a queued job has not started, in words a user can act on."""
+        if engine is None:
+            return None
+        if self.live_workers(engine) == 0:
+            flag = "" if engine == "diffusers" else f" --engine {engine}"
+            return f"a worker: none serves engine '{engine}' now; start one with `images-worker{flag}`"
+        position = job.get_position()
+        if position is None:
+            return None
+        priority = self.settings.queue_name(engine, priority=True)
+        ahead = position + (0 if job.origin == priority else self.queue(engine, priority=True).count)
+        if ahead == 0:
+            return "a worker: every one serving this engine is busy"
+        return f"its turn: {ahead} job{'s' if ahead != 1 else ''} ahead"
 
     def depth(self, engine: str) -> int:
         """Jobs waiting for `engine`, in both its queues."""

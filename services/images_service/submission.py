@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from services.common.api_keys import ApiKey
 from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest
 
-from .errors import KittyError
+from .engines import EngineHealth
+from .errors import EngineOffline, KittyError
 from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key, fingerprint, scope_of
 from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
@@ -58,6 +59,34 @@ class Admission:
     idempotency: IdempotencyStore
     store: Store | None = None
     """Where `image`/`mask` keys must exist, and where a re-run's sidecar is read."""
+    engine_health: Callable[[str], EngineHealth] | None = None
+    """Whether a server engine's server answers (cached); asked only when it has no live worker."""
+
+
+LOCAL_ENGINE = "diffusers"
+
+
+def check_servable(engine: str, admission: Admission) -> None:
+    """Refuse (503 ENGINE_OFFLINE) a job nobody could run: its engine has no live worker and its
+    server does not answer. Jobs of the local engine always queue (their worker is their server, and
+    one may be starting); their view says what they wait for."""
+    if engine == LOCAL_ENGINE or admission.engine_health is None:
+        return
+    if admission.queue.live_workers(engine) > 0:
+        return
+    health = admission.engine_health(engine)
+    if health.status == "ready":
+        return  # its jobs wait for a worker; the job view says so
+    raise EngineOffline(
+        f"engine '{engine}' cannot run jobs now: no worker serves it and its server is not available "
+        f"({health.detail})",
+        remediation=[
+            f"Start the {engine} server, then a worker for it: `images-worker --engine {engine}` "
+            "(`kitty-images up` starts one when its URL is set).",
+            "GET /api/images/engines shows every engine's state; `kitty-images doctor` says what to fix.",
+            "Or submit the request with another engine.",
+        ],
+    )
 
 
 def submit(body: GenerateRequest, admission: Admission) -> Admitted:
@@ -91,6 +120,7 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
     try:
         spec = resolve()
         check_ceilings(spec, caller)
+        check_servable(spec.engine, admission)
         reservation = quotas.reserve(caller, spec.num_images)
         try:
             job_id = queue.enqueue(spec, priority=has_priority(caller))

@@ -9,6 +9,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 
 BROWSER_REDIS_DB = 4
 """This module's Redis database; the end-to-end tests use another, so their galleries never mix."""
+
+IDLE_REDIS_DB = 6
+"""The database of the stack without a worker (the end-to-end tests use 3 and 5, this module 4)."""
 
 UI_TIMEOUT_MS = 30_000
 """How long an expectation waits for the page: a tiny job takes well under a second, CI is slower."""
@@ -172,13 +176,14 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture
-def gallery(browser: Browser, stack: Stack, seeded: list[str]) -> Iterator[Gallery]:
+@contextmanager
+def gallery_on(browser: Browser, base_url: str) -> Iterator[Gallery]:
+    """A fresh browser context on the gateway at `base_url`; its scripts must not throw."""
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    opened = Gallery(page=page, base_url=stack.gateway_url)
+    opened = Gallery(page=page, base_url=base_url)
     page.on("request", lambda request: opened.requests.append(request.url))
     page.on("pageerror", lambda error: opened.script_errors.append(str(error)))
     try:
@@ -186,6 +191,20 @@ def gallery(browser: Browser, stack: Stack, seeded: list[str]) -> Iterator[Galle
     finally:
         context.close()
     assert opened.script_errors == [], "the gallery's scripts threw"
+
+
+@pytest.fixture
+def gallery(browser: Browser, stack: Stack, seeded: list[str]) -> Iterator[Gallery]:
+    with gallery_on(browser, stack.gateway_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def idle_stack(tmp_path: Path, redis_server: str, tiny_models: Path) -> Iterator[Stack]:
+    """A stack whose worker has stopped, as a user meets it before starting one."""
+    with run_stack(tmp_path, redis_server, tiny_models, redis_db=IDLE_REDIS_DB) as running:
+        running.processes["worker"].stop()  # SIGTERM: it leaves RQ's registry of workers as it exits
+        yield running
 
 
 def wait_for_visible_thumbnails(page: Page) -> None:
@@ -339,6 +358,48 @@ def test_a_refused_submit_shows_the_error_code_and_remediation(gallery: Gallery,
         expect(error.locator(".remediation")).to_contain_text(step)
     expect(page.locator("#seed")).to_have_attribute("aria-invalid", "true")
     expect(page.locator(".job")).to_have_count(0)
+
+
+def test_an_engine_offline_refusal_shows_its_message_and_remediation(gallery: Gallery, stack: Stack) -> None:
+    page = gallery.page
+    body = {"prompt": "a fox for a server engine", "model": TINY_MODEL, "engine": "comfyui"}
+    refusal = httpx.post(f"{stack.gateway_url}/api/images/generate", json=body)
+    assert refusal.status_code == 503, refusal.text
+    refused = refusal.json()["error"]
+
+    def on_comfyui(route: Route) -> None:
+        # The form has no engine field: its request goes on to the service naming one nobody serves.
+        route.continue_(post_data=json.dumps({**route.request.post_data_json, "engine": "comfyui"}))
+
+    page.route("**/api/images/generate", on_comfyui)
+    gallery.open()
+    page.fill("#prompt", body["prompt"])
+    page.select_option("#model", TINY_MODEL)
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+    error = page.locator("#generate-form .error-box")
+    expect(error.locator(".error-code")).to_have_text("ENGINE_OFFLINE")
+    expect(error.locator(".error-message")).to_have_text(refused["message"])
+    expect(error.locator(".remediation li")).to_have_text(refused["remediation"])
+    expect(page.locator(".job")).to_have_count(0)
+
+
+def test_a_queued_job_says_what_it_waits_for_until_it_ends(browser: Browser, idle_stack: Stack) -> None:
+    with gallery_on(browser, idle_stack.gateway_url) as gallery:
+        page = gallery.page
+        gallery.open()
+        page.fill("#prompt", "a fox nobody renders yet")
+        page.select_option("#model", TINY_MODEL)
+        page.get_by_role("button", name="Generate", exact=True).click()
+
+        job = page.locator(".job").first
+        expect(job.locator(".job-state")).to_have_text("Queued")
+        expect(job.locator(".job-steps")).to_have_text(
+            "Waiting for a worker: none serves engine 'diffusers' now; start one with `images-worker`"
+        )
+        job.get_by_role("button", name="Cancel", exact=True).click()
+        expect(job).to_have_attribute("data-status", "canceled")
+        expect(job.locator(".job-steps")).not_to_contain_text("Waiting")
 
 
 def test_delete_asks_for_confirmation_then_removes_the_card(gallery: Gallery, stack: Stack) -> None:

@@ -18,6 +18,7 @@ from PIL import Image
 from services.contracts import ImagesClient, JobStatus
 from services.images_service.storage import make_store
 from tests.support.stack import Stack, run_stack
+from tests.support.workers import idle_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ LONG_JOB_STEPS = 150
 """The most steps a request may ask for: a job that runs long enough to be canceled mid-way."""
 
 IDLE_ENGINE = "comfyui"
-"""An engine no worker of this stack serves: a job sent to it stays queued until canceled."""
+"""An engine whose only worker never takes a job (see `idle_worker`): a job sent to it stays queued."""
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +85,14 @@ def test_generate_out_writes_the_stored_image_and_latest_lists_it(stack: Stack, 
 
 
 def test_cancel_of_a_queued_job_cancels_it(stack: Stack) -> None:
-    queued = kitty(stack, "images.generate", "never rendered", "--engine", IDLE_ENGINE, "--no-wait")
-    assert queued.exit_code == 0, queued.output
-    job_id = queued.stdout.strip()
+    with idle_worker(stack.settings, IDLE_ENGINE):
+        queued = kitty(stack, "images.generate", "never rendered", "--engine", IDLE_ENGINE, "--no-wait")
+        assert queued.exit_code == 0, queued.output
+        job_id = queued.stdout.strip()
+        shown = kitty(stack, "images.jobs", job_id)
+        assert "waiting for  a worker: every one serving this engine is busy" in shown.stdout, shown.output
 
-    canceled = kitty(stack, "images.cancel", job_id)
+        canceled = kitty(stack, "images.cancel", job_id)
 
     assert canceled.exit_code == 0, canceled.output
     assert canceled.stdout == "canceled\n"

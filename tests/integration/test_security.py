@@ -27,6 +27,7 @@ from services.images_service.errors import QueueUnavailable
 from services.images_service.idempotency import IDEMPOTENCY_TTL_S
 from services.images_service.models import register_model
 from tests.support.harness import MODEL, Harness, make_settings
+from tests.support.workers import idle_worker
 
 FREE_KEY = "free-7c1d0b9e4a2f48d6"
 PRO_KEY = "pro-0f3e6a8b2c4d4e11"
@@ -554,7 +555,8 @@ def test_a_raw_workflow_is_held_to_the_tier_too(secured: Harness) -> None:
     assert error_of(response)["detail"]["limit"] == "steps"
     assert "'3'" in error_of(response)["message"]
     workflow["3"]["inputs"]["steps"] = 30
-    assert submit(secured, FREE_KEY, engine="comfyui", workflow=workflow).status_code == 202
+    with idle_worker(secured.settings, "comfyui"):  # else: 503 ENGINE_OFFLINE (no worker, no server)
+        assert submit(secured, FREE_KEY, engine="comfyui", workflow=workflow).status_code == 202
 
 
 def test_without_keys_there_are_no_tiers(harness_with: Callable[..., Harness]) -> None:

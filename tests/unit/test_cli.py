@@ -375,6 +375,46 @@ def test_progress_line_redraws_one_line_on_a_terminal() -> None:
     assert len(frames[-1]) >= len(frames[-2])  # a shorter line is padded over the longer one
 
 
+NO_WORKER = "a worker: none serves engine 'comfyui' now; start one with `images-worker --engine comfyui`"
+WAITING = [
+    job_view("queued", engine="comfyui", waiting_for=NO_WORKER),
+    job_view("queued", engine="comfyui", waiting_for="its turn: 1 job ahead"),
+    job_view("started", 1, 3, engine="comfyui"),
+    job_view("done", 3, 3, engine="comfyui", result=DONE_RESULT),
+]
+
+
+def test_generate_says_on_stderr_what_a_queued_job_waits_for_each_time_it_changes() -> None:
+    result = run(["images.generate", "a red fox"], FakeApi(list(WAITING)))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS
+    assert result.stderr.splitlines() == [
+        "queued   job job-1",  # once: the second view changed only what it waits for
+        f"  waiting for {NO_WORKER}",
+        "  waiting for its turn: 1 job ahead",
+        "started  [##########--------------------] 1/3  33%",
+        "done     job job-1",
+    ]
+
+
+def test_progress_line_on_a_terminal_keeps_each_reason_above_the_redrawn_line() -> None:
+    screen = Terminal()
+    progress = ProgressLine(screen)
+    for view in WAITING:
+        progress(JobView.model_validate(view))
+    progress.finish()
+
+    kept = screen.getvalue().split("\n")
+    assert [line.split("\r")[-1].rstrip() for line in kept[:2]] == [
+        f"  waiting for {NO_WORKER}",
+        "  waiting for its turn: 1 job ahead",
+    ]
+    frames = kept[2].split("\r")[1:]
+    assert [frame.split()[0] for frame in frames] == ["queued", "started", "done"]
+    assert kept[3:] == [""]
+
+
 def test_generate_json_prints_the_final_job_view() -> None:
     result = run(["images.generate", "a red fox", "--json"], FakeApi())
 
@@ -504,6 +544,20 @@ def test_api_error_from_the_gateway_is_one_clear_line() -> None:
     assert_no_traceback(result)
 
 
+def test_engine_offline_refusal_shows_its_message_and_remediation() -> None:
+    message = "engine 'comfyui' cannot run jobs now: no worker serves it and its server is not available"
+    steps = ["Start the comfyui server, then a worker for it: `images-worker --engine comfyui`."]
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json=error_body("ENGINE_OFFLINE", message, steps))
+
+    result = run(["images.generate", "a fox", "--engine", "comfyui"], refusing)
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"Error [ENGINE_OFFLINE]: {message}", f"  → {steps[0]}"]
+    assert_no_traceback(result)
+
+
 def columns(text: str) -> int:
     """Terminal columns of ``text`` (CJK characters take two), measured independently of the CLI."""
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
@@ -610,6 +664,19 @@ def test_jobs_shows_the_job_and_its_images() -> None:
     assert human.exit_code == 0, human.output
     assert "done" in human.stdout and IMAGE_KEYS[1] in human.stdout
     assert json.loads(raw.stdout)["job_id"] == "job-1"
+
+
+def test_jobs_says_what_a_queued_job_waits_for() -> None:
+    queued = run(["images.jobs", "job-1"], FakeApi([WAITING[0]]))
+    started = run(["images.jobs", "job-1"], FakeApi([WAITING[2]]))
+
+    assert queued.exit_code == 0, queued.output
+    assert queued.stdout.splitlines()[:3] == [
+        "job          job-1",
+        "status       queued",
+        f"waiting for  {NO_WORKER}",
+    ]
+    assert "waiting for" not in started.stdout
 
 
 def test_jobs_unknown_id_exits_1() -> None:

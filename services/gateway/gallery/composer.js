@@ -20,6 +20,9 @@ const DONE_LINGER_MS = 8_000;
 
 const JOB_TITLE_CHARS = 70;
 
+/** A queued job's note until its view says what it waits for (an older service never does). */
+const WAITING_NOTE = "Waiting for a worker…";
+
 const STATUS_LABELS = {
   queued: "Queued",
   started: "Rendering",
@@ -377,7 +380,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   function trackJob(jobId, request) {
     const bar = h("progress", { max: request.steps || 1, "aria-label": "Progress" });
     const state = h("span", { class: "job-state", text: STATUS_LABELS.queued });
-    const steps = h("span", { class: "job-steps", text: "Waiting for a worker…" });
+    const steps = h("span", { class: "job-steps", text: WAITING_NOTE });
     const errorBox = h("div", { class: "error-box", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
     const dismiss = h("button", { type: "button", class: "link", text: "Dismiss", hidden: true });
@@ -424,12 +427,15 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
       panel.dataset.status = view.status;
       state.textContent = STATUS_LABELS[view.status] || view.status;
       const { step = 0, total = 0 } = view.progress || {};
-      if (total > 0) {
+      if (view.status === "queued") {
+        // The service's words say what to do about it ("none serves engine …; start one with …").
+        steps.textContent = view.waiting_for ? `Waiting for ${view.waiting_for}` : WAITING_NOTE;
+      } else if (total > 0) {
         bar.max = total;
         bar.value = step;
         steps.textContent = `Step ${step} / ${total}`;
-      } else if (view.status === "started") {
-        steps.textContent = "Loading the model…";
+      } else {
+        steps.textContent = view.status === "started" ? "Loading the model…" : "";
       }
       if (view.status === "done") {
         const keys = ((view.result && view.result.images) || []).map((image) => image.key);

@@ -38,6 +38,7 @@ class EngineProbe:
         self._adapters: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._cached: tuple[float, EnginesView] | None = None
+        self._health: dict[str, tuple[float, EngineHealth]] = {}
 
     def adapter(self, name: str, settings: Settings, registry: ModelRegistry) -> Engine:
         with self._lock:
@@ -57,6 +58,16 @@ class EngineProbe:
             return self.adapter(name, settings, registry).health()
         except Exception as exc:  # an adapter that cannot even be built is misconfigured, not a 500
             return EngineHealth("misconfigured", f"{type(exc).__name__}: {exc}")
+
+    def cached_health(self, name: str, settings: Settings, registry: ModelRegistry) -> EngineHealth:
+        """`health`, reused for HEALTH_CACHE_S: submits ask it when an engine has no live worker."""
+        now = time.monotonic()
+        cached = self._health.get(name)
+        if cached and now - cached[0] < HEALTH_CACHE_S:
+            return cached[1]
+        result = self.health(name, settings, registry)
+        self._health[name] = (now, result)
+        return result
 
     def matrix(self, settings: Settings, registry: ModelRegistry, queue: JobQueue) -> EnginesView:
         cached = self._cached

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -71,6 +72,7 @@ def gallery_of(request: Request) -> GalleryIndex:
 
 
 async def admission_of(
+    request: Request,
     queue: QueueDep,
     registry: RegistryDep,
     settings: SettingsDep,
@@ -80,7 +82,8 @@ async def admission_of(
     store: StoreDep,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Admission:
-    return Admission(caller, idempotency_key, queue, registry, settings, quotas, idempotency, store)
+    health = partial(request.app.state.engine_probe.cached_health, settings=settings, registry=registry)
+    return Admission(caller, idempotency_key, queue, registry, settings, quotas, idempotency, store, health)
 
 
 AdmissionDep = Annotated[Admission, Depends(admission_of)]
