@@ -151,3 +151,22 @@ def test_live_workers_reads_last_heartbeat_and_queue_names(conn: Redis, queue: Q
     assert [worker.name for worker in live] == [alive.name]
     beat = rq_worker.last_heartbeat(live[0])
     assert beat is not None and abs((datetime.now(UTC) - beat).total_seconds()) < 5
+
+
+def test_unsubscribe_returns_at_once_even_when_the_pubsub_thread_waits(queue: Queue) -> None:
+    """Touch point 6: with RQ's own `unsubscribe`, this state (the thread has read the unsubscribe
+    reply and waits up to 60 s to be subscribed again) held a stopping worker for a minute."""
+    worker = make_worker(queue)
+    worker.subscribe()
+    assert worker.pubsub is not None and worker.pubsub_thread is not None
+    deadline = time.monotonic() + 10
+    while not worker.pubsub.subscribed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.pubsub.unsubscribe()
+    while worker.pubsub.subscribed and time.monotonic() < deadline:
+        time.sleep(0.01)  # the thread read the reply: it now waits to be subscribed again
+    assert not worker.pubsub.subscribed
+
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5

@@ -14,7 +14,10 @@ The touch points, each with a test in tests/unit/test_rq_worker.py:
   4. the attributes `job_monitoring_interval` (TTL of the worker key while busy) and `worker_ttl`
      (how long an idle worker blocks on the queue between heartbeats) are set;
   5. the worker hash's `last_heartbeat` field is read (`Worker.all`) to tell live workers from the
-     keys of killed ones, which RQ keeps for minutes.
+     keys of killed ones, which RQ keeps for minutes;
+  6. `BaseWorker.unsubscribe` is overridden: RQ 3 unsubscribes before it stops its pubsub thread,
+     and redis-py 8's `stop()` then waits without bound for a thread that may sit in a 60 s wait
+     (an idle worker took a minute to exit on SIGTERM, now and then).
 RQ's public API covers the rest: `Queue`, `Job`, `StartedJobRegistry.cleanup` (the janitor).
 """
 
@@ -76,6 +79,15 @@ class KittyWorker(SimpleWorker):
             stop.set()
             beat.join()
         self.set_state(WorkerStatus.IDLE)
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if thread is None or self.pubsub is None:
+            return
+        thread.stop(timeout=0)  # clear its running flag first, without waiting ...
+        self.pubsub.unsubscribe()  # ... so the reply to this ends its loop
+        thread.join(timeout=1)  # a daemon thread: one still waiting is left behind
+        self.pubsub.close()
 
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
