@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -21,7 +22,7 @@ from services.common.api_keys import ApiKeyMiddleware, KeyRing, warn_if_exposed_
 from services.common.limits import RequestLimitsMiddleware
 from services.common.logs import configure_logging
 from services.common.request_id import RequestIdMiddleware
-from services.common.server import serve_http
+from services.common.server import PortUnavailable, serve_http
 
 from . import __version__
 from .errors import install_error_handlers
@@ -162,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     warn_if_exposed_without_keys(log, args.host, app.state.keyring, "GATEWAY_API_KEYS")
-    serve_http(app, args.host, args.port)
+    try:
+        serve_http(app, args.host, args.port)
+    except PortUnavailable as exc:  # one line, not a traceback: the operator only has to move the port
+        sys.exit(f"gateway: {exc.explain('GATEWAY_PORT (or --port)')}")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,27 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
 
+from services.contracts import ImagesClient, JobStatus, JobView
+
 from .doctor import CHECK_NAMES
 from .models import CATALOG, ModelRegistry, register_model
 from .settings import get_settings
+from .storage.keys import IMAGE_SUFFIX, meta_key_for
+
+if TYPE_CHECKING:
+    from .stack import ChildFailed
+    from .storage import Store
 
 DEMO_PROMPT = "a watercolor kitten astronaut floating above a violet nebula"
 DEMO_MODEL = "tiny-sd15"
+
+DEMO_JOB_TIMEOUT_S = 600.0
+"""How long the demo waits for its one job (the tiny model takes seconds, a cold CPU a minute)."""
 
 
 def _fail(message: str, *hints: str) -> None:
@@ -105,35 +116,59 @@ def models_pull(name: str, repo: str | None) -> None:
 
 @cli.command()
 def up() -> None:
-    """Run the stack in the foreground: Redis (private unless REDIS_URL), images-service, worker, gateway."""
-    from .stack import Stack
+    """Run the stack in the foreground: Redis (private unless REDIS_URL), images-service, a worker per
+    configured engine, gateway. A process that dies is started again; Ctrl-C or SIGTERM stops all."""
+    from services.gateway.settings import GatewaySettings
+
+    from .stack import ChildFailed, Stack, StackError, configured_engines, interrupt_on_sigterm
 
     settings = get_settings()
-    if not ModelRegistry(settings.models_yaml).entries():
-        click.echo(f"no models in {settings.models_yaml}: building the tiny demo models ...", err=True)
+    models_yaml = settings.models_yaml.resolve()
+    if not ModelRegistry(models_yaml).entries():
+        click.echo(f"no models in {models_yaml}: building the tiny demo models ...", err=True)
         from .tiny import build_tiny_models
 
-        build_tiny_models(settings.data_dir / "models", settings.models_yaml)
+        build_tiny_models(settings.data_dir / "models", models_yaml)
+    log_dir = settings.data_dir.resolve() / "logs"
     stack = Stack(
         data_dir=settings.data_dir,
         images_port=settings.port,
-        gateway_port=int(os.environ.get("GATEWAY_PORT", "8080")),
+        gateway_port=GatewaySettings().port,
+        worker_metrics_port=settings.worker_metrics_port,
+        engines=configured_engines(settings),
+        log_dir=log_dir,
+        echo=True,
+        extra_env={"MODELS_YAML": str(models_yaml)},
     )
-    try:
-        stack.start()
-        click.echo(
-            f"KITTY Images is up: gateway {stack.gateway_url} (gallery {stack.gateway_url}/vision)", err=True
-        )
-        click.echo("Ctrl-C stops everything.", err=True)
-        code = stack.wait()
-    except KeyboardInterrupt:
-        code = 0
-    except RuntimeError as exc:
-        stack.stop()
-        _fail(str(exc), f"See the processes' output above; data lives in {settings.data_dir}")
-    finally:
-        stack.stop()
-    sys.exit(code)
+    with interrupt_on_sigterm():
+        try:
+            stack.start()
+            workers = ", ".join(
+                f"{engine} (metrics :{port})" if port else engine
+                for engine, port in stack.worker_ports.items()
+            )
+            stack.say(f"KITTY Images is up: gateway {stack.gateway_url} (gallery {stack.gateway_url}/vision)")
+            stack.say(f"workers: {workers}; logs in {log_dir}. Ctrl-C stops everything.")
+            stack.supervise()
+        except KeyboardInterrupt:
+            stack.say("stopping ...")
+        except ChildFailed as exc:
+            stack.stop()
+            _fail_with_tail(exc)
+        except StackError as exc:
+            stack.stop()
+            _fail(str(exc))
+        finally:
+            stack.stop()
+
+
+def _fail_with_tail(exc: ChildFailed) -> None:
+    where = f" (all of it in {exc.log_path})" if exc.log_path else ""
+    click.echo(f"Error: {exc}", err=True)
+    click.echo(f"  its last {len(exc.tail)} lines{where}:", err=True)
+    for line in exc.tail:
+        click.echo(f"  | {line}", err=True)
+    sys.exit(1)
 
 
 def _run_cli(env: dict[str, str], *args: str) -> str:
@@ -149,11 +184,63 @@ def _run_cli(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+class DemoCheckFailed(Exception):
+    """What the demo claims did not happen; the message says what was seen instead."""
+
+
+def status_path(statuses: list[JobStatus]) -> str:
+    """The statuses a job went through, repeats of one status in a row said once."""
+    path = [
+        status.value
+        for position, status in enumerate(statuses)
+        if statuses[position - 1 : position] != [status]
+    ]
+    return " → ".join(path)
+
+
+def went_back_to_queued(statuses: list[JobStatus]) -> bool:
+    """Whether a job was queued again after it had started (its worker was lost and it ran twice)."""
+    started = JobStatus.STARTED in statuses
+    return started and JobStatus.QUEUED in statuses[statuses.index(JobStatus.STARTED) :]
+
+
+def images_of_job(store: Store, prefix: str, job_id: str, before: set[str]) -> list[str]:
+    """PNG keys stored under `prefix` since `before` (the keys listed then) whose sidecar names
+    `job_id`; a new PNG without a sidecar is an error of its own."""
+    found = []
+    for info in store.objects(prefix, suffix=IMAGE_SUFFIX):
+        if info.key in before:
+            continue
+        if store.head(meta_key_for(info.key)) is None:
+            raise DemoCheckFailed(f"stored image {info.key} has no JSON sidecar ({meta_key_for(info.key)})")
+        if json.loads(store.get(meta_key_for(info.key))).get("job_id") == job_id:
+            found.append(info.key)
+    return found
+
+
+def check_demo_job(view: JobView, statuses: list[JobStatus], stored: list[str]) -> str:
+    """One job made exactly one stored image: return its key, or raise `DemoCheckFailed`."""
+    seen = status_path(statuses)
+    if view.status is not JobStatus.DONE:
+        error = f": {view.error.code.value}: {view.error.message}" if view.error else ""
+        raise DemoCheckFailed(f"job {view.job_id} ended {view.status.value}{error} (seen: {seen})")
+    if went_back_to_queued(statuses):
+        raise DemoCheckFailed(f"job {view.job_id} went back to queued after it started (seen: {seen})")
+    result_keys = [image.key for image in view.result.images] if view.result else []
+    if len(stored) != 1 or len(result_keys) != 1 or stored != result_keys:
+        raise DemoCheckFailed(
+            f"job {view.job_id} should have stored exactly one image; storage holds {len(stored)} "
+            f"({', '.join(stored) or 'none'}), the job reports {len(result_keys)} ({', '.join(result_keys)})"
+        )
+    return stored[0]
+
+
 @cli.command()
 @click.option("--prompt", default=DEMO_PROMPT, show_default=True)
 def demo(prompt: str) -> None:
-    """Bring the stack up, generate with the tiny model, list, select, download, verify the bytes."""
-    from .stack import Stack, free_port
+    """Bring the stack up, generate with the tiny model, check that exactly one image was stored,
+    list, select, download, verify the bytes."""
+    from .stack import Stack, StackError, free_port, interrupt_on_sigterm
     from .storage import make_store
 
     settings = get_settings()
@@ -173,21 +260,37 @@ def demo(prompt: str) -> None:
         log_dir=log_dir,
         extra_env={"MODELS_YAML": str(settings.models_yaml.resolve())},
     )
+    store = make_store(settings)
     click.echo(f"starting the stack (logs in {log_dir}) ...", err=True)
     try:
-        with stack:
+        with interrupt_on_sigterm(), stack:
             env = {**os.environ, "KITTY_GATEWAY_URL": stack.gateway_url}
-            keys = _run_cli(env, "images.generate", prompt, "--model", DEMO_MODEL, "--steps", "20")
-            key = keys.split()[0]
+            before = {info.key for info in store.objects(settings.s3_prefix, suffix=IMAGE_SUFFIX)}
+            job_args = ("images.generate", prompt, "--model", DEMO_MODEL, "--steps", "20", "--no-wait")
+            job_id = _run_cli(env, *job_args).strip()
+            statuses: list[JobStatus] = []
+            with ImagesClient(stack.gateway_url, os.environ.get("KITTY_API_KEY")) as client:
+                view = client.wait(
+                    job_id, timeout=DEMO_JOB_TIMEOUT_S, on_update=lambda v: statuses.append(v.status)
+                )
+            key = check_demo_job(view, statuses, images_of_job(store, settings.s3_prefix, job_id, before))
+            click.echo(
+                f"job {job_id}: {status_path(statuses)}; stored {key}",
+                err=True,
+            )
             _run_cli(env, "images.latest", "--limit", "5")
             ref = json.loads(_run_cli(env, "images.select", "1"))["imageRef"]
             downloaded = httpx.get(ref["downloadUrl"], timeout=30).content
             if not ref["storageUri"].endswith(key):
                 _fail(f"images.select 1 returned {ref['storageUri']}, not the image just made ({key})")
-            if downloaded != make_store(settings).get(key):
+            if downloaded != store.get(key):
                 _fail("the downloaded bytes differ from the stored object")
-    except RuntimeError as exc:
+    except DemoCheckFailed as exc:
+        _fail(f"the demo's check failed: {exc}", f"See the logs in {log_dir}")
+    except (StackError, TimeoutError) as exc:
         _fail(str(exc), f"See the logs in {log_dir}")
+    except KeyboardInterrupt:
+        _fail("interrupted")
     click.echo(
         f"downloaded {len(downloaded)} bytes through the imageRef; identical to the stored {key}", err=True
     )

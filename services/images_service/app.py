@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from services.common.api_keys import ApiKeyMiddleware, KeyRing, warn_if_exposed_
 from services.common.limits import RequestLimitsMiddleware
 from services.common.logs import configure_logging
 from services.common.request_id import RequestIdMiddleware
-from services.common.server import serve_http
+from services.common.server import PortUnavailable, serve_http
 
 from . import __version__
 from .api import engines, handlers, health, images, uploads
@@ -129,4 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     warn_if_exposed_without_keys(log, args.host, app.state.keyring, "IMAGES_API_KEYS")
-    serve_http(app, args.host, args.port)
+    try:
+        serve_http(app, args.host, args.port)
+    except PortUnavailable as exc:  # one line, not a traceback: the operator only has to move the port
+        sys.exit(f"images-service: {exc.explain('IMAGES_PORT (or --port)')}")

@@ -6,20 +6,70 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+import time
 
 from prometheus_client import start_http_server
+from redis import Redis
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.serializers import JSONSerializer
 
 from services.common.logs import configure_logging
+from services.common.server import PortUnavailable, binding
 
 from ..gallery import GalleryIndex
 from ..queue import connect_redis, engine_queues
+from ..redaction import redact_url
 from ..settings import get_settings
 from .rq_worker import KittyWorker
 from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
 
 log = logging.getLogger("kitty.images.worker")
+
+REDIS_WAIT_S = 30.0
+"""How long a worker started before its Redis (compose, launchd, a reboot) retries before it gives
+up with one line and a non-zero exit, leaving further restarts to its supervisor (`--redis-wait`)."""
+
+REDIS_RETRY_FIRST_S = 0.5
+"""First pause between PINGs of a Redis that does not answer; doubled after each, up to the next."""
+
+REDIS_RETRY_MAX_S = 5.0
+"""Longest pause between PINGs while waiting for Redis."""
+
+UPLOADER_JOIN_S = 5.0
+"""How long a stopping worker lets a spool upload in progress finish (it is retried at the next
+start otherwise: objects are put again, nothing is lost)."""
+
+
+def wait_for_redis(connection: Redis, url: str, wait_s: float) -> None:
+    """Return once Redis answers; retry unreachable ones with backoff for `wait_s` seconds, then
+    exit with one line saying what, where and what to do (never a traceback)."""
+    deadline = time.monotonic() + wait_s
+    delay = REDIS_RETRY_FIRST_S
+    where = redact_url(url)
+    while True:
+        try:
+            connection.ping()
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            error: RedisError = exc
+        except RedisError as exc:  # it answered, but refuses us: waiting will not help
+            sys.exit(f"images-worker: Redis at {where} refused the worker ({exc}); check REDIS_URL")
+        left = deadline - time.monotonic()
+        if left <= 0 or isinstance(error, AuthenticationError):
+            sys.exit(
+                f"images-worker: cannot reach Redis at {where} ({error}) after {wait_s:.0f} s; "
+                "start Redis, or set REDIS_URL to one that runs"
+            )
+        log.warning(
+            "Redis not reachable yet; retrying",
+            extra={"redis": where, "error": str(error), "retry_in_s": round(min(delay, left), 1)},
+        )
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, REDIS_RETRY_MAX_S)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preload", metavar="MODEL", help="load this model before taking jobs")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--metrics-port", type=int, default=settings.worker_metrics_port)
+    parser.add_argument(
+        "--redis-wait",
+        type=float,
+        default=REDIS_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait for an unreachable Redis at startup before exiting (0: try once)",
+    )
     args = parser.parse_args(argv)
 
     configure_logging(settings.log_level)
@@ -38,7 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     if settings.hf_home is not None:
         os.environ["HF_HOME"] = str(settings.hf_home)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=settings.host)
+        try:
+            with binding(settings.host, args.metrics_port):
+                start_http_server(args.metrics_port, addr=settings.host)
+        except PortUnavailable as exc:
+            setting = "IMAGES_WORKER_METRICS_PORT (or --metrics-port)"
+            sys.exit(f"images-worker: {exc.explain(setting)} (0 turns /metrics off)")
+    # Before the engine loads its model: a wrong REDIS_URL is said in seconds, not after a minute.
+    connection = connect_redis(settings.redis_url)
+    wait_for_redis(connection, settings.redis_url, args.redis_wait)
 
     runtime = Runtime.from_settings(settings)
     set_runtime(runtime)
@@ -48,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
         if preload is not None:
             preload(args.preload)
 
-    connection = connect_redis(settings.redis_url)
     uploader = SpoolUploader(
         runtime.spool,
         runtime.store,
@@ -65,4 +129,5 @@ def main(argv: list[str] | None = None) -> None:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)
     finally:
         uploader.stop()
+        uploader.join(timeout=UPLOADER_JOIN_S)
         runtime.close()
