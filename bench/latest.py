@@ -28,13 +28,13 @@ import httpx
 from PIL import Image
 from redis import Redis
 
+from services.common.processes import S3_TEST_ACCESS_KEY, S3_TEST_REGION, S3_TEST_SECRET_KEY
 from services.contracts import RenderSpec
 from services.images_service.gallery import GalleryIndex, thumb_key_for
 from services.images_service.metadata import build_sidecar, encode_thumbnail
 from services.images_service.storage import FilesystemStore, Store
 from services.images_service.storage.keys import new_image_key
 from services.images_service.storage.s3 import S3Store
-from tests.support.servers import S3_TEST_ACCESS_KEY, S3_TEST_REGION, S3_TEST_SECRET_KEY
 
 from .processes import Processes, clean_env
 from .report import Goal, Measurement, interleaved, median, ratio, summary

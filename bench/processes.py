@@ -1,7 +1,7 @@
 """The real processes a bench runs against, on free loopback ports: redis-server, moto's S3 server, the
-images-service, the gateway and diffusers workers. Built on the test suite's process helpers, so the
-bench starts them exactly as the end-to-end tests do; every process stops when the bench's
-`ExitStack` closes."""
+images-service, the gateway and diffusers workers. Built on `services.common.processes`, the helpers
+the test suite's fixtures use, so the bench starts them exactly as the end-to-end tests do; every
+process stops when the bench's `ExitStack` closes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from redis import Redis
 from rq import Queue, Worker
 
-from tests.support.servers import (
+from services.common.processes import (
     ProcessHandle,
     free_port,
     moto_env,

@@ -20,7 +20,9 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.contracts import ErrorBody, ErrorCode, ErrorInfo
+from services.contracts import ErrorCode, ErrorInfo
+
+from .errors import error_response
 
 log = logging.getLogger("kitty.auth")
 
@@ -194,11 +196,7 @@ def unauthorized_response(*, presented: bool) -> JSONResponse:
             "kitty-cli reads it from KITTY_API_KEY (or --api-key); the /vision gallery asks for it.",
         ],
     )
-    return JSONResponse(
-        ErrorBody(error=info).model_dump(mode="json"),
-        status_code=401,
-        headers={"WWW-Authenticate": challenge},
-    )
+    return error_response(401, info, {"WWW-Authenticate": challenge})
 
 
 class ApiKeyMiddleware:

@@ -15,7 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.contracts import ErrorBody, ErrorCode, ErrorInfo
+from services.contracts import ErrorCode, ErrorInfo
+
+from .errors import error_response
 
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted. A generate request with HIP-35's largest raw workflow (1 MB of
@@ -69,9 +71,7 @@ def too_large_response(limit: BodyLimit = DEFAULT_BODY_LIMIT) -> JSONResponse:
         remediation=[limit.remediation],
     )
     # The rest of the body is never read, so the connection cannot carry another request.
-    return JSONResponse(
-        ErrorBody(error=info).model_dump(mode="json"), status_code=413, headers={"Connection": "close"}
-    )
+    return error_response(413, info, {"Connection": "close"})
 
 
 def headers_too_large_response() -> JSONResponse:
@@ -80,9 +80,7 @@ def headers_too_large_response() -> JSONResponse:
         message="request headers larger than 32 KB",
         remediation=["Send fewer or shorter headers."],
     )
-    return JSONResponse(
-        ErrorBody(error=info).model_dump(mode="json"), status_code=431, headers={"Connection": "close"}
-    )
+    return error_response(431, info, {"Connection": "close"})
 
 
 def head_size(scope: Scope) -> int:

@@ -35,6 +35,7 @@ from .schema import (
     SelectRequest,
     SelectView,
     UploadView,
+    error_body,
 )
 
 __all__ = [
@@ -73,4 +74,5 @@ __all__ = [
     "RenderSpec",
     "SelectRequest",
     "SelectView",
+    "error_body",
 ]

@@ -29,6 +29,9 @@ MAX_WORKFLOW_NODES = 500
 
 ENGINE_NAMES = ("diffusers", "comfyui", "a1111", "invokeai")
 EngineName = Literal["diffusers", "comfyui", "a1111", "invokeai"]
+"""The engines a request may name. The wire imports nothing of ours, so these repeat the names of the
+engine descriptor table (images_service/engines/descriptors.py); tests/unit/test_engine_descriptors.py
+fails when the three disagree."""
 
 SCHEDULER_NAMES = (
     "euler",
@@ -109,6 +112,12 @@ class ErrorBody(BaseModel):
     """Every error response, from every process: ``{"error": {...}}``."""
 
     error: ErrorInfo
+
+
+def error_body(info: ErrorInfo) -> dict[str, Any]:
+    """The JSON of an error response, ``{"error": {"code", "message", "remediation", "detail"}}``:
+    what every process answers a failure with (through `services.common.errors.error_response`)."""
+    return ErrorBody(error=info).model_dump(mode="json")
 
 
 class JobStatus(StrEnum):

@@ -15,8 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.errors import error_response as plain_error_response
 from services.common.request_id import REQUEST_ID_HEADER, request_id_of
-from services.contracts import ErrorBody, ErrorCode, ErrorInfo
+from services.contracts import ErrorCode, ErrorInfo
 
 log = logging.getLogger("kitty.gateway")
 
@@ -79,9 +80,7 @@ def error_response(
     request_id = request_id_of(request.scope)
     if request_id:
         all_headers[REQUEST_ID_HEADER] = request_id
-    return JSONResponse(
-        ErrorBody(error=info).model_dump(mode="json"), status_code=status, headers=all_headers
-    )
+    return plain_error_response(status, info, all_headers)
 
 
 _STATUS_CODES: dict[int, ErrorCode] = {

@@ -12,17 +12,14 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.contracts import ErrorBody, ErrorCode, ErrorInfo
+from services.common.errors import error_response
+from services.contracts import ErrorCode, ErrorInfo
 
 from ..errors import KittyError, QueueUnavailable
 
 log = logging.getLogger("kitty.images.api")
 
 _HTTP_CODES = {401: ErrorCode.UNAUTHORIZED, 404: ErrorCode.NOT_FOUND, 429: ErrorCode.RATE_LIMITED}
-
-
-def error_response(status: int, info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=info).model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

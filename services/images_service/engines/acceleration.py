@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger("kitty.images.engine.acceleration")
+logger = logging.getLogger("kitty.images.engines.acceleration")
 
 VAE_TILING_MIN_PIXELS = 1536 * 1536
 """Images larger than this (width × height) are decoded by the VAE in tiles on CUDA: SDXL's VAE

@@ -39,7 +39,7 @@ from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from .acceleration import accelerate, attention_processors, compile_mode, denoiser, set_vae_tiling
 from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
 
-logger = logging.getLogger("kitty.images.engine.diffusers")
+logger = logging.getLogger("kitty.images.engines.diffusers")
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),

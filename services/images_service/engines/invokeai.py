@@ -38,7 +38,7 @@ from .remote import (
     speaking_to,
 )
 
-logger = logging.getLogger("kitty.images.engine.invokeai")
+logger = logging.getLogger("kitty.images.engines.invokeai")
 
 ENGINE_LABEL = "InvokeAI"
 START_HINT = "invokeai-web (host 127.0.0.1, port 9091 in invokeai.yaml)"
