@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from .engines.descriptors import descriptor_for, is_local_engine, server_engines
 from .redaction import redact_url, scrub, secret_values, settings_summary
 from .settings import Settings
 
@@ -44,15 +45,6 @@ DEVICE_TIMEOUT_S = 45.0
 
 LOW_DISK_BYTES = 10 * 1024**3
 """Below this much free space under IMAGES_DATA_DIR an SDXL download (~7 GB) or a day of images fails."""
-
-ENGINE_SETTINGS = {
-    "comfyui": "COMFYUI_URL",
-    "a1111": "A1111_BASE_URL (and A1111_API_AUTH)",
-    "invokeai": "INVOKE_HOST and INVOKE_PORT",
-}
-"""Server engines (httpx-only adapters, cheap to build here) and the settings that say where they are."""
-
-SERVER_ENGINES = tuple(ENGINE_SETTINGS)
 
 DOCTOR_PROBE_KEY = "doctor-probe-only"
 """Stands in for the filesystem store's signing key while its folder is checked; never signs a URL."""
@@ -321,7 +313,7 @@ def check_server_engine(name: str, settings: Settings) -> CheckResult:
             name,
             trouble,
             f"the {name} adapter cannot be set up: {exc}{aside}",
-            [f"Check {ENGINE_SETTINGS[name]}."] if selected else [],
+            [f"Check {descriptor_for(name).settings_hint()}."] if selected else [],
         )
     try:
         health = engine.health()
@@ -334,7 +326,8 @@ def check_server_engine(name: str, settings: Settings) -> CheckResult:
         version = f" {health.version}" if health.version else ""
         detail = f": {health.detail}" if health.detail else ""
         return CheckResult(name, "ok", f"{name}{version} is ready{detail}", details=details)
-    remedies = [f"Start {name} (bound to 127.0.0.1), or fix {ENGINE_SETTINGS[name]}."] if selected else []
+    hint = descriptor_for(name).settings_hint()
+    remedies = [f"Start {name} (bound to 127.0.0.1), or fix {hint}."] if selected else []
     return CheckResult(name, trouble, f"{name} is {health.status}: {health.detail}{aside}", remedies, details)
 
 
@@ -373,7 +366,7 @@ def check_models(settings: Settings) -> list[CheckResult]:
     from .models import ModelRegistry
 
     path = settings.models_yaml
-    uses_diffusers = settings.image_engine == "diffusers"
+    uses_diffusers = is_local_engine(settings.image_engine)
     missing: Status = "fail" if uses_diffusers else "warn"
     try:
         entries = ModelRegistry(path).entries()
@@ -459,7 +452,7 @@ def probe_device(timeout: float = DEVICE_TIMEOUT_S) -> dict[str, Any]:
 
 
 def check_device(settings: Settings, timeout: float = DEVICE_TIMEOUT_S) -> CheckResult:
-    uses_diffusers = settings.image_engine == "diffusers"
+    uses_diffusers = is_local_engine(settings.image_engine)
     try:
         info = probe_device(timeout)
     except subprocess.TimeoutExpired:
@@ -594,8 +587,8 @@ def diagnose(skip: Iterable[str] = (), *, device_timeout: float = DEVICE_TIMEOUT
             planned.append(("storage", partial(check_storage, settings), CHECK_TIMEOUT_S))
         if "engines" not in skipped:
             planned += [
-                (engine, partial(check_server_engine, engine, settings), ENGINE_TIMEOUT_S)
-                for engine in SERVER_ENGINES
+                (engine.name, partial(check_server_engine, engine.name, settings), ENGINE_TIMEOUT_S)
+                for engine in server_engines()
             ]
         if "models" not in skipped:
             planned.append(("models", partial(check_models, settings), CHECK_TIMEOUT_S))

@@ -28,6 +28,7 @@ from services.common.logs import request_id_var
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
 from .engines import ENGINES
+from .engines.descriptors import worker_command
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
 from .settings import Settings
 from .worker.rq_worker import live_workers
@@ -259,8 +260,7 @@ class JobQueue:
         if engine is None:
             return None
         if self.live_workers(engine) == 0:
-            flag = "" if engine == "diffusers" else f" --engine {engine}"
-            return f"a worker: none serves engine '{engine}' now; start one with `images-worker{flag}`"
+            return f"a worker: none serves engine '{engine}' now; start one with `{worker_command(engine)}`"
         position = job.get_position()
         if position is None:
             return None

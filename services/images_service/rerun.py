@@ -11,12 +11,11 @@ from pydantic import ValidationError
 
 from services.contracts import MAX_SEED, RenderSpec, RerunRequest
 
-from .engines import check_engine_name
+from .engines.descriptors import descriptor_for
 from .errors import KeyNotFound, ValidationFailed
 from .models import ModelRegistry
 from .redaction import FIELD_SECRET_NAME
 from .settings import Settings
-from .spec import LOCAL_ENGINE
 from .storage import Store
 from .storage.keys import meta_key_for, validate_image_key
 from .uploads import require_stored
@@ -75,10 +74,10 @@ def rerun_spec(body: RerunRequest, registry: ModelRegistry, settings: Settings, 
             detail=[{"field": "new_seed", "message": "not with seed"}],
         )
     spec = stored_spec(body.key, store, settings)
-    check_engine_name(spec.engine)
+    descriptor = descriptor_for(spec.engine)
     # What may have gone since the image was made is refused now, rather than failing the job later:
     # a model or LoRA removed from models.yaml, an input image deleted.
-    if spec.engine == LOCAL_ENGINE and spec.model is not None:
+    if descriptor.is_local and spec.model is not None:
         registry.get(spec.model)
     for lora in spec.loras:
         registry.lora(lora.name)

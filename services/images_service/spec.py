@@ -8,16 +8,13 @@ import secrets
 
 from services.contracts import MAX_SEED, GenerateRequest, RenderSpec
 
-from .engines import check_engine_name
+from .engines.descriptors import descriptor_for, engines_with
 from .errors import ValidationFailed
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
 from .presets import apply_preset
 from .settings import Settings
 from .storage import Store
 from .uploads import resolve_inputs
-
-LOCAL_ENGINE = "diffusers"
-"""The engine that loads models from models.yaml; server engines use the server's own checkpoints."""
 
 
 def _check_refiner(request: GenerateRequest, entry: ModelEntry | None, registry: ModelRegistry) -> None:
@@ -40,14 +37,17 @@ def resolve_spec(
 ) -> RenderSpec:
     """`store` is where `image`/`mask` keys are looked up (404 when missing) and the input's size
     is read; without one they are checked for shape only and the size comes from the model."""
-    engine = check_engine_name(request.engine or settings.image_engine)
-    if request.workflow is not None and engine != "comfyui":
+    descriptor = descriptor_for(request.engine or settings.image_engine)
+    engine = descriptor.name
+    if request.workflow is not None and not descriptor.capabilities.raw_workflow:
+        takers = engines_with("raw_workflow")
         raise ValidationFailed(
-            "a raw workflow runs only on the comfyui engine",
-            remediation=['Add "engine": "comfyui", or drop "workflow" to use the built-in template.'],
+            f"a raw workflow runs only on the {' or '.join(takers)} engine",
+            remediation=[f'Add "engine": "{takers[0]}", or drop "workflow" to use the built-in template.'],
         )
     entry: ModelEntry | None
-    if engine == LOCAL_ENGINE:
+    if descriptor.is_local:
+        # A local engine loads its models from models.yaml.
         model: str | None = request.model or registry.default_name()
         entry = registry.get(model)  # type: ignore[arg-type]
     else:

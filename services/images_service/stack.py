@@ -58,14 +58,6 @@ SUPERVISE_POLL_S = 0.2
 TAIL_LINES = 20
 """Lines of a failed child's output shown when the stack gives up on it."""
 
-SERVER_ENGINE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "comfyui": ("comfyui_url",),
-    "a1111": ("a1111_base_url",),
-    "invokeai": ("invoke_host", "invoke_port"),
-}
-"""Server engines and the settings (field names) that say where their server is: when any is set
-(environment or .env), the engine is configured here and `kitty-images up` starts its worker."""
-
 
 class StackError(RuntimeError):
     """The stack cannot start or keep running; the message is one line for the operator."""
@@ -132,13 +124,14 @@ def redis_server_binary() -> str:
 
 
 def configured_engines(settings: Settings) -> list[str]:
-    """Engines that get a worker: diffusers, IMAGE_ENGINE, and every server engine whose server is
-    configured (`SERVER_ENGINE_SETTINGS`), in the order of `ENGINES`."""
-    wanted = {"diffusers", settings.image_engine}
-    wanted |= {
-        engine for engine, fields in SERVER_ENGINE_SETTINGS.items() if settings.model_fields_set & set(fields)
-    }
-    return [engine for engine in ENGINES if engine in wanted]
+    """Engines that get a worker, in the order of `ENGINES`: every local engine (it needs no server),
+    IMAGE_ENGINE, and every server engine whose server is configured: one of its descriptor's
+    `server_settings` is set (environment or .env), not defaulted."""
+    return [
+        name
+        for name, descriptor in ENGINES.items()
+        if descriptor.is_local or name == settings.image_engine or descriptor.is_server_configured(settings)
+    ]
 
 
 def describe_exit(code: int | None) -> str:

@@ -15,6 +15,7 @@ from services.common.api_keys import ApiKey
 from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest
 
 from .engines import EngineHealth
+from .engines.descriptors import is_local_engine, worker_command
 from .errors import EngineOffline, KittyError
 from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key, fingerprint, scope_of
 from .metrics import JOBS_ENQUEUED
@@ -63,14 +64,11 @@ class Admission:
     """Whether a server engine's server answers (cached); asked only when it has no live worker."""
 
 
-LOCAL_ENGINE = "diffusers"
-
-
 def check_servable(engine: str, admission: Admission) -> None:
     """Refuse (503 ENGINE_OFFLINE) a job nobody could run: its engine has no live worker and its
-    server does not answer. Jobs of the local engine always queue (their worker is their server, and
+    server does not answer. Jobs of a local engine always queue (their worker is their server, and
     one may be starting); their view says what they wait for."""
-    if engine == LOCAL_ENGINE or admission.engine_health is None:
+    if is_local_engine(engine) or admission.engine_health is None:
         return
     if admission.queue.live_workers(engine) > 0:
         return
@@ -81,7 +79,7 @@ def check_servable(engine: str, admission: Admission) -> None:
         f"engine '{engine}' cannot run jobs now: no worker serves it and its server is not available "
         f"({health.detail})",
         remediation=[
-            f"Start the {engine} server, then a worker for it: `images-worker --engine {engine}` "
+            f"Start the {engine} server, then a worker for it: `{worker_command(engine)}` "
             "(`kitty-images up` starts one when its URL is set).",
             "GET /api/images/engines shows every engine's state; `kitty-images doctor` says what to fix.",
             "Or submit the request with another engine.",

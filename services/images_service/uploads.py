@@ -17,6 +17,7 @@ from services.common.limits import MAX_UPLOAD_BYTES
 from services.contracts import GenerateRequest, LoraRef, UploadView
 from services.contracts.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 
+from .engines.descriptors import engines_with
 from .errors import KeyNotFound, UnsupportedMediaType, ValidationFailed
 from .models import ModelRegistry
 from .settings import Settings
@@ -42,13 +43,8 @@ MAX_UPLOAD_SIDE = 4096
 """Largest width or height accepted (HIP-35's enterprise ceiling): 4096×4096 decodes to 48 MB of RGB,
 while a decompression bomb of a few KB can claim 100,000² pixels; refused before decoding."""
 
-INPUT_ENGINES: dict[str, frozenset[str]] = {
-    "image": frozenset({"diffusers", "a1111", "comfyui", "invokeai"}),
-    "mask": frozenset({"diffusers", "a1111", "comfyui", "invokeai"}),
-    # models.yaml's LoRAs are files the diffusers worker loads; a server engine has its own.
-    "loras": frozenset({"diffusers"}),
-}
-"""Which engines take each input field: image-to-image, inpainting, LoRA."""
+INPUT_CAPABILITIES: dict[str, str] = {"image": "img2img", "mask": "inpaint", "loras": "lora"}
+"""Each input field of a request → the engine capability (`Capabilities`) that takes it."""
 
 DEFAULT_STRENGTH = 0.75
 """`strength` of an image-to-image request that sends none: A1111's and diffusers' usual default."""
@@ -248,11 +244,11 @@ def resolve_inputs(
 
 
 def _check_engine_takes_inputs(request: GenerateRequest, engine: str) -> None:
-    used = [name for name in INPUT_ENGINES if getattr(request, name)]
-    refused = [name for name in used if engine not in INPUT_ENGINES[name]]
+    used = [name for name in INPUT_CAPABILITIES if getattr(request, name)]
+    refused = [name for name in used if engine not in engines_with(INPUT_CAPABILITIES[name])]
     if refused:
         fields = ", ".join(f"`{name}`" for name in refused)
-        takers = sorted(set.intersection(*(set(INPUT_ENGINES[name]) for name in refused)))
+        takers = sorted(set.intersection(*(set(engines_with(INPUT_CAPABILITIES[name])) for name in refused)))
         raise ValidationFailed(
             f"{fields}: engine '{engine}' does not take {'it' if len(refused) == 1 else 'them'}; "
             f"engines that do: {', '.join(takers)}",

@@ -1,6 +1,6 @@
 """`GET /api/images/engines`: the health-check matrix of every engine this build can run.
 
-Server engines are asked directly (one short HTTP call each, in parallel); the diffusers engine
+Server engines are asked directly (one short HTTP call each, in parallel); a local engine (diffusers)
 lives only in workers (the API never imports torch), so its row comes from the model registry and
 the workers registered on its queue. Any engine without a live worker is `offline`: its jobs wait.
 """
@@ -28,8 +28,6 @@ router = APIRouter(prefix="/api/images", tags=["engines"])
 HEALTH_CACHE_S = 5.0
 """A matrix this fresh is served again, so a busy gallery does not hammer the engines."""
 
-LOCAL_ENGINE = "diffusers"
-
 
 class EngineProbe:
     """Server-engine adapters (httpx only) made once per app, and the last matrix."""
@@ -47,7 +45,7 @@ class EngineProbe:
             return self._adapters[name]
 
     def health(self, name: str, settings: Settings, registry: ModelRegistry) -> EngineHealth:
-        if name == LOCAL_ENGINE:
+        if ENGINES[name].is_local:
             if not registry.names():
                 return EngineHealth(
                     "misconfigured",
@@ -84,10 +82,9 @@ class EngineProbe:
                 workers = Worker.count(queue=queue.queue(name))
             status, detail = result.status, result.detail
             if status == "ready" and workers == 0:
-                engine_flag = "" if name == LOCAL_ENGINE else f" --engine {name}"
                 status, detail = (
                     "offline",
-                    f"{detail}; no worker serves this engine: run `images-worker{engine_flag}`",
+                    f"{detail}; no worker serves this engine: run `{ENGINES[name].worker_command}`",
                 )
             rows.append(
                 EngineRow(
