@@ -47,11 +47,15 @@ class Deployment:
         self.processes.append(handle)
         return handle
 
-    def start_worker(self, name: str) -> ProcessHandle:
+    def start_worker(self, name: str, *, engine: str = "diffusers", **env: str) -> ProcessHandle:
+        """A worker of `engine` (diffusers: with the tiny model loaded); `env` overrides its settings."""
         metrics = free_port()
+        args = [str(BIN / "images-worker"), "--engine", engine, "--metrics-port", str(metrics)]
+        if engine == "diffusers":
+            args += ["--preload", "tiny-sd15"]
         handle = start_process(
-            [str(BIN / "images-worker"), "--preload", "tiny-sd15", "--metrics-port", str(metrics)],
-            self.env,
+            args,
+            {**self.env, **env},
             f"http://127.0.0.1:{metrics}/metrics",
             self.logs / f"{name}.log",
             timeout=120,

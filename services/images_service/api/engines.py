@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from rq import Worker
 
 from services.contracts import EngineRow, EnginesView
 
@@ -21,6 +20,8 @@ from ..engines import ENGINES, Engine, EngineHealth, make_engine
 from ..models import ModelRegistry
 from ..queue import JobQueue, redis_errors
 from ..settings import Settings
+from ..worker.card import WorkerCard, read_cards
+from ..worker.rq_worker import live_workers
 from .deps import QueueDep, RegistryDep, SettingsDep
 
 router = APIRouter(prefix="/api/images", tags=["engines"])
@@ -79,26 +80,39 @@ class EngineProbe:
         rows = []
         for name, result in health.items():
             with redis_errors():
-                workers = Worker.count(queue=queue.queue(name))
-            status, detail = result.status, result.detail
-            if status == "ready" and workers == 0:
-                status, detail = (
-                    "offline",
-                    f"{detail}; no worker serves this engine: run `{ENGINES[name].worker_command}`",
-                )
-            rows.append(
-                EngineRow(
-                    engine_id=name,
-                    status=status,
-                    detail=detail,
-                    version=result.version,
-                    last_check=checked,
-                    workers=workers,
-                )
-            )
+                live = live_workers(queue.redis, queue.queues(name))
+                cards = read_cards(queue.redis, settings.queue_prefix, [worker.name for worker in live])
+            rows.append(row_of(name, result, len(live), cards, checked))
         view = EnginesView(engines=rows)
         self._cached = (time.monotonic(), view)
         return view
+
+
+def row_of(name: str, own: EngineHealth, workers: int, cards: list[WorkerCard], checked: str) -> EngineRow:
+    """An engine's row: what its live workers report of their servers when they have said (each may
+    use another server than the API's settings name), else the API's own look."""
+    if cards:
+        ready = [card for card in cards if card.status == "ready"]
+        seen = sorted({f"{card.server or card.host}: {card.detail}" for card in cards})
+        plural = "s" if workers != 1 else ""
+        health = EngineHealth(
+            "ready" if ready else cards[0].status,
+            f"{workers} worker{plural}; " + "; ".join(seen),
+            (ready or cards)[0].version,
+        )
+    elif workers == 0 and own.status == "ready":
+        hint = f"no worker serves this engine: run `{ENGINES[name].worker_command}`"
+        health = EngineHealth("offline", f"{own.detail}; {hint}", own.version)
+    else:
+        health = own
+    return EngineRow(
+        engine_id=name,
+        status=health.status,
+        detail=health.detail,
+        version=health.version,
+        last_check=checked,
+        workers=workers,
+    )
 
 
 def get_probe(request: Request) -> EngineProbe:

@@ -23,6 +23,7 @@ from ..gallery import GalleryIndex
 from ..queue import connect_redis, engine_queues
 from ..redaction import redact_url
 from ..settings import get_settings
+from .card import CardPublisher
 from .rq_worker import KittyWorker
 from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
@@ -124,10 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     queues = engine_queues(connection, settings, args.engine)
     worker = KittyWorker(queues, connection=connection, serializer=JSONSerializer)
     worker.set_heartbeat(settings.heartbeat_s)
+    card = CardPublisher(connection, settings, worker.name, args.engine, engine)
+    card.start()
     log.info("worker starting", extra={"engine": args.engine, "queues": [q.name for q in queues]})
     try:
         worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)
     finally:
+        card.stop()
         uploader.stop()
         uploader.join(timeout=UPLOADER_JOIN_S)
         runtime.close()
