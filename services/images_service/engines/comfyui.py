@@ -309,6 +309,38 @@ def _in_queue(items: Any, prompt_id: str) -> bool:
     return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items or [])
 
 
+def _node_problems(node_errors: Any) -> list[dict[str, Any]]:
+    """ComfyUI's ``node_errors`` (``{node_id: {"errors": [...], "class_type", ...}}``) as one flat
+    list of what crosses to the client: a node's ``extra_info`` can carry a Python traceback."""
+    problems: list[dict[str, Any]] = []
+    for node_id, entry in (node_errors if isinstance(node_errors, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
+        for item in entry.get("errors") or []:
+            if not isinstance(item, dict):
+                continue
+            problems.append(
+                {
+                    "node_id": str(node_id),
+                    "class_type": entry.get("class_type"),
+                    "type": item.get("type"),
+                    "message": item.get("message"),
+                    "details": item.get("details"),
+                    "input_name": (item.get("extra_info") or {}).get("input_name"),
+                }
+            )
+    return problems
+
+
+def _describe_problems(problems: list[dict[str, Any]]) -> str:
+    """``node 1 (EmptyImage): Required input is missing: color; ...``."""
+    return "; ".join(
+        f"node {p['node_id']} ({p['class_type']}): {p['message']}"
+        + (f": {p['details'] or p['input_name']}" if p["details"] or p["input_name"] else "")
+        for p in problems
+    )
+
+
 class _PromptFailed(EngineError):
     """The prompt ended badly on the server: there is nothing left to stop there."""
 
@@ -596,7 +628,27 @@ class ComfyUIEngine:
         # Servers older than client-chosen ids make their own: follow whichever it runs.
         queued = str(answer.get("prompt_id") or prompt_id) if isinstance(answer, dict) else prompt_id
         log.info("comfyui prompt queued", extra={"prompt_id": queued, "comfyui_url": self.base_url})
+        problems = _node_problems(answer.get("node_errors") if isinstance(answer, dict) else None)
+        if problems:
+            # A graph with an invalid output beside a valid one is queued (200) with node_errors,
+            # and ComfyUI runs only the valid outputs ("Output will be ignored"). We fail the job
+            # instead of finishing it with part of what was asked: "done" would hide the missing
+            # outputs, and the wire has no field for a warning. What was queued is stopped, so it
+            # renders nothing for nobody.
+            self._stop(queued)
+            raise self._partial_refusal(problems)
         return queued
+
+    def _partial_refusal(self, problems: list[dict[str, Any]]) -> ValidationFailed:
+        nodes = sorted({p["node_id"] for p in problems}, key=lambda node_id: (len(node_id), node_id))
+        return ValidationFailed(
+            f"{SERVER} would run only part of the workflow: {_describe_problems(problems)}",
+            remediation=[
+                f"Fix or remove node {', '.join(nodes)}: ComfyUI ignores every output that depends on "
+                "an invalid node, and the job renders all of its outputs or none.",
+            ],
+            detail={"error_type": "outputs_ignored", "node_errors": problems},
+        )
 
     def _refusal(self, response: httpx.Response, is_template: bool) -> KittyError:
         """``POST /prompt``'s 400 as a validation error naming each failing node and input; an
@@ -607,31 +659,13 @@ class ComfyUIEngine:
             body = {}
         error = body.get("error") if isinstance(body, dict) else None
         error = error if isinstance(error, dict) else {"message": str(error or response.text)}
-        node_errors = body.get("node_errors") if isinstance(body, dict) else None
-        problems: list[dict[str, Any]] = []
-        for node_id, entry in (node_errors if isinstance(node_errors, dict) else {}).items():
-            for item in entry.get("errors") or []:
-                problems.append(
-                    {
-                        "node_id": node_id,
-                        "class_type": entry.get("class_type"),
-                        "type": item.get("type"),
-                        "message": item.get("message"),
-                        "details": item.get("details"),
-                        "input_name": (item.get("extra_info") or {}).get("input_name"),
-                    }
-                )
+        problems = _node_problems(body.get("node_errors") if isinstance(body, dict) else None)
         if problems:
-            what = "; ".join(
-                f"node {p['node_id']} ({p['class_type']}): {p['message']}"
-                + (f": {p['details'] or p['input_name']}" if p["details"] or p["input_name"] else "")
-                for p in problems
-            )
+            what = _describe_problems(problems)
         else:
             what = str(error.get("message") or "the prompt was refused")
             if error.get("details"):
                 what += f" ({error['details']})"
-        # Only these fields cross: a node's extra_info can carry a Python traceback.
         detail = {"error_type": error.get("type"), "node_errors": problems}
         if is_template and any(p["node_id"] in (IMAGE_NODE, MASK_NODE) for p in problems):
             # Our own upload, gone by the time the prompt came: nothing in the request to fix.

@@ -4,8 +4,12 @@ colour drawn from the seed, or for a latent encoded from a picture that picture 
 colour by ``denoise`` — carrying ComfyUI's ``prompt``/``workflow`` text chunks, and keeps a
 per-node cache. ``POST /upload/image`` keeps files in memory, where LoadImage finds them.
 
-Switches a test may flip at any time: `step_delay_s`, `checkpoints`, `paused` (hold the queue),
-`fail_node_type` (that node raises → ``execution_error``), `websocket_enabled`, `forget_uploads`."""
+Switches a test may flip at any time: `step_delay_s`, `node_delay_s` (every other node's run time),
+`checkpoints`, `paused` (hold the queue), `fail_node_type` (that node raises → ``execution_error``),
+`websocket_enabled`, `forget_uploads`.
+
+Differences from the real server are found by tests/integration/test_comfyui_real.py, which runs
+the same scenarios against both."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from email.parser import BytesParser
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageOps
@@ -47,6 +52,19 @@ UPLOAD_TYPES = ("input", "temp", "output")
 
 MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 """LoadImageMask's ``channel`` choices."""
+
+UPSCALE_METHODS = {
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+"""ImageScale's ``upscale_method`` choices, as Pillow filters."""
+
+INVERTED = [int(np.float32(255.0) * (np.float32(1.0) - np.float32(value / 255))) for value in range(256)]
+"""ImageInvert of each 8-bit value as ComfyUI computes it: ``1.0 - x`` in float32, then SaveImage's
+``255. * x`` cut (not rounded) to 8 bits. 48 comes back as 207, but 207 as 47."""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -93,6 +111,8 @@ NODE_TYPES: dict[str, NodeType] = {
     "ImageCompositeMasked": NodeType(
         ("destination", "source", "x", "y", "resize_source"), ("IMAGE",), optional=("mask",)
     ),
+    "ImageScale": NodeType(("image", "upscale_method", "width", "height", "crop"), ("IMAGE",)),
+    "ImageInvert": NodeType(("image",), ("IMAGE",)),
 }
 """The nodes this fake knows (a real server has hundreds). An IMAGE is a list of Pillow images (a
 batch), a MASK one greyscale image (white = 1), a LATENT a dict of its size and batch, with the
@@ -167,6 +187,8 @@ class FakeComfyUI:
     ) -> None:
         self.checkpoints = list(checkpoints)
         self.step_delay_s = step_delay_s
+        self.node_delay_s = 0.0
+        """How long each node but a sampler takes: a slow graph, to cancel while it runs."""
         self.paused = False
         self.fail_node_type: str | None = None
         self.websocket_enabled = True
@@ -188,6 +210,8 @@ class FakeComfyUI:
         self.number = 0
         self.counter = 0
         self.interrupt_flag = False
+        self.node_progress: dict[str, tuple[float, float, str]] = {}
+        """The running prompt's nodes: (value, max, state), as its progress_state events carry them."""
         self._executor: asyncio.Task[None] | None = None
         self.app = self._origin_check(self._api_prefix(self._build()))
 
@@ -599,17 +623,19 @@ class FakeComfyUI:
         await emit("execution_cached", {"nodes": cached, "timestamp": _now_ms()})
         values: dict[str, tuple[Any, ...]] = {}
         status = "success"
+        # Every node's progress so far: each progress_state event carries all that are not pending.
+        self.node_progress = {}
         try:
             for node_id in order:
                 class_type = prompt[node_id]["class_type"]
                 if node_id in cached:
                     values[node_id], ui = self.cache[signatures[node_id]]
+                    if ui is None:
+                        continue  # ComfyUI visits only the cached outputs: no event for the rest
                 else:
                     if self.interrupt_flag:
                         raise Interrupted(node_id)
-                    await self._send(
-                        client, "progress_state", self._progress_state(prompt_id, node_id, 0, 1, "running")
-                    )
+                    await self._send_progress_state(client, prompt_id, node_id, 0.0, 1.0, "running")
                     await emit(
                         "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}
                     )
@@ -630,6 +656,8 @@ class FakeComfyUI:
                         "executed",
                         {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
                     )
+                maximum = self.node_progress.get(node_id, (0, 1))[1]
+                await self._send_progress_state(client, prompt_id, node_id, maximum, maximum, "finished")
             await emit("execution_success", {"timestamp": _now_ms()})
         except Interrupted as stop:
             status = "error"
@@ -675,23 +703,25 @@ class FakeComfyUI:
             },
         }
 
-    @staticmethod
-    def _progress_state(prompt_id: str, node_id: str, value: int, maximum: int, state: str) -> dict[str, Any]:
-        return {
-            "prompt_id": prompt_id,
-            "nodes": {
-                node_id: {
-                    "value": value,
-                    "max": maximum,
-                    "state": state,
-                    "node_id": node_id,
-                    "prompt_id": prompt_id,
-                    "display_node_id": node_id,
-                    "parent_node_id": None,
-                    "real_node_id": node_id,
-                }
-            },
+    async def _send_progress_state(
+        self, client: str | None, prompt_id: str, node_id: str, value: float, maximum: float, state: str
+    ) -> None:
+        """ComfyUI's progress registry: `node_id`'s new state, sent with every started node's."""
+        self.node_progress[node_id] = (value, maximum, state)
+        nodes = {
+            key: {
+                "value": node_value,
+                "max": node_max,
+                "state": node_state,
+                "node_id": key,
+                "prompt_id": prompt_id,
+                "display_node_id": key,
+                "parent_node_id": None,
+                "real_node_id": key,
+            }
+            for key, (node_value, node_max, node_state) in self.node_progress.items()
         }
+        await self._send(client, "progress_state", {"prompt_id": prompt_id, "nodes": nodes})
 
     def _signature(self, prompt: dict[str, Any], node_id: str) -> str:
         node = prompt[node_id]
@@ -712,6 +742,8 @@ class FakeComfyUI:
         emit: Callable[[str, dict[str, Any]], Awaitable[None]],
         client: str | None,
     ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        if class_type != "KSampler" and self.node_delay_s:
+            await asyncio.sleep(self.node_delay_s)
         if class_type == "CheckpointLoaderSimple":
             return (f"model:{inputs['ckpt_name']}", "clip", "vae"), None
         if class_type == "CLIPTextEncode":
@@ -724,10 +756,8 @@ class FakeComfyUI:
             steps = int(inputs["steps"])
             for step in range(1, steps + 1):
                 await asyncio.sleep(self.step_delay_s)
+                await self._send_progress_state(client, prompt_id, node_id, step, steps, "running")
                 await emit("progress", {"value": step, "max": steps, "node": node_id})
-                await self._send(
-                    client, "progress_state", self._progress_state(prompt_id, node_id, step, steps, "running")
-                )
                 if step == 1:
                     await self._send(client, "", self._preview())
             return (
@@ -767,6 +797,10 @@ class FakeComfyUI:
             return (list(inputs["image"]) * int(inputs["amount"]),), None
         if class_type == "ImageCompositeMasked":
             return (self._composite(inputs),), None
+        if class_type == "ImageScale":
+            return (self._scale(inputs),), None
+        if class_type == "ImageInvert":
+            return ([image.point(INVERTED * len(image.getbands())) for image in inputs["image"]],), None
         # SaveImage / PreviewImage
         saved = class_type == "SaveImage"
         kind = "output" if saved else "temp"
@@ -784,6 +818,20 @@ class FakeComfyUI:
             self.files[(kind, "", filename)] = buffer.getvalue()
             refs.append({"filename": filename, "subfolder": "", "type": kind})
         return (), {"images": refs}
+
+    @staticmethod
+    def _scale(inputs: dict[str, Any]) -> list[Image.Image]:
+        """ImageScale: a width or height of 0 keeps the aspect ratio; both 0 keep the size."""
+        images, width, height = list(inputs["image"]), int(inputs["width"]), int(inputs["height"])
+        if width == 0 and height == 0:
+            return images
+        old_width, old_height = images[0].size
+        width = width or max(1, round(old_width * height / old_height))
+        height = height or max(1, round(old_height * width / old_width))
+        method = UPSCALE_METHODS[str(inputs["upscale_method"])]
+        if inputs["crop"] == "center":
+            return [ImageOps.fit(image, (width, height), method) for image in images]
+        return [image.resize((width, height), method) for image in images]
 
     @staticmethod
     def _sample(latent: dict[str, Any], seed: int, denoise: float) -> dict[str, Any]:
