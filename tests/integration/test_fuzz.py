@@ -16,8 +16,10 @@ from schemathesis.checks import not_a_server_error
 from services.gateway.app import create_app as create_gateway
 from services.gateway.settings import GatewaySettings
 from services.images_service.app import create_app
+from services.images_service.engines import ENGINES
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import make_settings
+from tests.support.workers import idle_workers
 
 FUZZ_DB = 7
 """A Redis database of its own: the fuzzer enqueues many jobs."""
@@ -31,7 +33,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> I
     redis_url = f"{redis_server.rsplit('/', 1)[0]}/{FUZZ_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     settings = make_settings(Path(tmp_path_factory.mktemp("fuzz")), redis_url)
-    with serve_asgi(create_app(settings), lifespan="on") as service:
+    # Every server engine has a live (idle) worker: a job for one is accepted, not refused with
+    # 503 ENGINE_OFFLINE (tests/integration/test_engine_availability.py covers that answer), so any
+    # 5xx the fuzzer meets is a bug.
+    with (
+        idle_workers(settings, [name for name in ENGINES if not ENGINES[name].is_local]),
+        serve_asgi(create_app(settings), lifespan="on") as service,
+    ):
         gateway = create_gateway(GatewaySettings(IMAGES_BASE=service))
         with serve_asgi(gateway, lifespan="on") as gateway_url:
             yield service, gateway_url
