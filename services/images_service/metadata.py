@@ -30,16 +30,27 @@ SIDECAR_VERSION = 1
 
 
 def infotext(
-    spec: RenderSpec, *, seed: int, model_hash: str | None = None, version: str | None = None
+    spec: RenderSpec,
+    *,
+    seed: int | None,
+    model_hash: str | None = None,
+    version: str | None = None,
+    settings_used: dict[str, Any] | None = None,
 ) -> str:
     """The ``parameters`` text as AUTOMATIC1111 writes it (``create_infotext``), so its PNG Info
-    tab and other readers parse our images."""
-    sampler, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
+    tab and other readers parse our images. `settings_used` (a raw graph's own sampler settings)
+    replaces the request's steps, CFG and sampler; what it leaves None is left out, never guessed."""
+    if settings_used is not None:
+        steps, cfg = settings_used.get("steps"), settings_used.get("cfg")
+        sampler, schedule = settings_used.get("sampler"), settings_used.get("scheduler")
+    else:
+        steps, cfg = spec.steps, spec.cfg
+        sampler, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
     fields: dict[str, object | None] = {
-        "Steps": spec.steps,
+        "Steps": steps,
         "Sampler": sampler,
         "Schedule type": schedule,
-        "CFG scale": _a1111_number(spec.cfg),
+        "CFG scale": _a1111_number(cfg) if cfg is not None else None,
         "Seed": seed,
         "Size": f"{spec.width}x{spec.height}",
         "Model hash": model_hash,
@@ -58,7 +69,7 @@ def build_sidecar(
     job_id: str,
     engine: str,
     spec: RenderSpec,
-    seed: int,
+    seed: int | None,
     width: int,
     height: int,
     device: str | None,
@@ -68,6 +79,7 @@ def build_sidecar(
     timings: dict[str, Any],
     created_at: datetime,
     index: int,
+    settings_used: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON record stored beside an image (and inside it, as the ``kitty`` chunk)."""
     info = dict(engine_info)
@@ -81,7 +93,7 @@ def build_sidecar(
     if created_at.tzinfo is None:
         # Naive datetimes in this codebase are UTC by convention.
         created_at = created_at.replace(tzinfo=UTC)
-    return {
+    record = {
         "sidecar_version": SIDECAR_VERSION,
         "job_id": job_id,
         "index": index,
@@ -99,6 +111,9 @@ def build_sidecar(
         "png_key": png_key,
         "meta_key": meta_key,
     }
+    if settings_used is not None:
+        record["settings_used"] = dict(settings_used)
+    return record
 
 
 def encode_png(

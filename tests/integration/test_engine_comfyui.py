@@ -20,7 +20,7 @@ from PIL import Image
 from services.contracts import RenderSpec
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
-from services.images_service.engines.comfyui import ComfyUIEngine, template_graph
+from services.images_service.engines.comfyui import ComfyUIEngine, graph_settings, template_graph
 from services.images_service.errors import EngineError, KittyError
 from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
@@ -200,7 +200,9 @@ def test_raw_workflow_runs_as_sent(engine: ComfyUIEngine, fake: FakeComfyUI) -> 
     assert fake.submitted[-1]["prompt"] == graph
     assert [image.image.size for image in result.images] == [(32, 24), (32, 24)]
     assert result.images[0].image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
-    assert [image.seed for image in result.images] == [7, 7]
+    # No sampler in the graph: no seed or sampler settings to record (the request's seed 7 was unused).
+    assert [image.seed for image in result.images] == [None, None]
+    assert result.settings_used == {"steps": None, "cfg": None, "sampler": None, "scheduler": None}
     assert json.loads(result.images[0].text_chunks["prompt"]) == graph
     assert result.engine_info["workflow"] == "raw"
     assert progress.calls[-1] == (1, 1)
@@ -529,3 +531,44 @@ def test_fake_upload_route_answers_like_comfyui(url: str) -> None:
     assert upload(second, overwrite="true")["name"] == "in.png"
     assert httpx.get(f"{url}/view", params={"filename": "in.png", "type": "input"}).content == second
     assert httpx.post(f"{url}/upload/image", data={"type": "input"}).status_code == 400
+
+
+def test_a_raw_graph_records_its_own_sampler_settings_not_the_requests(
+    tmp_path: Path, redis_url: str, url: str
+) -> None:
+    """The request's seed, steps and CFG (defaults, or sent alongside) did not drive a raw graph: the
+    sidecar and infotext record its KSampler's values, and leave out what it does not state."""
+    settings = make_settings(tmp_path, redis_url, comfyui_url=url, engine_poll_interval_s=POLL_S)
+    store = make_store(settings)
+    engine = ComfyUIEngine(settings)
+    spec = make_spec(seed=1, width=64, height=64, steps=3)
+    graph = template_graph(spec, DEFAULT_CHECKPOINTS[0])
+    sampler = next(node for node in graph.values() if node["class_type"] == "KSampler")
+    sampler["inputs"].update(seed=4242, steps=2, cfg=5.5, sampler_name="dpmpp_2m", scheduler="karras")
+    with TestClient(create_app(settings, store=store)) as client:
+        harness = Harness(client, settings, store, {"comfyui": engine})
+        job_id = harness.generate(engine="comfyui", workflow=graph, seed=7, steps=30)
+        harness.work("comfyui")
+        views = [harness.job(job_id)]
+    engine.close()
+    assert views[0]["status"] == "done", views
+
+    sidecar = json.loads(store.get(views[0]["result"]["meta_key"]))
+    assert sidecar["seed"] == 4242 and views[0]["result"]["images"][0]["seed"] == 4242
+    assert sidecar["settings_used"] == {"steps": 2, "cfg": 5.5, "sampler": "dpmpp_2m", "scheduler": "karras"}
+    parameters = read_png_text(store.get(views[0]["result"]["png_key"]))["parameters"]
+    assert "Steps: 2, Sampler: dpmpp_2m, Schedule type: karras, CFG scale: 5.5, Seed: 4242" in parameters
+    assert "Steps: 30" not in parameters and "Seed: 7" not in parameters
+
+
+def test_graph_settings_reads_one_sampler_and_leaves_out_what_it_cannot_know() -> None:
+    graph = {
+        "1": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 5, "steps": 8, "cfg": 4}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+    }
+    assert graph_settings(graph) == (5, {"steps": 8, "cfg": 4, "sampler": None, "scheduler": None})
+    graph["1"]["inputs"]["noise_seed"] = ["3", 0]  # wired from another node: unknown here
+    assert graph_settings(graph)[0] is None
+    graph["4"] = {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 3.0}}
+    assert graph_settings(graph) == (None, dict.fromkeys(("steps", "cfg", "sampler", "scheduler")))
+    assert graph_settings({}) == (None, dict.fromkeys(("steps", "cfg", "sampler", "scheduler")))

@@ -27,7 +27,8 @@ that exception propagate (and stop its remote job, for adapters)."""
 @dataclass
 class RenderedImage:
     image: Image.Image
-    seed: int
+    seed: int | None
+    """None when the engine cannot know it (a raw graph whose sampler's seed is not a plain number)."""
     text_chunks: dict[str, str] = field(default_factory=dict)
     """PNG text chunks the engine wants kept (e.g. ComfyUI's ``prompt``/``workflow``)."""
 
@@ -41,6 +42,10 @@ class RenderResult:
     """What the engine reports for the sidecar: dtype, library versions, server info, ..."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds: ``load_s`` (0 when the model was resident), ``render_s``."""
+    settings_used: dict[str, Any] | None = None
+    """When the request's steps/cfg/sampler did not drive the render (a raw graph carries its own):
+    what did, as far as the engine can tell (``steps``, ``cfg``, ``sampler``, ``scheduler``; None
+    where it cannot). The image's infotext and sidecar record these instead of the request's."""
 
 
 HealthStatus = Literal["ready", "offline", "misconfigured"]

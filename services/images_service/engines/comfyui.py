@@ -407,6 +407,38 @@ class _Run:
         self.report()
 
 
+SAMPLER_SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "SamplerCustom": "noise_seed"}
+"""ComfyUI's core sampler nodes and the input that holds each one's seed."""
+
+
+def graph_settings(graph: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """The seed and sampler settings a raw graph renders with, read from its one sampler node: a
+    value wired from another node, or a graph with no or several samplers, is unknown (None) and so
+    recorded nowhere — never the request's defaults, which the graph did not use."""
+    samplers = [
+        node
+        for node in graph.values()
+        if isinstance(node, dict) and node.get("class_type") in SAMPLER_SEED_INPUTS
+    ]
+    if len(samplers) != 1:
+        return None, {"steps": None, "cfg": None, "sampler": None, "scheduler": None}
+    node = samplers[0]
+    raw_inputs = node.get("inputs")
+    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+
+    def plain(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = inputs.get(name)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    seed = plain(SAMPLER_SEED_INPUTS[str(node["class_type"])], int)
+    return seed, {
+        "steps": plain("steps", int),
+        "cfg": plain("cfg", (int, float)),
+        "sampler": plain("sampler_name", str),
+        "scheduler": plain("scheduler", str),
+    }
+
+
 class ComfyUIEngine:
     """Renders on a ComfyUI server (``COMFYUI_URL``).
 
@@ -414,7 +446,8 @@ class ComfyUIEngine:
     first checkpoint when None) and all ``num_images`` come from one batch: ComfyUI draws a batch's
     noise from a single seed, so every image of it records ``spec.seed`` (its ``index`` in the
     sidecar tells them apart; re-running the same request reproduces the whole batch). A raw
-    ``spec.workflow`` is sent as is and its images record ``spec.seed`` as well.
+    ``spec.workflow`` is sent as is; its images record the seed and sampler settings of its sampler
+    node (`graph_settings`), not the request's, which it did not use.
 
     With ``spec.image`` the template starts from that picture (and ``spec.mask``): both are read
     from our store, resized here to the job's size and uploaded to ComfyUI's input folder
@@ -519,14 +552,15 @@ class ComfyUIEngine:
         images = self._fetch_images(entry, run.prompt_id, is_template)
         run.finish()
         engine_info.update(prompt_id=run.prompt_id, workflow="template" if is_template else "raw")
+        seed, settings_used = (spec.seed, None) if is_template else graph_settings(graph)
         return RenderResult(
             images=[
-                RenderedImage(decode_image(data), spec.seed, png_text_chunks(data, KEPT_CHUNKS))
-                for data in images
+                RenderedImage(decode_image(data), seed, png_text_chunks(data, KEPT_CHUNKS)) for data in images
             ],
             device=self.base_url,
             engine_info=engine_info,
             timings={"render_s": time.monotonic() - started},
+            settings_used=settings_used,
         )
 
     def close(self) -> None:

@@ -137,11 +137,17 @@ def prepare_objects(
             timings=result.timings,
             created_at=created_at,
             index=position,
+            settings_used=result.settings_used,
         )
         sidecar["thumb_key"] = thumb_key
         png = encode_png(
             rendered.image,
-            parameters=infotext(spec, seed=rendered.seed, version=sidecar["versions"].get("kitty-images")),
+            parameters=infotext(
+                spec,
+                seed=rendered.seed,
+                version=sidecar["versions"].get("kitty-images"),
+                settings_used=result.settings_used,
+            ),
             sidecar=sidecar,
             extra_chunks=rendered.text_chunks,
         )
