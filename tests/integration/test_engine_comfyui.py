@@ -20,7 +20,12 @@ from PIL import Image
 from services.contracts import RenderSpec
 from services.images_service.app import create_app
 from services.images_service.engines import JobCanceled
-from services.images_service.engines.comfyui import ComfyUIEngine, graph_settings, template_graph
+from services.images_service.engines.comfyui import (
+    ComfyUIEngine,
+    failure_remediation,
+    graph_settings,
+    template_graph,
+)
 from services.images_service.errors import EngineError, KittyError
 from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
@@ -271,6 +276,23 @@ def test_execution_error_is_engine_error_with_the_servers_words(
         error.detail
     )
     assert fake.interrupts == [] and fake.deleted == []
+    assert any("Out of memory" in step for step in error.remediation)
+
+
+@pytest.mark.parametrize(
+    ("node_type", "exception", "says", "never"),
+    [
+        ("KSampler", ("torch.OutOfMemoryError", "CUDA out of memory"), "Out of memory", "model file"),
+        ("CheckpointLoaderSimple", ("RuntimeError", "Could not detect model type"), "model file", "memory"),
+        ("VAEDecode", ("ValueError", "bad shape"), "console", "memory"),
+    ],
+)
+def test_remediation_matches_the_failure(
+    node_type: str, exception: tuple[str, str], says: str, never: str
+) -> None:
+    data = {"node_type": node_type, "exception_type": exception[0], "exception_message": exception[1]}
+    steps = " ".join(failure_remediation(data))
+    assert says in steps and never not in steps
 
 
 def test_cancel_while_running_interrupts_our_prompt(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:

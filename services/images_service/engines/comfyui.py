@@ -439,6 +439,27 @@ def graph_settings(graph: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     }
 
 
+LOADER_NODES = frozenset(
+    {"CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "VAELoader", "LoraLoader"}
+)
+"""Nodes that read a model file: their failures are about the file, not about memory."""
+
+
+def failure_remediation(data: dict[str, Any]) -> list[str]:
+    """What to do about a node's failure, by what failed: a model file that does not load, memory, or
+    anything else (ComfyUI's console has the traceback)."""
+    message = f"{data.get('exception_type')}: {data.get('exception_message')}".lower()
+    steps = ["See ComfyUI's console for the full error."]
+    if "out of memory" in message or "outofmemory" in message:
+        steps.append("Out of memory: try a smaller size or fewer images.")
+    elif data.get("node_type") in LOADER_NODES:
+        steps.append(
+            "The model file could not be loaded: check that it is complete and of a family ComfyUI "
+            "knows (GET /object_info lists the files it sees), or choose another."
+        )
+    return steps
+
+
 class ComfyUIEngine:
     """Renders on a ComfyUI server (``COMFYUI_URL``).
 
@@ -824,10 +845,7 @@ class ComfyUIEngine:
         # The traceback stays in ComfyUI's console: no stack trace reaches a client.
         return _PromptFailed(
             f"{SERVER} failed in {node}: {data.get('exception_type')}: {data.get('exception_message')}",
-            remediation=[
-                "See ComfyUI's console for the full error.",
-                "Out of memory: try a smaller size or fewer images.",
-            ],
+            remediation=failure_remediation(data),
             detail={
                 "node_id": data.get("node_id"),
                 "node_type": data.get("node_type"),
