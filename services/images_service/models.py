@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,25 @@ CATALOG: dict[str, dict[str, Any]] = {
 }
 """Names `kitty-images models pull NAME` knows without being told a repo id."""
 
-FALLBACK_DEFAULTS: dict[str, Any] = {
-    "width": 1024,
-    "height": 1024,
-    "steps": 30,
-    "cfg": 7.0,
-    "scheduler": None,
-}
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a request gets for a field it leaves out: a models.yaml entry's ``defaults:`` over the
+    seed's SDXL ones. Values are taken as written; `RenderSpec` validates them at submit time."""
+
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    cfg: float = 7.0
+    scheduler: str | None = None
+
+    @classmethod
+    def over_fallbacks(cls, written: Mapping[str, Any]) -> ModelDefaults:
+        """`written` (an entry's ``defaults:``) over `FALLBACK_DEFAULTS`; other keys are left out."""
+        return cls(**{f.name: written[f.name] for f in fields(cls) if f.name in written})
+
+
+FALLBACK_DEFAULTS = ModelDefaults()
 """The seed's SDXL defaults, used for anything an entry does not set."""
 
 
@@ -87,10 +100,16 @@ class ModelEntry:
     is_local: bool
     refiner: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+    """As written in models.yaml (what GET /api/images/models lists); see `resolved_defaults`."""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def resolved_defaults(self) -> ModelDefaults:
+        return ModelDefaults.over_fallbacks(self.defaults)
+
     def default(self, key: str) -> Any:
-        return self.defaults.get(key, FALLBACK_DEFAULTS.get(key))
+        """One default by name (None for a name that is not one); `resolved_defaults` is typed."""
+        return self.defaults.get(key, getattr(FALLBACK_DEFAULTS, key, None))
 
     def fetch_hint(self) -> str:
         if self.is_local:

@@ -12,24 +12,10 @@ from .engines.descriptors import descriptor_for, engines_with
 from .errors import ValidationFailed
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
 from .presets import apply_preset
+from .refiner import refiner_of
 from .settings import Settings
 from .storage import Store
 from .uploads import resolve_inputs
-
-
-def _check_refiner(request: GenerateRequest, entry: ModelEntry | None, registry: ModelRegistry) -> None:
-    if not request.refiner:
-        return
-    if entry is None or not entry.refiner:
-        name = entry.name if entry else request.model
-        raise ValidationFailed(
-            f"model '{name}' has no refiner configured",
-            remediation=[
-                f"Add 'refiner: <model name>' to the '{name}' entry of models.yaml,",
-                "or send the request without refiner.",
-            ],
-        )
-    registry.get(entry.refiner)
 
 
 def resolve_spec(
@@ -45,33 +31,32 @@ def resolve_spec(
             f"a raw workflow runs only on the {' or '.join(takers)} engine",
             remediation=[f'Add "engine": "{takers[0]}", or drop "workflow" to use the built-in template.'],
         )
+    model: str | None
     entry: ModelEntry | None
     if descriptor.is_local:
         # A local engine loads its models from models.yaml.
-        model: str | None = request.model or registry.default_name()
-        entry = registry.get(model)  # type: ignore[arg-type]
+        model = request.model or registry.default_name()
+        entry = registry.get(model)
     else:
         # A server engine renders with its own checkpoints: `model` names one of them, or none
         # for whatever it has loaded. A models.yaml entry of that name still lends its defaults.
         model = request.model
         entry = registry.entries().get(model) if model else None
-    _check_refiner(request, entry, registry)
+    if request.refiner:
+        registry.get(refiner_of(entry, request.model))  # the refiner must be registered too
     inputs = resolve_inputs(request, engine, registry, settings, store)
     styled = apply_preset(request)
-
-    def default(key: str) -> object:
-        return entry.default(key) if entry else FALLBACK_DEFAULTS[key]
-
+    defaults = entry.resolved_defaults if entry else FALLBACK_DEFAULTS
     return RenderSpec(
         prompt=styled.prompt,
         negative_prompt=styled.negative_prompt,
         model=model,
-        width=inputs.width or styled.width or default("width"),  # type: ignore[arg-type]
-        height=inputs.height or styled.height or default("height"),  # type: ignore[arg-type]
-        steps=styled.steps or default("steps"),  # type: ignore[arg-type]
-        cfg=styled.cfg if styled.cfg is not None else default("cfg"),  # type: ignore[arg-type]
+        width=inputs.width or styled.width or defaults.width,
+        height=inputs.height or styled.height or defaults.height,
+        steps=styled.steps or defaults.steps,
+        cfg=styled.cfg if styled.cfg is not None else defaults.cfg,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-        scheduler=request.scheduler or default("scheduler"),  # type: ignore[arg-type]
+        scheduler=request.scheduler or defaults.scheduler,
         refiner=request.refiner,
         num_images=request.num_images,
         engine=engine,

@@ -35,6 +35,7 @@ from services.contracts import RenderSpec
 
 from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
 from ..models import LORA_HOWTO, LoraEntry, ModelEntry, ModelRegistry
+from ..refiner import REFINER_SPLIT, base_steps, check_refiner_follows, refiner_of
 from ..worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from .acceleration import accelerate, attention_processors, compile_mode, denoiser, set_vae_tiling
 from .base import EngineHealth, JobCanceled, ProgressFn, RenderedImage, RenderResult
@@ -72,10 +73,6 @@ in the table that fits them."""
 
 FLOW_MATCH_ALIASES = frozenset({"euler"})
 """Wire names that mean the flow-matching model's own scheduler."""
-
-REFINER_SPLIT = 0.8
-"""Fraction of the noise schedule the SDXL base denoises before the refiner takes over (diffusers'
-and A1111's usual ensemble-of-experts split)."""
 
 WARMUP_STEPS = 2
 """Denoising steps of the warm-up render `preload` makes on CUDA: the first call compiles (with
@@ -362,31 +359,22 @@ class DiffusersEngine:
         if spec.model is None:  # the API always resolves one; a hand-made job may not
             raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
         mode = job_mode(spec)
-        if spec.refiner and mode != TXT2IMG:
-            raise ValidationFailed(
-                "the refiner pass follows text-to-image only",
-                remediation=["Send refiner=false with `image`."],
-            )
+        if spec.refiner:
+            check_refiner_follows(mode == TXT2IMG)
         with self._lock:
             entry = self._registry.get(spec.model)
             loras = [(self._registry.lora(ref.name), ref.weight) for ref in spec.loras]
-            if spec.refiner and not entry.refiner:
-                raise ValidationFailed(
-                    f"model '{spec.model}' has no refiner registered",
-                    remediation=[
-                        "Send refiner=false, or add `refiner: <name>` to this model's entry in models.yaml.",
-                    ],
-                )
+            refiner_name = refiner_of(entry, spec.model) if spec.refiner else None
             started = time.perf_counter()
             base = self._base(entry)
             refiner = None
-            if spec.refiner and entry.refiner:
+            if refiner_name is not None:
                 if not base.accepts("denoising_end"):
                     raise ValidationFailed(
                         f"model '{spec.model}' ({type(base.pipe).__name__}) cannot hand over to a refiner",
                         remediation=["Send refiner=false; the refiner pass is for SDXL-family models."],
                     )
-                refiner = self._refiner(base, self._registry.get(entry.refiner))
+                refiner = self._refiner(base, self._registry.get(refiner_name))
             resident = base if mode == TXT2IMG else self._derived(base, mode)
             load_s = time.perf_counter() - started
             inputs = self._inputs(spec) if mode != TXT2IMG else None
@@ -478,9 +466,7 @@ class DiffusersEngine:
             "num_images_per_prompt": spec.num_images,
             "generator": generators,
         }
-        base_share = (
-            spec.steps if refiner is None else min(spec.steps, max(1, round(spec.steps * REFINER_SPLIT)))
-        )
+        base_share = spec.steps if refiner is None else base_steps(spec.steps)
         base_kwargs: dict[str, Any] = {**common, "width": spec.width, "height": spec.height}
         if inputs is not None:
             base_kwargs.update(
