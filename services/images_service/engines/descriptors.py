@@ -187,7 +187,7 @@ DESCRIPTORS = (
     ),
     EngineDescriptor(
         name="a1111",
-        class_path="services.images_service.engines.a1111:A1111Engine",
+        class_path="services.images_service.engines.a1111.engine:A1111Engine",
         kind="server",
         capabilities=SERVER_ADAPTER,
         construct=construct_server_engine,
@@ -196,7 +196,7 @@ DESCRIPTORS = (
     ),
     EngineDescriptor(
         name="invokeai",
-        class_path="services.images_service.engines.invokeai:InvokeAIEngine",
+        class_path="services.images_service.engines.invokeai.engine:InvokeAIEngine",
         kind="server",
         capabilities=SERVER_ADAPTER,
         construct=construct_server_engine,
