@@ -179,7 +179,7 @@ DESCRIPTORS = (
     ),
     EngineDescriptor(
         name="comfyui",
-        class_path="services.images_service.engines.comfyui:ComfyUIEngine",
+        class_path="services.images_service.engines.comfyui.engine:ComfyUIEngine",
         kind="server",
         capabilities=replace(SERVER_ADAPTER, raw_workflow=True),
         construct=construct_server_engine,

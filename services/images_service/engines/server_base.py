@@ -3,10 +3,8 @@
 (`ServerClient`), a job's input pictures at the job's size (`JobInputs`, `uploaded_inputs`) and the
 job's clock (`JobClock`: deadline and poll interval).
 
-The AUTOMATIC1111 and InvokeAI packages use all of it. ComfyUI can adopt it piece by piece: its
-``__init__``/``close`` become `ServerEngine`'s, ``_speaking`` becomes `ServerClient.speaking`,
-``_upload_inputs`` becomes `uploaded_inputs` (with no ``delete``: ComfyUI cannot delete an input),
-and its ``_Run.wait_s`` becomes `JobClock.remaining_s` with its own timeout message.
+The AUTOMATIC1111, InvokeAI and ComfyUI packages use it (ComfyUI calls `uploaded_inputs` with no
+``delete``: it cannot delete an input).
 """
 
 from __future__ import annotations
@@ -170,6 +168,8 @@ class ServerEngine(Generic[ClientT]):
             transport=transport,
         )
         self.api = self.client_class(self._client, self.base_url)
+        self.is_transport_injected = transport is not None
+        """Whether requests go through a transport handed in (a test's), which carries HTTP only."""
         self._version: str | None = None
         """The server's version as last seen (by a render or a health check)."""
 

@@ -1,0 +1,62 @@
+"""The ComfyUI engine: `graph` builds the template and reads graphs and node errors (pure),
+`client` speaks ComfyUI's API (HTTP and the event socket), `engine` glues them into an `Engine`."""
+
+from __future__ import annotations
+
+from .client import SERVER, START_HINT, WS_MAX_MESSAGE_BYTES, ComfyUIClient, PromptFailed
+from .engine import ComfyUIEngine
+from .graph import (
+    CHECKPOINT_NODE,
+    COMFYUI_SAMPLERS,
+    CONTROL_AFTER_GENERATE,
+    DEFAULT_SAMPLER,
+    IMAGE_NODE,
+    KEPT_CHUNKS,
+    LOADER_NODES,
+    MASK_CHANNEL,
+    MASK_NODE,
+    OUTPUT_PREFIX,
+    SAMPLER_NODE,
+    SAMPLER_SEED_INPUTS,
+    SAVE_NODE,
+    UPLOAD_WIDGET,
+    combo_options,
+    describe_problems,
+    failure_remediation,
+    graph_settings,
+    match_checkpoint,
+    node_problems,
+    template_graph,
+    ui_workflow,
+)
+
+__all__ = [
+    "CHECKPOINT_NODE",
+    "COMFYUI_SAMPLERS",
+    "CONTROL_AFTER_GENERATE",
+    "DEFAULT_SAMPLER",
+    "IMAGE_NODE",
+    "KEPT_CHUNKS",
+    "LOADER_NODES",
+    "MASK_CHANNEL",
+    "MASK_NODE",
+    "OUTPUT_PREFIX",
+    "SAMPLER_NODE",
+    "SAMPLER_SEED_INPUTS",
+    "SAVE_NODE",
+    "SERVER",
+    "START_HINT",
+    "UPLOAD_WIDGET",
+    "WS_MAX_MESSAGE_BYTES",
+    "ComfyUIClient",
+    "ComfyUIEngine",
+    "PromptFailed",
+    "combo_options",
+    "describe_problems",
+    "failure_remediation",
+    "graph_settings",
+    "match_checkpoint",
+    "node_problems",
+    "template_graph",
+    "ui_workflow",
+]

@@ -1,0 +1,353 @@
+"""ComfyUI's graphs, pure: the built-in template in the API format (txt2img, image-to-image,
+inpainting), the same graph in the UI's format for the PNG's ``workflow`` chunk, the settings a raw
+graph renders with, checkpoint names, and what ComfyUI's ``node_errors`` and node failures say."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from services.contracts import RenderSpec
+
+from ...uploads import DEFAULT_STRENGTH
+
+COMFYUI_SAMPLERS: dict[str, tuple[str, str]] = {
+    "euler": ("euler", "normal"),
+    "euler_a": ("euler_ancestral", "normal"),
+    "heun": ("heun", "normal"),
+    "lms": ("lms", "normal"),
+    "ddim": ("ddim", "ddim_uniform"),
+    # ComfyUI has no PNDM/PLMS; "ipndm" (improved PNDM) is the same pseudo-numerical family.
+    "pndm": ("ipndm", "normal"),
+    "dpmpp_2m": ("dpmpp_2m", "normal"),
+    "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
+    "dpmpp_sde": ("dpmpp_sde", "normal"),
+    "unipc": ("uni_pc", "normal"),
+}
+"""Our scheduler names → ComfyUI's KSampler (``sampler_name``, ``scheduler``)."""
+
+DEFAULT_SAMPLER = ("euler", "normal")
+"""ComfyUI's own KSampler defaults, used when a request names no scheduler."""
+
+OUTPUT_PREFIX = "kitty"
+"""SaveImage's ``filename_prefix``: our renders are recognisable in ComfyUI's output folder."""
+
+KEPT_CHUNKS = ("prompt", "workflow")
+"""ComfyUI's PNG text chunks kept in the stored image, so it can be dragged back into ComfyUI."""
+
+CHECKPOINT_NODE, SAMPLER_NODE, SAVE_NODE = "4", "3", "9"
+"""Node ids of the template (those of ComfyUI's default workflow, familiar to its users)."""
+
+IMAGE_NODE, MASK_NODE = "10", "13"
+"""The image-to-image template's LoadImage and LoadImageMask: they read our uploaded files."""
+
+MASK_CHANNEL = "red"
+"""LoadImageMask's channel for our masks, greyscale PNGs (white = repaint): "red" reads the grey
+value as is; "alpha" would read their absent alpha as opaque, and invert it."""
+
+CONTROL_AFTER_GENERATE = "fixed"
+"""The UI's seed widget mode written into the workflow chunk: reloading it reproduces the image."""
+
+UPLOAD_WIDGET = "image"
+"""What the UI saves for LoadImage's upload button, a widget with no input behind it."""
+
+_UI_ONLY_WIDGETS = {"control_after_generate": CONTROL_AFTER_GENERATE, "upload": UPLOAD_WIDGET}
+
+_Ports = tuple[tuple[str, str], ...]
+_UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
+    # class_type: ((linked inputs (name, type)), (outputs (name, type)), widget inputs in UI order)
+    "CheckpointLoaderSimple": ((), (("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")), ("ckpt_name",)),
+    "CLIPTextEncode": ((("clip", "CLIP"),), (("CONDITIONING", "CONDITIONING"),), ("text",)),
+    "EmptyLatentImage": ((), (("LATENT", "LATENT"),), ("width", "height", "batch_size")),
+    "KSampler": (
+        (
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ),
+        (("LATENT", "LATENT"),),
+        ("seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+    ),
+    "VAEDecode": ((("samples", "LATENT"), ("vae", "VAE")), (("IMAGE", "IMAGE"),), ()),
+    "SaveImage": ((("images", "IMAGE"),), (), ("filename_prefix",)),
+    "LoadImage": ((), (("IMAGE", "IMAGE"), ("MASK", "MASK")), ("image", "upload")),
+    "LoadImageMask": ((), (("MASK", "MASK"),), ("image", "channel", "upload")),
+    "VAEEncode": ((("pixels", "IMAGE"), ("vae", "VAE")), (("LATENT", "LATENT"),), ()),
+    "RepeatLatentBatch": ((("samples", "LATENT"),), (("LATENT", "LATENT"),), ("amount",)),
+    "SetLatentNoiseMask": ((("samples", "LATENT"), ("mask", "MASK")), (("LATENT", "LATENT"),), ()),
+    "RepeatImageBatch": ((("image", "IMAGE"),), (("IMAGE", "IMAGE"),), ("amount",)),
+    "ImageCompositeMasked": (
+        (("destination", "IMAGE"), ("source", "IMAGE"), ("mask", "MASK")),
+        (("IMAGE", "IMAGE"),),
+        ("x", "y", "resize_source"),
+    ),
+}
+"""The template's node types as ComfyUI's UI describes them, to write a loadable ``workflow`` chunk."""
+
+SAMPLER_SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "SamplerCustom": "noise_seed"}
+"""ComfyUI's core sampler nodes and the input that holds each one's seed."""
+
+LOADER_NODES = frozenset(
+    {"CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "VAELoader", "LoraLoader"}
+)
+"""Nodes that read a model file: their failures are about the file, not about memory."""
+
+
+def template_graph(
+    spec: RenderSpec, ckpt_name: str, *, image: str | None = None, mask: str | None = None
+) -> dict[str, Any]:
+    """The built-in graph in ComfyUI's API format (links are ``[node_id, output_index]``): txt2img,
+    or image-to-image from `image` (inpainting with `mask`), the names ComfyUI gave our uploads.
+
+    Image-to-image encodes the picture (VAEEncode) instead of starting from an empty latent, and
+    the KSampler's ``denoise`` is the job's strength. A batch repeats that latent in the one prompt
+    (RepeatLatentBatch): ComfyUI draws every image's noise from the one seed, as for txt2img, and
+    progress stays one sampler's. Inpainting resamples only white (SetLatentNoiseMask), then pastes
+    the decoded pixels over the original through the mask (ImageCompositeMasked): the VAE's round
+    trip shifts every pixel a little, and black must come back exactly as sent.
+    """
+    sampler_name, scheduler = COMFYUI_SAMPLERS.get(spec.scheduler or "", DEFAULT_SAMPLER)
+    graph: dict[str, Any] = {
+        CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": spec.prompt, "clip": [CHECKPOINT_NODE, 1]}},
+        "7": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": spec.negative_prompt, "clip": [CHECKPOINT_NODE, 1]},
+        },
+    }
+    # Nodes go in in the order they run: the UI workflow is laid out from that order.
+    if image is None:
+        graph["5"] = {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": spec.width, "height": spec.height, "batch_size": spec.num_images},
+        }
+        latent, denoise = ["5", 0], 1.0
+    else:
+        latent = _input_latent(graph, spec, image, mask)
+        denoise = spec.strength if spec.strength is not None else DEFAULT_STRENGTH
+    graph[SAMPLER_NODE] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "seed": spec.seed,
+            "steps": spec.steps,
+            "cfg": spec.cfg,
+            "sampler_name": sampler_name,
+            "scheduler": scheduler,
+            "denoise": denoise,
+            "model": [CHECKPOINT_NODE, 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": latent,
+        },
+    }
+    graph["8"] = {
+        "class_type": "VAEDecode",
+        "inputs": {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+    }
+    images = ["8", 0] if mask is None else _paste_over_original(graph, spec, ["8", 0])
+    graph[SAVE_NODE] = {
+        "class_type": "SaveImage",
+        "inputs": {"filename_prefix": OUTPUT_PREFIX, "images": images},
+    }
+    return graph
+
+
+def _input_latent(graph: dict[str, Any], spec: RenderSpec, image: str, mask: str | None) -> list[Any]:
+    """Adds the nodes that turn the uploaded `image` (and `mask`) into the KSampler's latent."""
+    graph[IMAGE_NODE] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    graph["11"] = {
+        "class_type": "VAEEncode",
+        "inputs": {"pixels": [IMAGE_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+    }
+    latent: list[Any] = ["11", 0]
+    if spec.num_images > 1:
+        graph["12"] = {
+            "class_type": "RepeatLatentBatch",
+            "inputs": {"samples": latent, "amount": spec.num_images},
+        }
+        latent = ["12", 0]
+    if mask is not None:
+        graph[MASK_NODE] = {"class_type": "LoadImageMask", "inputs": {"image": mask, "channel": MASK_CHANNEL}}
+        graph["14"] = {
+            "class_type": "SetLatentNoiseMask",
+            "inputs": {"samples": latent, "mask": [MASK_NODE, 0]},
+        }
+        latent = ["14", 0]
+    return latent
+
+
+def _paste_over_original(graph: dict[str, Any], spec: RenderSpec, decoded: list[Any]) -> list[Any]:
+    """Adds the nodes that keep the original outside the mask; returns the link to the result."""
+    original: list[Any] = [IMAGE_NODE, 0]
+    if spec.num_images > 1:
+        # ImageCompositeMasked cuts its source batch down to its destination's: one image would remain.
+        graph["15"] = {
+            "class_type": "RepeatImageBatch",
+            "inputs": {"image": original, "amount": spec.num_images},
+        }
+        original = ["15", 0]
+    graph["16"] = {
+        "class_type": "ImageCompositeMasked",
+        "inputs": {
+            "destination": original,
+            "source": decoded,
+            "x": 0,
+            "y": 0,
+            "resize_source": False,
+            "mask": [MASK_NODE, 0],
+        },
+    }
+    return ["16", 0]
+
+
+def ui_workflow(graph: dict[str, Any]) -> dict[str, Any]:
+    """The template `graph` in the UI's format (nodes, links, widget values), which ComfyUI writes
+    into the PNG's ``workflow`` chunk and loads back when the image is dropped on its canvas."""
+    links: list[list[Any]] = []
+    outgoing: dict[tuple[str, int], list[int]] = {}
+    depth: dict[str, int] = {}
+    nodes: list[dict[str, Any]] = []
+    for order, (node_id, node) in enumerate(graph.items()):
+        linked, outputs, widgets = _UI_NODE_SHAPES[node["class_type"]]
+        inputs = []
+        for slot, (name, kind) in enumerate(linked):
+            source, source_slot = node["inputs"][name]
+            links.append([len(links) + 1, int(source), source_slot, int(node_id), slot, kind])
+            outgoing.setdefault((str(source), source_slot), []).append(len(links))
+            inputs.append({"name": name, "type": kind, "link": len(links)})
+        sources = [str(node["inputs"][name][0]) for name, _ in linked]
+        depth[node_id] = 1 + max((depth[s] for s in sources), default=-1)
+        values = [
+            _UI_ONLY_WIDGETS[name] if name in _UI_ONLY_WIDGETS else node["inputs"][name] for name in widgets
+        ]
+        nodes.append(
+            {
+                "id": int(node_id),
+                "type": node["class_type"],
+                "pos": [
+                    40 + 360 * depth[node_id],
+                    40 + 260 * sum(d == depth[node_id] for d in depth.values()),
+                ],
+                "size": [320, 120],
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": [
+                    {"name": name, "type": kind, "slot_index": slot}
+                    for slot, (name, kind) in enumerate(outputs)
+                ],
+                "properties": {"Node name for S&R": node["class_type"]},
+                "widgets_values": values,
+            }
+        )
+    for ui_node in nodes:
+        for output in ui_node["outputs"]:
+            output["links"] = outgoing.get((str(ui_node["id"]), output["slot_index"]), [])
+    return {
+        "last_node_id": max(int(node_id) for node_id in graph),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
+
+
+def graph_settings(graph: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """The seed and sampler settings a raw graph renders with, read from its one sampler node: a
+    value wired from another node, or a graph with no or several samplers, is unknown (None) and so
+    recorded nowhere — never the request's defaults, which the graph did not use."""
+    samplers = [
+        node
+        for node in graph.values()
+        if isinstance(node, dict) and node.get("class_type") in SAMPLER_SEED_INPUTS
+    ]
+    if len(samplers) != 1:
+        return None, {"steps": None, "cfg": None, "sampler": None, "scheduler": None}
+    node = samplers[0]
+    raw_inputs = node.get("inputs")
+    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+
+    def plain(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = inputs.get(name)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    seed = plain(SAMPLER_SEED_INPUTS[str(node["class_type"])], int)
+    return seed, {
+        "steps": plain("steps", int),
+        "cfg": plain("cfg", (int, float)),
+        "sampler": plain("sampler_name", str),
+        "scheduler": plain("scheduler", str),
+    }
+
+
+def combo_options(input_spec: Any) -> list[str]:
+    """The choices of a combo input in ``/object_info``: ``[[choices...], {...}]`` (classic nodes)
+    or ``["COMBO", {"options": [...]}]`` (the newer node schema)."""
+    if isinstance(input_spec, list) and input_spec:
+        if isinstance(input_spec[0], list):
+            return [str(choice) for choice in input_spec[0]]
+        if input_spec[0] == "COMBO" and len(input_spec) > 1 and isinstance(input_spec[1], dict):
+            return [str(choice) for choice in input_spec[1].get("options", [])]
+    return []
+
+
+def match_checkpoint(model: str, available: list[str]) -> str | None:
+    """`model` as ComfyUI names it: exact, or by file name or stem (``sd_xl_base_1.0`` finds
+    ``SDXL/sd_xl_base_1.0.safetensors``); None when nothing or several match."""
+    if model in available:
+        return model
+    paths = {name: PurePosixPath(name.replace("\\", "/")) for name in available}
+    found = [name for name, path in paths.items() if model in (path.name, path.stem)]
+    return found[0] if len(found) == 1 else None
+
+
+def node_problems(node_errors: Any) -> list[dict[str, Any]]:
+    """ComfyUI's ``node_errors`` (``{node_id: {"errors": [...], "class_type", ...}}``) as one flat
+    list of what crosses to the client: a node's ``extra_info`` can carry a Python traceback."""
+    problems: list[dict[str, Any]] = []
+    for node_id, entry in (node_errors if isinstance(node_errors, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
+        for item in entry.get("errors") or []:
+            if not isinstance(item, dict):
+                continue
+            problems.append(
+                {
+                    "node_id": str(node_id),
+                    "class_type": entry.get("class_type"),
+                    "type": item.get("type"),
+                    "message": item.get("message"),
+                    "details": item.get("details"),
+                    "input_name": (item.get("extra_info") or {}).get("input_name"),
+                }
+            )
+    return problems
+
+
+def describe_problems(problems: list[dict[str, Any]]) -> str:
+    """``node 1 (EmptyImage): Required input is missing: color; ...``."""
+    return "; ".join(
+        f"node {p['node_id']} ({p['class_type']}): {p['message']}"
+        + (f": {p['details'] or p['input_name']}" if p["details"] or p["input_name"] else "")
+        for p in problems
+    )
+
+
+def failure_remediation(data: dict[str, Any]) -> list[str]:
+    """What to do about a node's failure, by what failed: a model file that does not load, memory, or
+    anything else (ComfyUI's console has the traceback)."""
+    message = f"{data.get('exception_type')}: {data.get('exception_message')}".lower()
+    steps = ["See ComfyUI's console for the full error."]
+    if "out of memory" in message or "outofmemory" in message:
+        steps.append("Out of memory: try a smaller size or fewer images.")
+    elif data.get("node_type") in LOADER_NODES:
+        steps.append(
+            "The model file could not be loaded: check that it is complete and of a family ComfyUI "
+            "knows (GET /object_info lists the files it sees), or choose another."
+        )
+    return steps
