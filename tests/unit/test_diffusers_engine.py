@@ -19,7 +19,7 @@ from tests.support.tiny_models import tiny_models  # noqa: F401
 
 # isort: split
 # Imported after the fixture module, which sets HF_HUB_OFFLINE before huggingface_hub reads it.
-from services.images_service.engines.diffusers_engine import DiffusersEngine
+from services.images_service.engines.diffusers.engine import DiffusersEngine
 
 FAST_STEPS = 6
 """Enough steps for schedulers to differ; keeps each tiny render around 0.1 s."""

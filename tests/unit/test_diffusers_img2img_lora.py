@@ -22,7 +22,7 @@ from tests.support.tiny_models import tiny_models  # noqa: F401
 
 # isort: split
 # Imported after the fixture module, which sets HF_HUB_OFFLINE before huggingface_hub reads it.
-from services.images_service.engines.diffusers_engine import DiffusersEngine
+from services.images_service.engines.diffusers.engine import DiffusersEngine
 
 STEPS = 10
 """Few steps keep each 64x64 render fast; enough for strengths 0.2 and 0.9 to differ in steps run."""

@@ -160,7 +160,7 @@ SERVER_ADAPTER = Capabilities(
 DESCRIPTORS = (
     EngineDescriptor(
         name="diffusers",
-        class_path="services.images_service.engines.diffusers_engine:DiffusersEngine",
+        class_path="services.images_service.engines.diffusers.engine:DiffusersEngine",
         kind="local",
         capabilities=Capabilities(
             txt2img=True,

@@ -1,0 +1,235 @@
+"""The models resident on a worker: pipelines loaded from models.yaml entries (the loading code
+every model goes through, tiny or real), an LRU of IMAGES_MODEL_CACHE_SIZE text-to-image pipelines
+with their refiner and the image-to-image/inpainting pipelines derived from them, and the memory
+handed back when one leaves."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+from huggingface_hub import try_to_load_from_cache
+
+from ...errors import EngineError, ModelNotFound, ValidationFailed
+from ...models import ModelEntry
+from ...worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
+from ..acceleration import accelerate, attention_processors, denoiser
+from .device import DTYPE_KWARG, dtype_name, free_memory, is_out_of_memory, short_error
+from .validation import IMG2IMG, INPAINT, scheduler_choice
+
+logger = logging.getLogger("kitty.images.engines.diffusers")
+
+DERIVED_PIPELINES: dict[str, Any] = {IMG2IMG: AutoPipelineForImage2Image, INPAINT: AutoPipelineForInpainting}
+"""Mode → the auto class whose ``from_pipe`` builds that pipeline from the resident text-to-image one."""
+
+
+@dataclass
+class Resident:
+    """A loaded pipeline and what a job needs to reset it to before use."""
+
+    name: str
+    source: str
+    pipe: Any
+    scheduler_class: type[Any]
+    scheduler_config: dict[str, Any]
+    call_params: frozenset[str]
+    optimizations: list[str] = field(default_factory=list)
+    """The CUDA speed-ups applied at load (`acceleration.accelerate`); empty elsewhere."""
+    attention: list[str] = field(default_factory=list)
+    """Attention processor classes of the UNet/transformer (SDPA ones end in ``2_0``)."""
+    refiner: Resident | None = field(default=None)
+    derived: dict[str, Resident] = field(default_factory=dict)
+    """Image-to-image and inpainting pipelines made from this one (same components, no reload)."""
+
+    @property
+    def pipeline_class(self) -> str:
+        return type(self.pipe).__name__
+
+    def accepts(self, param: str) -> bool:
+        return param in self.call_params
+
+    def set_scheduler(self, name: str | None) -> None:
+        """Give the pipeline a fresh scheduler for this job, so no state or choice leaks between jobs."""
+        choice = scheduler_choice(name, self.name, self.scheduler_class.__name__)
+        if choice is None:
+            self.pipe.scheduler = self.scheduler_class.from_config(self.scheduler_config)
+            return
+        class_name, overrides = choice
+        if class_name == "LMSDiscreteScheduler" and not diffusers.utils.is_scipy_available():
+            raise EngineError(
+                f"scheduler '{name}' needs scipy, which this worker does not have",
+                remediation=["Install scipy on the worker (pip install scipy), or choose another scheduler."],
+            )
+        scheduler_class = getattr(diffusers, class_name)
+        self.pipe.scheduler = scheduler_class.from_config(self.scheduler_config, **overrides)
+
+
+def check_available(entry: ModelEntry) -> None:
+    """`ModelNotFound` unless `entry`'s files are on this machine (a folder, or the HF cache)."""
+    if entry.is_local:
+        if not (Path(entry.source) / "model_index.json").is_file():
+            raise ModelNotFound(
+                f"model '{entry.name}' is registered at {entry.source}, but no diffusers model is there",
+                remediation=[f"Fetch it: {entry.fetch_hint()}", "Or fix its path in models.yaml."],
+            )
+    elif not isinstance(try_to_load_from_cache(entry.source, "model_index.json"), str):
+        raise ModelNotFound(
+            f"model '{entry.name}' ({entry.source}) is not in this machine's Hugging Face cache",
+            remediation=[
+                f"Fetch it: {entry.fetch_hint()}",
+                "Check HF_HOME points at the cache it was pulled into.",
+            ],
+        )
+
+
+class ModelCache:
+    """Pipelines held resident by model name, the least recently used evicted first.
+
+    Not locked itself: its owner (`DiffusersEngine`) calls it under the lock its renders hold, so a
+    load never races a render.
+    """
+
+    def __init__(
+        self, device: torch.device, dtype: torch.dtype, *, size: int, compile_mode: str | None
+    ) -> None:
+        if size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self.device = device
+        self.dtype = dtype
+        self.size = size
+        self.compile_mode = compile_mode
+        self._resident: OrderedDict[str, Resident] = OrderedDict()
+
+    def names(self) -> list[str]:
+        """Resident models, least recently used first."""
+        return list(self._resident)
+
+    def base(self, entry: ModelEntry) -> Resident:
+        """`entry`'s text-to-image pipeline: the resident one (now the most recently used), or one
+        loaded after evicting the least recently used until there is room."""
+        resident = self._resident.get(entry.name)
+        if resident is not None and resident.source == entry.source:
+            self._resident.move_to_end(entry.name)
+            return resident
+        self._resident.pop(entry.name, None)
+        while len(self._resident) >= self.size:
+            evicted, _ = self._resident.popitem(last=False)
+            logger.info("evicting model %s to make room for %s", evicted, entry.name)
+            self.free_memory()
+        resident = self._load(entry, AutoPipelineForText2Image)
+        self._resident[entry.name] = resident
+        return resident
+
+    def derived(self, base: Resident, mode: str) -> Resident:
+        """The image-to-image or inpainting pipeline of `base`, made once from its components."""
+        derived = base.derived.get(mode)
+        if derived is None:
+            try:
+                pipe = DERIVED_PIPELINES[mode].from_pipe(base.pipe)
+            except ValueError as exc:  # no such pipeline for this model's family
+                raise ValidationFailed(
+                    f"model '{base.name}' ({base.pipeline_class}) has no {mode} pipeline in diffusers",
+                    remediation=["Use an SD 1.5, SDXL, SD3 or Flux model for image-to-image and inpainting."],
+                ) from exc
+            pipe.set_progress_bar_config(disable=True)
+            derived = Resident(
+                name=base.name,
+                source=base.source,
+                pipe=pipe,
+                scheduler_class=base.scheduler_class,
+                scheduler_config=base.scheduler_config,
+                call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+                optimizations=base.optimizations,
+                attention=base.attention,
+            )
+            base.derived[mode] = derived
+            logger.info("derived %s pipeline %s from model %s", mode, type(pipe).__name__, base.name)
+        return derived
+
+    def refiner(self, base: Resident, entry: ModelEntry) -> Resident:
+        """`entry`'s image-to-image pipeline, kept as `base`'s refiner."""
+        # The refiner lives with its base so an LRU of one keeps both rather than evicting each in turn.
+        if base.refiner is None or (base.refiner.name, base.refiner.source) != (entry.name, entry.source):
+            base.refiner = None
+            base.refiner = self._load(entry, AutoPipelineForImage2Image)
+        return base.refiner
+
+    def drop(self, base: Resident) -> None:
+        """Unload `base` (if still resident), so the next job that needs it loads it clean."""
+        if self._resident.get(base.name) is base:
+            del self._resident[base.name]
+        self.free_memory()
+
+    def clear(self) -> None:
+        self._resident.clear()
+        self.free_memory()
+
+    def free_memory(self) -> None:
+        free_memory(self.device)
+
+    def _load(self, entry: ModelEntry, auto_class: Any) -> Resident:
+        check_available(entry)
+        started = time.perf_counter()
+        # Downloads belong to `kitty-images models pull`, not to a job running under a timeout.
+        kwargs: dict[str, Any] = {DTYPE_KWARG: self.dtype, "local_files_only": True}
+        try:
+            pipe = auto_class.from_pretrained(entry.source, **kwargs)
+            pipe = pipe.to(self.device)
+        except Exception as exc:
+            logger.exception("loading model %s from %s failed", entry.name, entry.source)
+            if is_out_of_memory(exc):
+                self.free_memory()
+                raise EngineError(
+                    f"{self.device} has not enough memory to load model '{entry.name}'",
+                    remediation=["Set IMAGES_MODEL_CACHE_SIZE=1, use a smaller model, or another device."],
+                ) from exc
+            if isinstance(exc, OSError):
+                raise ModelNotFound(
+                    f"model '{entry.name}' at {entry.source} is incomplete: {short_error(exc)}",
+                    remediation=[f"Fetch it again: {entry.fetch_hint()}"],
+                ) from exc
+            raise EngineError(
+                f"could not load model '{entry.name}' from {entry.source}: {short_error(exc)}",
+                remediation=[f"Fetch it again: {entry.fetch_hint()}", "Check the worker's log for details."],
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        if self.device.type == "mps":
+            # Attention's peak memory is what overflows unified memory at SDXL sizes.
+            pipe.enable_attention_slicing()
+        try:
+            optimizations = accelerate(pipe, self.device, self.compile_mode)
+        except Exception:  # a speed-up that fails must not cost the model: it renders without it
+            logger.warning("speed-ups not (all) applied to model %s", entry.name, exc_info=True)
+            optimizations = []
+        seconds = time.perf_counter() - started
+        MODEL_LOADS.labels(model=entry.name).inc()
+        MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
+        attention = attention_processors(denoiser(pipe))
+        logger.info(
+            "loaded model %s (%s) on %s as %s in %.2f s; attention %s; %s",
+            entry.name,
+            type(pipe).__name__,
+            self.device,
+            dtype_name(self.dtype),
+            seconds,
+            ", ".join(attention) or "n/a",
+            ", ".join(optimizations) or "no device-specific optimizations",
+        )
+        return Resident(
+            name=entry.name,
+            source=entry.source,
+            pipe=pipe,
+            scheduler_class=type(pipe.scheduler),
+            scheduler_config=dict(pipe.scheduler.config),
+            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+            optimizations=optimizations,
+            attention=attention,
+        )

@@ -1,0 +1,230 @@
+"""One render on resident pipelines: the job's input pictures, the pipeline calls (base, then the
+refiner), progress as one monotonic step count that a cancel interrupts, the timings, torch's
+failures turned into the service's errors, and the `RenderResult` with its `engine_info`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from services.contracts import RenderSpec
+
+from ...errors import EngineError, KittyError
+from ...refiner import REFINER_SPLIT, base_steps
+from ..acceleration import set_vae_tiling
+from ..base import ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
+from .cache import ModelCache, Resident
+from .device import dtype_name, is_out_of_memory, short_error
+from .lora import WeightedLoras, loras_applied
+from .validation import TXT2IMG, denoise_steps, pipeline_strength
+
+logger = logging.getLogger("kitty.images.engines.diffusers")
+
+
+@dataclass
+class JobInputs:
+    """The pictures of an image-to-image or inpainting job, at the output size."""
+
+    image: Image.Image
+    mask: Image.Image | None = None
+
+
+@dataclass
+class PreparedJob:
+    """A spec with every pipeline its render needs resident."""
+
+    spec: RenderSpec
+    mode: str
+    base: Resident
+    """The model's text-to-image pipeline (it holds the load's attention and speed-ups)."""
+    pipeline: Resident
+    """What renders: `base`, or the image-to-image/inpainting pipeline derived from it."""
+    refiner: Resident | None
+    loras: WeightedLoras
+    inputs: JobInputs | None
+    """The job's pictures; None for text-to-image."""
+
+
+class StepReporter:
+    """Turns the pipelines' per-iteration callbacks into one monotonic (step, total) sequence.
+
+    A pass is given a share of `total`; its iterations (2n-1 of them for Heun, fewer for a partial
+    schedule) are scaled into that share, and a step is reported only when it advances.
+    """
+
+    def __init__(self, progress: ProgressFn, total: int) -> None:
+        self._progress = progress
+        self.total = total
+        self._last = -1
+
+    def report(self, step: int) -> None:
+        step = min(step, self.total)
+        if step > self._last:
+            self._last = step
+            self._progress(step, self.total)
+
+    def callback(self, offset: int, share: int) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            iterations = max(int(getattr(pipe, "_num_timesteps", 0) or 0), index + 1)
+            self.report(offset + (index + 1) * share // iterations)
+            return tensors
+
+        return on_step_end
+
+
+def read_inputs(spec: RenderSpec, image_loader: ImageLoader | None) -> JobInputs:
+    """The job's image (RGB) and mask (L, white = repaint), read by key and resized to the output
+    size: the pipelines then render exactly width × height."""
+    if image_loader is None:
+        raise EngineError(
+            "this diffusers engine was built without access to stored images",
+            remediation=["Run image-to-image jobs on an images-worker (it reads uploads from the store)."],
+        )
+    size = (spec.width, spec.height)
+    assert spec.image is not None
+    image = image_loader(spec.image).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    mask = None
+    if spec.mask is not None:
+        mask = image_loader(spec.mask).convert("L").resize(size, Image.Resampling.LANCZOS)
+    return JobInputs(image=image, mask=mask)
+
+
+def render_job(
+    job: PreparedJob, progress: ProgressFn, cache: ModelCache
+) -> tuple[list[Any], dict[str, float]]:
+    """The job's images, with its LoRAs applied for the render, and the seconds it took:
+    ``render_s`` (LoRAs included) and, with LoRAs, ``lora_s`` (putting them in)."""
+    started = time.perf_counter()
+    try:
+        with ExitStack() as stack:
+            if job.loras:
+                stack.enter_context(loras_applied(cache, job.base, job.pipeline, job.loras))
+            lora_s = time.perf_counter() - started
+            images = run_pipelines(job, progress, cache.device)
+    except (JobCanceled, KittyError):
+        raise
+    except Exception as exc:
+        raise render_error(job.spec, exc, cache) from exc
+    timings = {"render_s": round(time.perf_counter() - started, 4)}
+    if job.loras:
+        timings["lora_s"] = round(lora_s, 4)
+    return images, timings
+
+
+def run_pipelines(job: PreparedJob, progress: ProgressFn, device: torch.device) -> list[Any]:
+    """Render with the job's pipeline (text-to-image, or image-to-image/inpainting when it has
+    inputs), then its refiner if any."""
+    spec, pipeline, refiner, inputs = job.spec, job.pipeline, job.refiner, job.inputs
+    strength = spec.strength if spec.strength is not None else 1.0
+    total = spec.steps if inputs is None else denoise_steps(spec.steps, strength)
+    reporter = StepReporter(progress, total)
+    reporter.report(0)
+    if inputs is not None and total == 0:
+        # Strength 0 keeps the picture: no pass can run without a denoising step.
+        reporter.report(total)
+        return [inputs.image.copy() for _ in range(spec.num_images)]
+    pipeline.set_scheduler(spec.scheduler)
+    # One CPU generator per image: the same spec gives the same pixels on a device, and image i
+    # of a batch is re-rendered alone from seed+i (up to batched float rounding).
+    generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)]
+    common = {
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt or None,
+        "num_inference_steps": spec.steps,
+        "guidance_scale": spec.cfg,
+        "num_images_per_prompt": spec.num_images,
+        "generator": generators,
+    }
+    base_share = spec.steps if refiner is None else base_steps(spec.steps)
+    base_kwargs: dict[str, Any] = {**common, "width": spec.width, "height": spec.height}
+    if inputs is not None:
+        base_kwargs.update(
+            image=inputs.image, mask_image=inputs.mask, strength=pipeline_strength(spec.steps, strength)
+        )
+        base_share = total
+    for resident in (pipeline, refiner):
+        if resident is not None:
+            set_vae_tiling(resident.pipe, device, spec.width, spec.height)
+    if refiner is not None:
+        base_kwargs.update(denoising_end=REFINER_SPLIT, output_type="latent")
+    with torch.inference_mode():
+        output = pipeline.pipe(**accepted(pipeline, base_kwargs, reporter.callback(0, base_share)))
+        images = output.images
+        if refiner is not None:
+            refiner.set_scheduler(spec.scheduler)
+            refiner_kwargs = {**common, "image": images, "denoising_start": REFINER_SPLIT}
+            callback = reporter.callback(base_share, spec.steps - base_share)
+            images = refiner.pipe(**accepted(refiner, refiner_kwargs, callback)).images
+    reporter.report(total)
+    if inputs is not None and inputs.mask is not None:
+        # Outside the mask the picture is kept as sent, not as the VAE redraws it (A1111's overlay).
+        return [Image.composite(image, inputs.image, inputs.mask) for image in images]
+    return list(images)
+
+
+def accepted(resident: Resident, kwargs: dict[str, Any], callback: Callable[..., Any]) -> dict[str, Any]:
+    """Only what this pipeline's __call__ takes (Flux has no negative prompt on older releases, ...)."""
+    if resident.accepts("callback_on_step_end"):
+        kwargs = {**kwargs, "callback_on_step_end": callback}
+    return {key: value for key, value in kwargs.items() if resident.accepts(key) and value is not None}
+
+
+def render_error(spec: RenderSpec, exc: Exception, cache: ModelCache) -> EngineError:
+    """The user-facing error for a render that failed with `exc` (memory freed when it ran out)."""
+    logger.exception("render of model %s failed on %s", spec.model, cache.device)
+    if is_out_of_memory(exc):
+        cache.free_memory()
+        return EngineError(
+            f"{cache.device} ran out of memory rendering {spec.width}x{spec.height} x{spec.num_images} "
+            f"with model '{spec.model}'",
+            remediation=[
+                "Lower width/height or num_images, or turn the refiner off.",
+                "Or set IMAGES_MODEL_CACHE_SIZE=1 so only one model stays resident.",
+            ],
+        )
+    return EngineError(f"rendering with model '{spec.model}' failed: {short_error(exc)}")
+
+
+def make_result(
+    job: PreparedJob,
+    images: list[Any],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    versions: dict[str, str],
+    timings: dict[str, float],
+) -> RenderResult:
+    """The images with their seeds, and what the sidecar records of how they were made."""
+    spec, base, refiner = job.spec, job.base, job.refiner
+    engine_info: dict[str, Any] = {
+        "mode": job.mode,
+        "dtype": dtype_name(dtype),
+        "pipeline_class": job.pipeline.pipeline_class,
+        "scheduler_class": type(job.pipeline.pipe.scheduler).__name__,
+        "attention": list(base.attention),
+        "optimizations": list(base.optimizations),
+        "versions": dict(versions),
+    }
+    if getattr(getattr(base.pipe, "vae", None), "use_tiling", False):
+        engine_info["vae_tiling"] = True
+    if refiner is not None:
+        engine_info["refiner"] = refiner.name
+        engine_info["refiner_pipeline_class"] = refiner.pipeline_class
+    if spec.strength is not None and job.mode != TXT2IMG:
+        engine_info["strength"] = spec.strength
+        engine_info["denoise_steps"] = denoise_steps(spec.steps, spec.strength)
+    if job.loras:
+        engine_info["loras"] = [{"name": lora.name, "weight": weight} for lora, weight in job.loras]
+    return RenderResult(
+        images=[RenderedImage(image=image, seed=spec.seed + i) for i, image in enumerate(images)],
+        device=str(device),
+        engine_info=engine_info,
+        timings=timings,
+    )

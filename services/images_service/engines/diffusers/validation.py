@@ -1,0 +1,134 @@
+"""What a render spec may ask of a diffusers model: a model name, the job's mode from its inputs,
+the steps a strength runs, the refiner hand-over, a scheduler that fits the model and LoRAs made
+for its family. Pure: no torch, no diffusers; where an answer needs a loaded pipeline, the caller
+passes what it read from it (its class name, whether its call takes a parameter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from services.contracts import RenderSpec
+
+from ...errors import ValidationFailed
+from ...models import LoraEntry
+from ...refiner import check_refiner_follows
+
+TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+"""A job's mode, from its spec: an `image` makes it image-to-image, a `mask` as well inpainting."""
+
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    # DPMSolverSDEScheduler needs the optional `torchsde` package; the single-step SDE solver needs
+    # nothing extra, so a result never depends on what happens to be installed.
+    "dpmpp_sde": (
+        "DPMSolverSinglestepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "lower_order_final": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+"""Wire scheduler name → (diffusers scheduler class, config overrides), built with
+``from_config(model's own scheduler config, **overrides)``. The DDIM/PNDM overrides are the
+Stable Diffusion configs' own values for those samplers; `lower_order_final` is what the
+single-step solver forces anyway with a zero final sigma (it warns on every job otherwise)."""
+
+FLOW_MATCH_PREFIX = "FlowMatch"
+"""Scheduler class prefix of flow-matching models (SD3, Flux): their own Euler is the only sampler
+in the table that fits them."""
+
+FLOW_MATCH_ALIASES = frozenset({"euler"})
+"""Wire names that mean the flow-matching model's own scheduler."""
+
+LORA_FAMILIES = (
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion3", "sd3"),
+    ("Flux", "flux"),
+    ("StableDiffusion", "sd15"),
+)
+"""Pipeline class-name prefix → the model family a LoRA's `base` names (first match wins)."""
+
+
+def check_spec(spec: RenderSpec) -> str:
+    """The job's mode, once the spec names a model and asks for nothing its inputs rule out."""
+    if spec.model is None:  # the API always resolves one; a hand-made job may not
+        raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
+    mode = job_mode(spec)
+    if spec.refiner:
+        check_refiner_follows(mode == TXT2IMG)
+    return mode
+
+
+def job_mode(spec: RenderSpec) -> str:
+    if spec.mask is not None and spec.image is None:
+        raise ValidationFailed("a mask needs an image to inpaint", remediation=["Send `image` with `mask`."])
+    return INPAINT if spec.mask is not None else IMG2IMG if spec.image is not None else TXT2IMG
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """Denoising steps an image-to-image pass runs: diffusers' ``int(steps × strength)``, at least one
+    for any strength above 0 (the lightest touch the schedule allows); 0 only for strength 0."""
+    if strength <= 0:
+        return 0
+    return max(1, min(steps, int(steps * strength)))
+
+
+def pipeline_strength(steps: int, strength: float) -> float:
+    """The strength passed to diffusers: `strength` itself, unless it would run no step at all, then
+    one that runs exactly one (diffusers reads only ``int(steps × strength)`` from it)."""
+    if int(steps * strength) >= 1:
+        return strength
+    return min(1.0, 1.5 / steps)
+
+
+def check_refiner_handover(model: str, pipeline_class: str, *, takes_denoising_end: bool) -> None:
+    """A refiner takes over mid-schedule: the base pipeline must stop early (``denoising_end``)."""
+    if not takes_denoising_end:
+        raise ValidationFailed(
+            f"model '{model}' ({pipeline_class}) cannot hand over to a refiner",
+            remediation=["Send refiner=false; the refiner pass is for SDXL-family models."],
+        )
+
+
+def scheduler_choice(
+    name: str | None, model: str, own_scheduler_class: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The scheduler class and config overrides the wire name `name` asks of `model`, whose own
+    scheduler is `own_scheduler_class`; None when the model's own scheduler is meant."""
+    is_flow = own_scheduler_class.startswith(FLOW_MATCH_PREFIX)
+    if name is None or (is_flow and name in FLOW_MATCH_ALIASES):
+        return None
+    if name not in SCHEDULERS:
+        raise ValidationFailed(
+            f"unknown scheduler '{name}'", remediation=[f"Use one of: {', '.join(SCHEDULERS)}."]
+        )
+    if is_flow:
+        raise ValidationFailed(
+            f"model '{model}' is a flow-matching model; scheduler '{name}' does not apply to it",
+            remediation=[f"Omit the scheduler, or use one of: {', '.join(sorted(FLOW_MATCH_ALIASES))}."],
+        )
+    return SCHEDULERS[name]
+
+
+def model_family(pipeline_class: str) -> str | None:
+    """The family (``sd15``, ``sdxl``, ...) of a pipeline, by its class name; None when unknown."""
+    return next((family for prefix, family in LORA_FAMILIES if pipeline_class.startswith(prefix)), None)
+
+
+def check_lora_bases(loras: Iterable[LoraEntry], model: str, family: str | None) -> None:
+    """Every LoRA whose `base` is declared was made for `family` (a model of unknown family takes any)."""
+    for lora in loras:
+        if lora.base and family and lora.base != family:
+            raise ValidationFailed(
+                f"LoRA '{lora.name}' is for {lora.base} models; model '{model}' is {family}",
+                remediation=[f"Use it with a {lora.base} model, or pick a LoRA made for {family}."],
+            )
