@@ -20,6 +20,7 @@ from services.contracts.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from .engines.descriptors import engines_with
 from .errors import KeyNotFound, UnsupportedMediaType, ValidationFailed
 from .models import ModelRegistry
+from .refiner import check_refiner_follows
 from .settings import Settings
 from .storage import Store
 from .storage.keys import MAX_KEY_CHARS, new_image_key, validate_image_key
@@ -261,11 +262,8 @@ def _check_engine_takes_inputs(request: GenerateRequest, engine: str) -> None:
             "picture, while a raw workflow is sent as is and loads its own",
             remediation=["Drop `workflow` to use `image`, or load the picture in the workflow (LoadImage)."],
         )
-    if request.image is not None and request.refiner:
-        raise ValidationFailed(
-            "the refiner pass follows text-to-image only, not image-to-image or inpainting",
-            remediation=["Send refiner=false with `image`."],
-        )
+    if request.refiner:
+        check_refiner_follows(is_text_to_image=request.image is None)
 
 
 def _check_loras(loras: list[LoraRef], registry: ModelRegistry) -> list[LoraRef]:
