@@ -260,7 +260,8 @@ class JobQueue:
         if engine is None:
             return None
         if self.live_workers(engine) == 0:
-            return f"a worker: none serves engine '{engine}' now; start one with `{worker_command(engine)}`"
+            command = worker_command(engine, self.settings.image_engine)
+            return f"a worker: none serves engine '{engine}' now; start one with `{command}`"
         position = job.get_position()
         if position is None:
             return None

@@ -75,11 +75,12 @@ def check_servable(engine: str, admission: Admission) -> None:
     health = admission.engine_health(engine)
     if health.status == "ready":
         return  # its jobs wait for a worker; the job view says so
+    command = worker_command(engine, admission.settings.image_engine)
     raise EngineOffline(
         f"engine '{engine}' cannot run jobs now: no worker serves it and its server is not available "
         f"({health.detail})",
         remediation=[
-            f"Start the {engine} server, then a worker for it: `{worker_command(engine)}` "
+            f"Start the {engine} server, then a worker for it: `{command}` "
             "(`kitty-images up` starts one when its URL is set).",
             "GET /api/images/engines shows every engine's state; `kitty-images doctor` says what to fix.",
             "Or submit the request with another engine.",

@@ -176,6 +176,9 @@ def test_a_plain_worker_serves_the_default_engine() -> None:
     assert Settings.model_fields["image_engine"].default == DEFAULT_ENGINE
     assert worker_command(DEFAULT_ENGINE) == "images-worker"
     assert ENGINES["comfyui"].worker_command == "images-worker --engine comfyui"
+    # A plain `images-worker` serves IMAGE_ENGINE: with IMAGE_ENGINE=comfyui, diffusers needs the flag.
+    assert worker_command("diffusers", "comfyui") == "images-worker --engine diffusers"
+    assert worker_command("comfyui", "comfyui") == "images-worker"
 
 
 def test_asking_for_an_unknown_capability_is_a_bug_not_an_empty_list() -> None:

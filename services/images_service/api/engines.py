@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from services.contracts import EngineRow, EnginesView
 
 from ..engines import ENGINES, Engine, EngineHealth, make_engine
+from ..engines.descriptors import worker_command
 from ..models import ModelRegistry
 from ..queue import JobQueue, redis_errors
 from ..settings import Settings
@@ -82,13 +83,15 @@ class EngineProbe:
             with redis_errors():
                 live = live_workers(queue.redis, queue.queues(name))
                 cards = read_cards(queue.redis, settings.queue_prefix, [worker.name for worker in live])
-            rows.append(row_of(name, result, len(live), cards, checked))
+            rows.append(row_of(name, result, len(live), cards, checked, settings.image_engine))
         view = EnginesView(engines=rows)
         self._cached = (time.monotonic(), view)
         return view
 
 
-def row_of(name: str, own: EngineHealth, workers: int, cards: list[WorkerCard], checked: str) -> EngineRow:
+def row_of(
+    name: str, own: EngineHealth, workers: int, cards: list[WorkerCard], checked: str, image_engine: str
+) -> EngineRow:
     """An engine's row: what its live workers report of their servers when they have said (each may
     use another server than the API's settings name), else the API's own look."""
     if cards:
@@ -101,7 +104,7 @@ def row_of(name: str, own: EngineHealth, workers: int, cards: list[WorkerCard], 
             (ready or cards)[0].version,
         )
     elif workers == 0 and own.status == "ready":
-        hint = f"no worker serves this engine: run `{ENGINES[name].worker_command}`"
+        hint = f"no worker serves this engine: run `{worker_command(name, image_engine)}`"
         health = EngineHealth("offline", f"{own.detail}; {hint}", own.version)
     else:
         health = own

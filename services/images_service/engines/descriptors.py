@@ -236,6 +236,7 @@ def is_local_engine(name: str) -> bool:
     return descriptor is not None and descriptor.is_local
 
 
-def worker_command(name: str) -> str:
-    """How to start a worker for engine `name` (a plain `images-worker` serves the default one)."""
-    return "images-worker" if name == DEFAULT_ENGINE else f"images-worker --engine {name}"
+def worker_command(name: str, image_engine: str = DEFAULT_ENGINE) -> str:
+    """How to start a worker for engine `name`: a plain `images-worker` serves IMAGE_ENGINE
+    (`image_engine`, the setting in effect where the hint is given)."""
+    return "images-worker" if name == image_engine else f"images-worker --engine {name}"
