@@ -142,7 +142,7 @@ class EngineDescriptor:
         return self.construct(self.load_class(), context)
 
 
-SERVER_ADAPTER = Capabilities(
+IMAGES = Capabilities(
     txt2img=True,
     img2img=True,
     inpaint=True,
@@ -155,33 +155,23 @@ SERVER_ADAPTER = Capabilities(
     upscale=False,
     video=False,
 )
-"""What the A1111 and InvokeAI adapters render; ComfyUI adds raw workflows."""
+"""What every engine here renders: text-to-image, image-to-image and inpainting with our scheduler
+names (the A1111 and InvokeAI adapters: this; ComfyUI adds raw workflows; diffusers LoRA and the
+refiner)."""
 
 DESCRIPTORS = (
     EngineDescriptor(
         name="diffusers",
         class_path="services.images_service.engines.diffusers.engine:DiffusersEngine",
         kind="local",
-        capabilities=Capabilities(
-            txt2img=True,
-            img2img=True,
-            inpaint=True,
-            lora=True,
-            refiner=True,
-            raw_workflow=False,
-            schedulers=True,
-            control=False,
-            reference=False,
-            upscale=False,
-            video=False,
-        ),
+        capabilities=replace(IMAGES, lora=True, refiner=True),
         construct=construct_local_engine,
     ),
     EngineDescriptor(
         name="comfyui",
         class_path="services.images_service.engines.comfyui.engine:ComfyUIEngine",
         kind="server",
-        capabilities=replace(SERVER_ADAPTER, raw_workflow=True),
+        capabilities=replace(IMAGES, raw_workflow=True),
         construct=construct_server_engine,
         server_settings=("comfyui_url",),
     ),
@@ -189,7 +179,7 @@ DESCRIPTORS = (
         name="a1111",
         class_path="services.images_service.engines.a1111.engine:A1111Engine",
         kind="server",
-        capabilities=SERVER_ADAPTER,
+        capabilities=IMAGES,
         construct=construct_server_engine,
         server_settings=("a1111_base_url",),
         auth_settings=("a1111_api_auth",),
@@ -198,7 +188,7 @@ DESCRIPTORS = (
         name="invokeai",
         class_path="services.images_service.engines.invokeai.engine:InvokeAIEngine",
         kind="server",
-        capabilities=SERVER_ADAPTER,
+        capabilities=IMAGES,
         construct=construct_server_engine,
         server_settings=("invoke_host", "invoke_port"),
     ),
