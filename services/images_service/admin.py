@@ -86,7 +86,10 @@ def models_pull(name: str, repo: str | None) -> None:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        _fail("huggingface_hub is not installed", "pip install -e '.[worker]'")
+        _fail(
+            "huggingface_hub is not installed",
+            "make install (or pip install -c requirements.lock -e '.[worker]')",
+        )
     target = settings.data_dir / "models" / name
     click.echo(f"downloading {repo} into {target} ...", err=True)
     try:

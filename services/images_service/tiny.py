@@ -316,7 +316,7 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
         )
         names.append(TINY_LORA)
     else:
-        logger.warning("%s not built: LoRAs need peft (pip install -e '.[worker]')", TINY_LORA)
+        logger.warning("%s not built: LoRAs need peft (make install)", TINY_LORA)
     logger.info(
         "tiny models ready in %s (%.2f s): %s", out_dir, time.perf_counter() - started, ", ".join(names)
     )

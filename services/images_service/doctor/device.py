@@ -54,7 +54,10 @@ def check_device(settings: Settings, timeout: float = DEVICE_TIMEOUT_S) -> Check
             "device",
             "warn" if uses_diffusers else "info",
             "torch not installed: this machine can run the API and gateway, not a diffusers worker",
-            ["On a worker machine: pip install -e '.[worker]' (see README for the CUDA/MPS torch build)."]
+            [
+                "On a worker machine: make install, or pip install -c requirements.lock -e '.[worker]' "
+                "(see README for the CUDA/MPS torch build)."
+            ]
             if uses_diffusers
             else [],
             info,

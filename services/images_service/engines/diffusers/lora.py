@@ -41,7 +41,10 @@ def loras_applied(
     if not diffusers.utils.USE_PEFT_BACKEND:
         raise EngineError(
             "LoRAs need the peft package on the worker",
-            remediation=["Install it: pip install -e '.[worker]' (or pip install peft)."],
+            remediation=[
+                "Install it with the locked versions: make install (or "
+                "pip install -c requirements.lock -e '.[worker]')."
+            ],
         )
     check_lora_bases((lora for lora, _ in loras), resident.name, model_family(resident.pipeline_class))
     model = denoiser(resident.pipe)
