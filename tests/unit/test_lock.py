@@ -73,3 +73,14 @@ def test_markers_in_the_lock_are_valid() -> None:
         code = line.split("#", 1)[0]
         if ";" in code:
             Marker(code.split(";", 1)[1].strip())
+
+
+def test_the_comfyui_peer_is_locked_too() -> None:
+    """The real ComfyUI's venv (tests/support/peers/real_comfyui.py) installs with these as
+    constraints: exact pins, and never a torch of its own (ours is pinned beside them)."""
+    lines = (ROOT / "tests/support/peers/comfyui-requirements.lock").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert len(pins) > 20
+    for requirement in pins:
+        assert [spec.operator for spec in requirement.specifier] == ["=="], requirement
+        assert canonicalize_name(requirement.name) not in {"torch", "torchvision", "torchaudio"}

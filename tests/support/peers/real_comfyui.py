@@ -39,6 +39,10 @@ TORCH_PIN = "torch==2.13.0"
 """Our build (pyproject's `worker` extra): pip takes the CPU wheel from this machine's disk. It is a
 constraint for every install, so no requirement can pull another torch (a CUDA one) in."""
 
+PEER_LOCK = Path(__file__).with_name("comfyui-requirements.lock")
+"""The versions the venv was tested with, as constraints for every install into it (like our own
+requirements.lock), so each day's CI builds the same peer; `--relock` rewrites it."""
+
 NOT_FROM_REQUIREMENTS = frozenset({"torch", "torchvision", "torchaudio", "spandrel"})
 """Left out of ComfyUI's requirements.txt: torch is pinned above; the torchvision that matches it
 here is a CUDA build that fails to import (the shim below stands in); torchaudio is optional (two
@@ -55,7 +59,7 @@ TORCHVISION_SHIM_DIR = "torchvision-shim"
 """The old pure-Python torchvision, in a folder of the venv put first on PYTHONPATH: ComfyUI's core
 import path imports torchvision unguarded, and nothing on a checkpoint-free graph's path calls it."""
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 """Bump to rebuild every cached venv after changing how it is built."""
 
 BUILD_TIMEOUT_S = 900.0
@@ -94,10 +98,12 @@ def find_source() -> tuple[Path | None, bool]:
     return (DEFAULT_SOURCE if (DEFAULT_SOURCE / "main.py").is_file() else None), False
 
 
-def recipe_hash(source: Path) -> str:
-    """What the venv depends on: ComfyUI's requirements, our pins and the Python it is built with."""
+def recipe_hash(source: Path, *, locked: bool = True) -> str:
+    """What the venv depends on: ComfyUI's requirements, the lock, our pins and the Python."""
     digest = hashlib.sha256()
     digest.update((source / "requirements.txt").read_bytes())
+    if locked:
+        digest.update(PEER_LOCK.read_bytes())
     recipe = [RECIPE_VERSION, TORCH_PIN, TORCHVISION_SHIM, *sorted(NOT_FROM_REQUIREMENTS)]
     recipe += [*EXTRA_PACKAGES, *NO_DEPS_PACKAGES, f"{sys.version_info.major}.{sys.version_info.minor}"]
     digest.update("\n".join(recipe).encode())
@@ -115,8 +121,8 @@ def requirement_name(line: str) -> str:
 class _VenvBuild:
     """One build of the venv: every pip call logged to one file, all within one deadline."""
 
-    def __init__(self, venv: Path, log_path: Path) -> None:
-        self.venv, self.log_path = venv, log_path
+    def __init__(self, venv: Path, log_path: Path, *, locked: bool = True) -> None:
+        self.venv, self.log_path, self.locked = venv, log_path, locked
         self.python = venv / "bin" / "python"
         self.constraints = venv / "kitty-constraints.txt"
         self.deadline = time.monotonic() + BUILD_TIMEOUT_S
@@ -148,7 +154,8 @@ class _VenvBuild:
 
     def build(self, source: Path) -> None:
         self.run([sys.executable, "-m", "venv", str(self.venv)])
-        self.constraints.write_text(TORCH_PIN + "\n")
+        pins = PEER_LOCK.read_text() if self.locked else ""
+        self.constraints.write_text(TORCH_PIN + "\n" + pins)
         requirements = self.venv / "kitty-requirements.txt"
         kept = [
             line
@@ -163,10 +170,11 @@ class _VenvBuild:
         self.run([str(self.python), "-c", "import torch, sys; sys.exit(torch.version.cuda is not None)"])
 
 
-def ensure_venv(source: Path, root: Path = VENV_ROOT) -> Path:
+def ensure_venv(source: Path, root: Path = VENV_ROOT, *, locked: bool = True) -> Path:
     """The venv for `source`'s requirements, built unless a complete one is cached. A file lock
-    keeps two pytest processes from building the same one at once."""
-    key = recipe_hash(source)
+    keeps two pytest processes from building the same one at once. `locked`: with PEER_LOCK's
+    versions (always, but for `--relock`)."""
+    key = recipe_hash(source, locked=locked) + ("" if locked else "-unlocked")
     venv = root / key
     ready = venv / ".kitty-complete"
     root.mkdir(parents=True, exist_ok=True)
@@ -177,7 +185,7 @@ def ensure_venv(source: Path, root: Path = VENV_ROOT) -> Path:
         shutil.rmtree(venv, ignore_errors=True)  # a build cut short
         log_path = root / f"{key}.build.log"
         log_path.write_text(f"building ComfyUI's venv for {source} into {venv}\n")
-        build = _VenvBuild(venv, log_path)
+        build = _VenvBuild(venv, log_path, locked=locked)
         try:
             build.build(source)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -252,9 +260,28 @@ def real_comfyui_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     pytest.skip(f"the real ComfyUI is unavailable: {unavailable}")
 
 
+def relock(source: Path) -> None:
+    """Build from ComfyUI's requirements with nothing but torch pinned, and write what pip chose
+    (run the real-ComfyUI tests against it before committing the new lock)."""
+    venv = ensure_venv(source, locked=False)
+    frozen = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze", "--all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    header = [line for line in PEER_LOCK.read_text().splitlines() if line.startswith("#")]
+    kept = [line for line in frozen if requirement_name(line) not in {"torch", "pip", "setuptools", "wheel"}]
+    PEER_LOCK.write_text("\n".join(header + kept) + "\n")
+
+
 if __name__ == "__main__":
     found, _ = find_source()
     if found is None:
         sys.exit(f"no ComfyUI source: set {SOURCE_ENV}")
     started = time.monotonic()
-    print(ensure_venv(found), f"{time.monotonic() - started:.0f} s")
+    if sys.argv[1:] == ["--relock"]:
+        relock(found)
+        print(f"wrote {PEER_LOCK}", f"{time.monotonic() - started:.0f} s")
+    else:
+        print(ensure_venv(found), f"{time.monotonic() - started:.0f} s")
