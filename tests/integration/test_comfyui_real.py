@@ -28,6 +28,7 @@ from services.images_service.errors import KittyError
 from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
 from tests.support.asgi_server import serve_asgi
+from tests.support.fakes import Recorder
 from tests.support.harness import Harness
 from tests.support.peers.comfyui import FakeComfyUI
 from tests.support.peers.real_comfyui import (
@@ -236,19 +237,6 @@ def with_invalid_branch(graph: dict[str, Any], prefix: str) -> dict[str, Any]:
         },
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}},
     }
-
-
-class Recorder:
-    """A progress callback like the worker's: records (step, total); raises JobCanceled on demand."""
-
-    def __init__(self, cancel_when: Callable[[list[tuple[int, int]]], bool] | None = None) -> None:
-        self.calls: list[tuple[int, int]] = []
-        self.cancel_when = cancel_when
-
-    def __call__(self, step: int, total: int) -> None:
-        self.calls.append((step, total))
-        if self.cancel_when is not None and self.cancel_when(self.calls):
-            raise JobCanceled("job-1")
 
 
 # --- renders --------------------------------------------------------------------------------------

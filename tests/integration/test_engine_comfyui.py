@@ -31,6 +31,7 @@ from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
+from tests.support.fakes import Recorder
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.comfyui import DEFAULT_CHECKPOINTS, DEVICE_NAME, VERSION, FakeComfyUI
 from tests.support.pictures import kept_pixels, left_half, png_of, run_img2img_pair, two_tone
@@ -109,19 +110,6 @@ def solid_image_graph(**inputs: object) -> dict[str, object]:
         },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "raw"}},
     }
-
-
-class Recorder:
-    """A progress callback that records (step, total) and can cancel like the worker does."""
-
-    def __init__(self, cancel_when: Callable[[list[tuple[int, int]]], bool] | None = None) -> None:
-        self.calls: list[tuple[int, int]] = []
-        self.cancel_when = cancel_when
-
-    def __call__(self, step: int, total: int) -> None:
-        self.calls.append((step, total))
-        if self.cancel_when is not None and self.cancel_when(self.calls):
-            raise JobCanceled("job-1")
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -224,42 +212,6 @@ def test_raw_workflow_with_two_samplers_reports_steps_monotonically(engine: Comf
     steps = [step for step, _ in progress.calls]
     assert steps == sorted(steps) and progress.calls[-1] == (7, 7)
     assert (4, 4) in progress.calls and (5, 7) in progress.calls
-
-
-@pytest.mark.parametrize(
-    ("graph", "expected"),
-    [
-        (
-            {
-                "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 1}},
-                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
-            },
-            "node 1 (EmptyImage): Required input is missing: color",
-        ),
-        (
-            {"1": {"class_type": "NoSuchNode", "inputs": {}}},
-            "Cannot execute because node NoSuchNode does not exist.",
-        ),
-        (
-            {
-                "1": {
-                    "class_type": "EmptyImage",
-                    "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-                }
-            },
-            "Prompt has no outputs",
-        ),
-    ],
-    ids=["missing-input", "unknown-node", "no-outputs"],
-)
-def test_refused_workflow_is_a_validation_error_naming_the_problem(
-    engine: ComfyUIEngine, graph: dict[str, object], expected: str
-) -> None:
-    with pytest.raises(KittyError) as caught:
-        engine.render(make_spec(workflow=graph), Recorder())
-    assert caught.value.code == "VALIDATION_ERROR"
-    assert caught.value.message.startswith("ComfyUI refused the workflow: ")
-    assert expected in caught.value.message
 
 
 def test_execution_error_is_engine_error_with_the_servers_words(

@@ -26,6 +26,7 @@ from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
+from tests.support.fakes import Recorder
 from tests.support.harness import Harness, make_settings
 from tests.support.peers.invokeai import FakeInvokeAI
 from tests.support.pictures import kept_pixels, left_half, png_of, run_img2img_pair, two_tone
@@ -81,14 +82,6 @@ def engine(served: str) -> Iterator[InvokeAIEngine]:
     adapter = InvokeAIEngine(engine_settings(served))
     yield adapter
     adapter.close()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, step: int, total: int) -> None:
-        self.calls.append((step, total))
 
 
 def sent_graph(fake: FakeInvokeAI, index: int = -1) -> dict:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from services.contracts import RenderSpec
-from services.images_service.engines import ProgressFn, RenderedImage, RenderResult
+from services.images_service.engines import JobCanceled, ProgressFn, RenderedImage, RenderResult
 from services.images_service.errors import KittyError
 
 
@@ -43,3 +44,17 @@ class FakeEngine:
 
 class BoomError(KittyError):
     """A service error as an engine would raise it."""
+
+
+class Recorder:
+    """A progress callback like the worker's: records (step, total), and raises JobCanceled once
+    `cancel_when(calls)` says so."""
+
+    def __init__(self, cancel_when: Callable[[list[tuple[int, int]]], bool] | None = None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.cancel_when = cancel_when
+
+    def __call__(self, step: int, total: int) -> None:
+        self.calls.append((step, total))
+        if self.cancel_when is not None and self.cancel_when(self.calls):
+            raise JobCanceled("job-1")
