@@ -40,8 +40,8 @@ demo: install  ## bring the stack up, generate, list, select, download and verif
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
 
-test-fast: install  ## everything but the end-to-end and browser tests
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not e2e and not browser"
+test-fast: install  ## everything but the end-to-end, browser, real-peer and slow tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not e2e and not browser and not peer and not slow"
 
 lint: install
 	$(BIN)/ruff check services cli tests bench

@@ -60,10 +60,10 @@ BODY: dict[str, Any] = {
 }
 
 
-def run_job(client: httpx.Client, redis: Redis) -> float:
+def run_job(client: httpx.Client, redis: Redis, body: dict[str, Any] = BODY) -> float:
     """Submit one job through the gateway; seconds until the worker committed it as done."""
     started = time.perf_counter()
-    response = client.post("/api/images/generate", json=BODY)
+    response = client.post("/api/images/generate", json=body)
     if response.status_code != 202:
         raise RuntimeError(f"generate answered {response.status_code}: {response.text[:300]}")
     job_id = response.json()["job_id"]
@@ -74,6 +74,12 @@ def run_job(client: httpx.Client, redis: Redis) -> float:
     if result is None or result.type != Result.Type.SUCCESSFUL or view["status"] != "done":
         raise RuntimeError(f"bench job {job_id} ended {view['status']}: {view.get('error')}")
     return done
+
+
+def result_waiter(redis_url: str) -> Redis:
+    """A connection that may block on a job's result stream for as long as a job may take: redis-py
+    8's default 5 s socket timeout would cut a longer wait short."""
+    return Redis.from_url(redis_url, socket_timeout=JOB_TIMEOUT_S + 30)
 
 
 def load_bare_pipeline(models_yaml: Path) -> Callable[[], object]:
@@ -109,7 +115,7 @@ def load_bare_pipeline(models_yaml: Path) -> Callable[[], object]:
 def measure(procs: Processes, stack: Stack, models_yaml: Path) -> list[Measurement]:
     bare_call = load_bare_pipeline(models_yaml)
     client = httpx.Client(base_url=stack.gateway_url, timeout=30, trust_env=False)
-    redis = Redis.from_url(stack.redis_url)  # no socket timeout: it blocks on result streams
+    redis = result_waiter(stack.redis_url)
     try:
         cold: list[float] = []
         for i in range(COLD_JOBS):

@@ -73,6 +73,18 @@ def models_tiny(force: bool) -> None:
     click.echo(f"registered {', '.join(names)} in {settings.models_yaml}")
 
 
+@models.command("random-sd15")
+@click.option("--force", is_flag=True, help="rebuild even if the folder exists")
+def models_random_sd15(force: bool) -> None:
+    """Build a full-size SD1.5 with random weights (2.1 GB, about a minute) and register it: what a
+    real model costs to load and render, without a download. Its images are noise."""
+    from .tiny import build_random_sd15  # imports torch: only here
+
+    settings = get_settings()
+    folder = build_random_sd15(settings.data_dir / "models", settings.models_yaml, force=force)
+    click.echo(f"registered random-sd15 ({folder}) in {settings.models_yaml}")
+
+
 @models.command("pull")
 @click.argument("name")
 @click.option("--repo", help="hub repo id (default: the catalog's for NAME)")

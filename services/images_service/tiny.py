@@ -232,6 +232,97 @@ def _sdxl_components() -> dict[str, Any]:
     }
 
 
+RANDOM_SD15 = "random-sd15"
+"""Name of the full-size SD1.5 with random weights (`kitty-images models random-sd15`)."""
+
+RANDOM_SD15_DEFAULTS: dict[str, Any] = {"width": 256, "height": 256, "steps": 4, "cfg": 7.0}
+"""Registered defaults: small enough for a CPU to render in seconds a step."""
+
+CLIP_VOCAB_SIZE = 49408
+"""CLIP ViT-L/14's vocabulary: the text encoder's embedding table has this many rows, like the real
+one's (the tiny tokenizer uses only its first few hundred)."""
+
+
+def _random_sd15_pipeline() -> Any:
+    """SD1.5's published shapes (UNet 859.5 M, VAE 83.7 M, CLIP-L 123.1 M parameters) with random
+    weights: what a real checkpoint costs to load and to run, and what peers that detect a model's
+    family from its tensor shapes (ComfyUI) accept as SD1.5."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = make_tiny_tokenizer()
+    # UNet2DConditionModel's defaults are SD1.x's blocks, channels, layers and heads.
+    unet = _seeded(UNet2DConditionModel, sample_size=64, cross_attention_dim=768)
+    vae = _seeded(
+        AutoencoderKL,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_seeded(CLIPTextModel, text_config),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_random_sd15(out_dir: Path, models_yaml: Path | None = None, *, force: bool = False) -> Path:
+    """A full-size SD1.5 with random weights, saved as diffusers saves a model (fp16 safetensors,
+    2.1 GB) under `out_dir/random-sd15`, and registered in `models_yaml` when given. For sizing a
+    machine and comparing engines without a download; it renders noise. About a minute to build
+    on two cores; a folder already built is kept unless `force`."""
+    import time
+
+    import torch
+
+    from .engines.diffusers_engine import quiet_libraries
+
+    quiet_libraries()
+    folder = Path(out_dir).resolve() / RANDOM_SD15
+    if force or not _is_built(folder):
+        started = time.perf_counter()
+        pipe = _random_sd15_pipeline().to(dtype=torch.float16)
+        partial = folder.with_name(folder.name + ".partial")
+        pipe.save_pretrained(partial)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        partial.rename(folder)  # whole or absent: a build cut short leaves no model_index.json
+        logger.info("built %s in %s (%.0f s)", RANDOM_SD15, folder, time.perf_counter() - started)
+    if models_yaml is not None:
+        entry = {
+            "path": str(folder),
+            "defaults": dict(RANDOM_SD15_DEFAULTS),
+            "description": "SD1.5's full size, random weights (kitty-images models random-sd15): noise",
+        }
+        register_model(Path(models_yaml), RANDOM_SD15, entry)
+    return folder
+
+
 def _is_built(folder: Path) -> bool:
     return (folder / "model_index.json").is_file()
 

@@ -76,9 +76,9 @@ def test_markers_in_the_lock_are_valid() -> None:
 
 
 def test_the_comfyui_peer_is_locked_too() -> None:
-    """The real ComfyUI's venv (tests/support/peers/real_comfyui.py) installs with these as
+    """The real ComfyUI's venv (bench/peers/comfyui.py) installs with these as
     constraints: exact pins, and never a torch of its own (ours is pinned beside them)."""
-    lines = (ROOT / "tests/support/peers/comfyui-requirements.lock").read_text().splitlines()
+    lines = (ROOT / "bench/peers/comfyui-requirements.lock").read_text().splitlines()
     pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
     assert len(pins) > 20
     for requirement in pins:

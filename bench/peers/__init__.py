@@ -1,0 +1,1 @@
+"""Measuring against peer servers: the real ComfyUI (`bench.peers.comfyui`)."""
