@@ -8,11 +8,11 @@ import click
 from .catalog import engines, models, presets
 from .context import EXIT_FAILED, EXIT_INTERRUPTED
 from .gallery import delete, latest, select
-from .jobs import cancel, generate, jobs, rerun
+from .jobs import cancel, generate, jobs, rerun, retry
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "images"]
 
-COMMANDS = (generate, rerun, latest, select, jobs, cancel, models, presets, engines, delete)
+COMMANDS = (generate, rerun, latest, select, jobs, retry, cancel, models, presets, engines, delete)
 """Every images command, registered on the root group as ``images.NAME``."""
 
 GROUP_PREFIX = "images."

@@ -361,28 +361,81 @@ def report(
         save_images(client, view, out)
 
 
-@click.command("images.jobs", short_help="Show a job: status, progress, images, error.")
-@click.argument("job_id", metavar="ID")
+@click.command("images.jobs", short_help="List your jobs, or show one: status, progress, images, error.")
+@click.argument("job_id", metavar="[ID]", required=False)
 @click.option("--wait", is_flag=True, help="Follow the job's progress until it ends, then show it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the job's JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON.")
+@click.option(
+    "--status",
+    type=click.Choice([status.value for status in JobStatus]),
+    help="Without ID: only jobs in this state.",
+)
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="Without ID: how many."
+)
 @click.pass_context
-def jobs(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
-    """Show job ID: status (and what it waits for while queued), progress, engine and model, times,
-    images or error.
+def jobs(
+    ctx: click.Context, job_id: str | None, wait: bool, as_json: bool, status: str | None, limit: int
+) -> None:
+    """Without ID: your jobs, newest first, from every client (one line each: id, status, engine,
+    model, prompt). With ID: status (and what it waits for while queued), progress, engine and model,
+    times, images or error.
 
     \b
     Examples:
+      kitty-cli images.jobs                         # your latest jobs
+      kitty-cli images.jobs --status error          # the failed ones (retry: images.retry ID)
       kitty-cli images.jobs 6f1c0e2a-…
       kitty-cli images.jobs "$JOB" --wait          # progress bar until it ends
       kitty-cli images.jobs "$JOB" --json | jq -r .status
     """
     client = state_of(ctx).client()
+    if job_id is None:
+        listing = client.jobs(status=status, limit=limit)
+        if as_json:
+            echo_json(listing.model_dump(mode="json", exclude_none=True))
+            return
+        if not listing.jobs:
+            click.echo("no jobs", err=True)
+        for item in listing.jobs:
+            prompt = str((item.request or {}).get("prompt") or "")[:60]
+            code = f" {item.error.code.value}" if item.error else ""
+            where = f"{item.engine or '-'}  {item.model or '-'}"
+            click.echo(f"{item.job_id}  {item.status.value:<8}{code}  {where}  {prompt}")
+        return
     view = follow(ctx, client, job_id) if wait else client.job(job_id)
     if as_json:
         echo_json(view.model_dump(mode="json"))
         return
     for line in job_lines(view):
         click.echo(line)
+
+
+@click.command("images.retry", short_help="Submit a failed or canceled job again, optionally changed.")
+@click.argument("job_id", metavar="ID")
+@click.option("--engine", help="Run it on this engine instead.")
+@click.option("--steps", type=click.IntRange(1, 150), help="With this many steps instead.")
+@click.option("--width", type=int, help="At this width instead.")
+@click.option("--height", type=int, help="At this height instead.")
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    job_id: str,
+    engine: str | None,
+    steps: int | None,
+    width: int | None,
+    height: int | None,
+) -> None:
+    """Submit failed or canceled job ID again as a new job; print the new job's id.
+
+    \b
+    Examples:
+      kitty-cli images.retry 6f1c0e2a-… --steps 20
+      kitty-cli images.retry "$JOB" --engine comfyui
+    """
+    client = state_of(ctx).client()
+    view = client.retry(job_id, engine=engine, steps=steps, width=width, height=height)
+    click.echo(view.job_id)
 
 
 @click.command("images.cancel", short_help="Cancel a job; print its resulting status.")

@@ -29,6 +29,12 @@ log = logging.getLogger("kitty.auth")
 TIER_NAMES = ("free", "pro", "enterprise")
 """The tiers a key may name after a colon (HIP-35); their limits live in the images-service."""
 
+ADMIN = "admin"
+"""Named after a key's colon instead of a tier: the admin role (sees and manages every key's jobs,
+images and the audit log) with the enterprise tier's limits."""
+
+ADMIN_TIER = "enterprise"
+
 REALM = "kitty-images"
 """The realm of every ``WWW-Authenticate`` challenge."""
 
@@ -56,6 +62,27 @@ EVENTS_PATH = re.compile(r"^/api/images/jobs/[^/]+/events$")
 """The job event stream: the one route that also takes ``?api_key=``."""
 
 
+ON_BEHALF_HEADER = "X-Kitty-Caller"
+"""``<key id>;<tier>;<admin|user>``: the caller a gateway speaks for when it authenticates upstream
+with its own (admin) key, IMAGES_API_KEY. Honoured only from an admin key, so a tenant cannot
+claim to be another; the gateway drops any the client sent."""
+
+ON_BEHALF_PATTERN = re.compile(rf"^([0-9a-f]{{{KEY_ID_HEX}}});({'|'.join(TIER_NAMES)});(admin|user)$")
+
+
+def on_behalf_value(caller: ApiKey) -> str:
+    return f"{caller.key_id};{caller.tier};{'admin' if caller.is_admin else 'user'}"
+
+
+def on_behalf_caller(value: str | None) -> ApiKey | None:
+    """The caller an ``X-Kitty-Caller`` value names; None when absent or malformed."""
+    match = ON_BEHALF_PATTERN.fullmatch(value or "")
+    if match is None:
+        return None
+    key_id, tier, role = match.groups()
+    return ApiKey(key_id=key_id, tier=tier, digest=b"", is_admin=role == "admin")
+
+
 def key_id_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:KEY_ID_HEX]
 
@@ -67,37 +94,40 @@ class ApiKey:
     key_id: str
     tier: str
     digest: bytes = field(repr=False)
+    is_admin: bool = False
 
     @classmethod
-    def of(cls, key: str, tier: str) -> ApiKey:
+    def of(cls, key: str, tier: str, *, is_admin: bool = False) -> ApiKey:
         digest = hashlib.sha256(key.encode()).digest()
-        return cls(key_id=digest.hex()[:KEY_ID_HEX], tier=tier, digest=digest)
+        return cls(key_id=digest.hex()[:KEY_ID_HEX], tier=tier, digest=digest, is_admin=is_admin)
 
 
 def parse_api_keys(value: str | None, default_tier: str) -> list[ApiKey]:
-    """``"key1,key2:pro,key3:enterprise"`` → keys with tiers; raises ValueError naming what is wrong
-    (never the key itself). A key that contains a colon must then end with an explicit tier."""
+    """``"key1,key2:pro,key3:enterprise,key4:admin"`` → keys with tiers (``admin``: the admin role,
+    enterprise limits); raises ValueError naming what is wrong (never the key itself). A key that
+    contains a colon must then end with an explicit tier."""
     keys: dict[bytes, ApiKey] = {}
     for position, entry in enumerate((value or "").split(","), start=1):
         entry = entry.strip()
         if not entry:
             continue
-        key, tier = entry, default_tier
+        key, tier, is_admin = entry, default_tier, False
         head, colon, tail = entry.rpartition(":")
         if colon:
-            if tail not in TIER_NAMES:
+            if tail not in (*TIER_NAMES, ADMIN):
                 raise ValueError(
                     f"API key #{position} ends with an unknown tier '{tail[:20]}'; "
-                    f"use one of {', '.join(TIER_NAMES)}"
+                    f"use one of {', '.join(TIER_NAMES)} (or {ADMIN})"
                 )
-            key, tier = head, tail
+            key, is_admin = head, tail == ADMIN
+            tier = ADMIN_TIER if is_admin else tail
         if not KEY_PATTERN.match(key):
             raise ValueError(
                 f"API key #{position} must be 1-512 printable ASCII characters without spaces or commas"
             )
-        parsed = ApiKey.of(key, tier)
+        parsed = ApiKey.of(key, tier, is_admin=is_admin)
         previous = keys.get(parsed.digest)
-        if previous is not None and previous.tier != tier:
+        if previous is not None and (previous.tier, previous.is_admin) != (tier, is_admin):
             raise ValueError(f"API key #{position} is listed twice with different tiers")
         keys[parsed.digest] = parsed
     return list(keys.values())
@@ -205,7 +235,9 @@ class ApiKeyMiddleware:
 
     Pure ASGI (not ``BaseHTTPMiddleware``), so streamed bodies and event streams pass untouched.
     ``strip_query_key`` removes ``api_key`` from the query string once read (the images-service);
-    the gateway keeps it so it can pass the caller's credential on unchanged.
+    the gateway keeps it so it can pass the caller's credential on unchanged. ``trust_on_behalf``
+    (the images-service): an admin key's request may name the caller it speaks for in
+    ``X-Kitty-Caller`` (a gateway using IMAGES_API_KEY), and the routes then see that caller.
     """
 
     def __init__(
@@ -215,11 +247,13 @@ class ApiKeyMiddleware:
         keyring: KeyRing,
         extra_exempt: Callable[[str], bool] | None = None,
         strip_query_key: bool = True,
+        trust_on_behalf: bool = False,
     ) -> None:
         self.app = app
         self.keyring = keyring
         self.extra_exempt = extra_exempt
         self.strip_query_key = strip_query_key
+        self.trust_on_behalf = trust_on_behalf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keyring.is_enabled:
@@ -246,6 +280,9 @@ class ApiKeyMiddleware:
             return
         if allow_query and self.strip_query_key:
             scope["query_string"] = without_query_key(scope.get("query_string", b""))
+        if self.trust_on_behalf and caller.is_admin:
+            # A gateway with an admin key upstream names the caller it speaks for.
+            caller = on_behalf_caller(_header(scope, ON_BEHALF_HEADER.lower().encode())) or caller
         scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
         token = caller_var.set(caller)
         try:
@@ -258,6 +295,12 @@ def caller_of(scope: Scope) -> ApiKey | None:
     state = scope.get("state") or {}
     caller = state.get(CALLER_STATE_KEY)
     return caller if isinstance(caller, ApiKey) else None
+
+
+def can_see(caller: ApiKey | None, owner: str | None) -> bool:
+    """Keys off (no caller): everything. An admin: everything. Any other key: its own only (an
+    object made while keys were off has no owner, and only an admin sees it)."""
+    return caller is None or caller.is_admin or (owner is not None and owner == caller.key_id)
 
 
 def is_loopback(host: str) -> bool:

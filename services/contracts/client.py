@@ -16,6 +16,7 @@ from .schema import (
     ErrorInfo,
     GenerateRequest,
     GenerateView,
+    JobsView,
     JobView,
     LatestView,
     ModelsView,
@@ -198,6 +199,20 @@ class ImagesClient:
 
     def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("POST", f"/api/images/jobs/{job_id}/cancel"))
+
+    def jobs(self, status: str | None = None, limit: int = 36, cursor: str | None = None) -> JobsView:
+        """The caller's jobs newest first (``GET /api/images/jobs``), `status` only when given."""
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = status
+        if cursor is not None:
+            params["cursor"] = cursor
+        return JobsView.model_validate(self._call("GET", "/api/images/jobs", params=params))
+
+    def retry(self, job_id: str, **changes: Any) -> GenerateView:
+        """A failed or canceled job again, as a new job (``POST /api/images/jobs/{id}/retry``)."""
+        body = {name: value for name, value in changes.items() if value is not None}
+        return GenerateView.model_validate(self._call("POST", f"/api/images/jobs/{job_id}/retry", json=body))
 
     def events(self, job_id: str) -> Iterator[JobView]:
         """The job's views from its event stream (``GET /api/images/jobs/{id}/events``): one per

@@ -93,6 +93,9 @@ class ErrorCode(StrEnum):
     QUEUE_UNAVAILABLE = "QUEUE_UNAVAILABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
     RATE_LIMITED = "RATE_LIMITED"
+    SAFETY_FILTER = "SAFETY_FILTER"
+    """A prompt on the operator's blocklist (400 at submit), or a job whose image the content gate
+    withheld (the job's error; nothing was stored)."""
     WORKER_LOST = "WORKER_LOST"
     CANCELED = "CANCELED"
     NOT_FOUND = "NOT_FOUND"
@@ -276,6 +279,27 @@ class JobView(BaseModel):
     ended_at: str | None = None
     waiting_for: str | None = None
     """While queued: what the job waits for, in words (no worker serves its engine; N jobs ahead)."""
+    request: dict[str, Any] | None = None
+    """In job listings: what the job was asked to render (secrets redacted)."""
+
+
+class JobsView(BaseModel):
+    """``GET /api/images/jobs``: the caller's jobs, newest first; `next_cursor` pages to older ones."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class RetryRequest(BaseModel):
+    """``POST /api/images/jobs/{job_id}/retry``: the failed or canceled job's request again, with
+    these fields changed (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str | None = Field(default=None, max_length=32)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
 
 
 class LatestItem(BaseModel):
@@ -305,6 +329,8 @@ class LatestItem(BaseModel):
     quality: str | None = None
     """The preset and quality level the request named (its prompt is already the preset's)."""
     job_id: str | None = None
+    owner: str | None = None
+    """The key id of the key that made it (absent when keys were off)."""
 
 
 class LatestView(BaseModel):

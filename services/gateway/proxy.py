@@ -17,7 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from services.common.api_keys import API_KEY_HEADER, without_query_key
+from services.common.api_keys import (
+    API_KEY_HEADER,
+    ON_BEHALF_HEADER,
+    caller_of,
+    on_behalf_value,
+    without_query_key,
+)
 from services.common.request_id import request_id_of
 from services.contracts import ErrorCode
 
@@ -45,7 +51,7 @@ HOP_BY_HOP_HEADERS = frozenset(
 """Headers that describe one connection (RFC 9110 §7.6.1), never forwarded across a proxy."""
 
 REQUEST_HEADERS_SET_HERE = frozenset(
-    {"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    {"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-kitty-caller"}
 )
 """Request headers the gateway writes itself: httpx sets Host for the upstream; the rest are this hop's."""
 
@@ -89,6 +95,10 @@ def upstream_request_headers(
     headers = [(k, v) for k, v in incoming.multi_items() if k.lower() not in dropped]
     if credential:
         headers.append((API_KEY_HEADER, credential))
+        caller = caller_of(request.scope)
+        if caller is not None:
+            # Upstream sees the gateway's key; this names whose request it is (ownership, quotas).
+            headers.append((ON_BEHALF_HEADER, on_behalf_value(caller)))
     if "accept-encoding" not in incoming:
         # Bodies are relayed raw; without this httpx would ask for gzip the caller never agreed to read.
         headers.append(("accept-encoding", "identity"))

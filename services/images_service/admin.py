@@ -355,3 +355,85 @@ def reindex() -> None:
     except KittyError as exc:
         _fail(exc.message, *exc.remediation)
     click.echo(f"indexed {count} images")
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500), help="entries to show")
+@click.option("--key-id", help="only this key id's entries (12 hex digits)")
+@click.option(
+    "--action",
+    type=click.Choice(["submit", "refuse", "done", "error", "cancel", "delete", "select"]),
+    help="only this action",
+)
+@click.option("--job-id", help="only this job's entries")
+@click.option("--cursor", help="older than this entry id (a previous page's next_cursor)")
+@click.option("--json", "as_json", is_flag=True, help="print the page as JSON")
+def audit(
+    limit: int, key_id: str | None, action: str | None, job_id: str | None, cursor: str | None, as_json: bool
+) -> None:
+    """Show the audit log newest first: submissions, refusals, completions, cancels, deletes and
+    selects, by key id (never the key), with request id, job id, outcome and error code."""
+    from .audit import AuditLog, format_entry
+    from .errors import KittyError
+    from .queue import connect_redis
+
+    settings = get_settings()
+    connection = connect_redis(settings.redis_url)
+    try:
+        page = AuditLog(connection, settings).read(
+            limit=limit, cursor=cursor, key_id=key_id, action=action, job_id=job_id
+        )
+    except KittyError as exc:
+        _fail(exc.message, *exc.remediation)
+    finally:
+        connection.close()
+    if as_json:
+        click.echo(page.model_dump_json(indent=2))
+        return
+    if not page.entries:
+        click.echo("no audit entries" + (" match" if key_id or action or job_id else ""), err=True)
+    for entry in page.entries:
+        click.echo(format_entry(entry))
+    if page.next_cursor:
+        click.echo(f"(older entries: --cursor {page.next_cursor})", err=True)
+
+
+@cli.command("verify-watermark")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", help="the text to look for (default: IMAGES_WATERMARK)")
+def verify_watermark(file: Path, payload: str | None) -> None:
+    """Say whether FILE carries the invisible watermark. Exit 0 found, 1 not found, 2 cannot tell."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .watermark import MIN_PIXELS, payload_bytes, read
+
+    text = payload if payload is not None else get_settings().watermark
+    try:
+        expected = payload_bytes(text)
+    except ValueError as exc:
+        click.echo(f"Error: no usable payload: {exc}", err=True)
+        click.echo("  → Set IMAGES_WATERMARK (as the workers have it) or pass --payload TEXT.", err=True)
+        sys.exit(2)
+    try:
+        with Image.open(file) as image:
+            image.load()
+            picture = image.copy()
+    except (OSError, UnidentifiedImageError) as exc:
+        click.echo(f"Error: cannot read {file} as an image: {exc}", err=True)
+        sys.exit(2)
+    if picture.width * picture.height < MIN_PIXELS:
+        click.echo(
+            f"Error: {file} is {picture.width}x{picture.height}: too small to carry a watermark "
+            f"(at least {MIN_PIXELS} pixels); images that small are stored unmarked",
+            err=True,
+        )
+        sys.exit(2)
+    reading = read(picture, expected)
+    if reading.found:
+        click.echo(f"watermark found in {file}: {text!r} ({reading.total_bits}/{reading.total_bits} bits)")
+        sys.exit(0)
+    click.echo(
+        f"no watermark {text!r} in {file} ({reading.matching_bits}/{reading.total_bits} bits match; "
+        "about half is what an unmarked picture gives)"
+    )
+    sys.exit(1)

@@ -21,12 +21,15 @@ from services.common.request_id import RequestIdMiddleware
 from services.common.server import PortUnavailable, serve_http
 
 from . import __version__
+from .api import audit as audit_api
 from .api import engines, handlers, health, images, uploads
+from .audit import AuditLog
 from .errors import KittyError
 from .gallery import GalleryIndex
 from .idempotency import IdempotencyStore
 from .metrics import HttpMetricsMiddleware
 from .models import ModelRegistry
+from .ownership import Ownership, UploadOwners
 from .queue import JobQueue, connect_redis
 from .quotas import QuotaLedger
 from .retention import sweep_uploads
@@ -86,8 +89,11 @@ def create_app(
         app.state.registry = registry or ModelRegistry(settings.models_yaml, settings.default_model)
         app.state.engine_probe = engines.EngineProbe()
         app.state.gallery = GalleryIndex(connection, settings.queue_prefix)
+        app.state.upload_owners = UploadOwners(connection, settings.queue_prefix)
+        app.state.ownership = Ownership(app.state.gallery, app.state.upload_owners, app.state.store, settings)
         app.state.quotas = QuotaLedger(connection, settings.queue_prefix)
         app.state.idempotency = IdempotencyStore(connection, settings.queue_prefix)
+        app.state.audit = AuditLog(connection, settings)
         rebuild = threading.Thread(
             target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
         )
@@ -109,7 +115,7 @@ def create_app(
     # Added innermost first: request id (outermost of these, so refusals carry it too), then the
     # API key check, then the size limits, so an unauthenticated caller learns nothing about bodies.
     app.add_middleware(RequestLimitsMiddleware)
-    app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring)
+    app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring, trust_on_behalf=True)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)  # outermost: refusals are observed too
     handlers.install_error_handlers(app)
@@ -117,6 +123,7 @@ def create_app(
     app.include_router(uploads.router)
     app.include_router(engines.router)
     app.include_router(health.router)
+    app.include_router(audit_api.router)
 
     return app
 

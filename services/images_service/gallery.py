@@ -6,7 +6,8 @@ and `rebuild` recreates the index from the bucket (`kitty-images reindex`, or on
 
 Layout: one sorted set whose members are ``<created_at µs, 16 digits>|<key>`` with score 0, so
 ZREVRANGEBYLEX walks them newest first and a member is an exact, tie-free cursor; one hash maps each
-key to its item's JSON.
+key to its item's JSON. Each owner (the key id that made an image) has a sorted set of its own,
+same members, so a key's own images page as fast as all of them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("kitty.images.gallery")
 
 ORDER_KEY = "{prefix}:gallery:order"
 ITEMS_KEY = "{prefix}:gallery:items"
+OWNER_ORDER_KEY = "{prefix}:gallery:order:{owner}"
 
 STAMP_DIGITS = 16
 """Microseconds since the epoch fit in 16 digits until the year 2286; fixed width sorts as numbers."""
@@ -77,20 +79,32 @@ def item_from_sidecar(sidecar: dict[str, Any], *, size: int, last_modified: date
         preset=request.get("preset"),
         quality=request.get("quality"),
         job_id=sidecar.get("job_id"),
+        owner=sidecar.get("owner"),
     )
 
 
 class GalleryIndex:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
+        self.prefix = prefix
         self.order_key = ORDER_KEY.format(prefix=prefix)
         self.items_key = ITEMS_KEY.format(prefix=prefix)
 
-    def add(self, item: LatestItem) -> None:
+    def owner_order_key(self, owner: str) -> str:
+        return OWNER_ORDER_KEY.format(prefix=self.prefix, owner=owner)
+
+    def _order_keys(self, item: LatestItem) -> list[str]:
+        return [self.order_key, *([self.owner_order_key(item.owner)] if item.owner else [])]
+
+    def _write(self, pipe: Any, item: LatestItem) -> None:
         member = f"{_stamp(datetime.fromisoformat(item.last_modified))}|{item.key}"
+        for order_key in self._order_keys(item):
+            pipe.zadd(order_key, {member: 0})
+        pipe.hset(self.items_key, item.key, item.model_dump_json(exclude={"thumb_url"}))
+
+    def add(self, item: LatestItem) -> None:
         with redis_errors(), self.redis.pipeline() as pipe:
-            pipe.zadd(self.order_key, {member: 0})
-            pipe.hset(self.items_key, item.key, item.model_dump_json(exclude={"thumb_url"}))
+            self._write(pipe, item)
             pipe.execute()
 
     def remove(self, key: str) -> None:
@@ -98,7 +112,9 @@ class GalleryIndex:
         with redis_errors(), self.redis.pipeline() as pipe:
             if raw:
                 item = LatestItem.model_validate_json(raw)
-                pipe.zrem(self.order_key, f"{_stamp(datetime.fromisoformat(item.last_modified))}|{key}")
+                member = f"{_stamp(datetime.fromisoformat(item.last_modified))}|{key}"
+                for order_key in self._order_keys(item):
+                    pipe.zrem(order_key, member)
             pipe.hdel(self.items_key, key)
             pipe.execute()
 
@@ -111,11 +127,15 @@ class GalleryIndex:
         with redis_errors():
             return int(self.redis.zcard(self.order_key))
 
-    def page(self, limit: int, cursor: str | None = None) -> tuple[list[LatestItem], str | None]:
-        """The `limit` newest items older than `cursor`, and the cursor of the page after them."""
+    def page(
+        self, limit: int, cursor: str | None = None, *, owner: str | None = None
+    ) -> tuple[list[LatestItem], str | None]:
+        """The `limit` newest items older than `cursor` (of `owner` only, when given), and the
+        cursor of the page after them."""
         upper = f"({cursor}" if cursor else "+"
+        order_key = self.order_key if owner is None else self.owner_order_key(owner)
         with redis_errors():
-            members = self.redis.zrevrangebylex(self.order_key, upper, "-", start=0, num=limit + 1)
+            members = self.redis.zrevrangebylex(order_key, upper, "-", start=0, num=limit + 1)
             keys = [_key_of(m) for m in members[:limit]]
             raws = self.redis.hmget(self.items_key, keys) if keys else []
         items = [LatestItem.model_validate_json(raw) for raw in raws if raw]
@@ -136,18 +156,13 @@ class GalleryIndex:
             for start in range(0, len(objects), REBUILD_BATCH):
                 with self.redis.pipeline() as pipe:
                     for obj in objects[start : start + REBUILD_BATCH]:
-                        item = self._item_for(store, obj.key, obj.size, obj.last_modified)
-                        member = f"{_stamp(datetime.fromisoformat(item.last_modified))}|{obj.key}"
-                        pipe.zadd(self.order_key, {member: 0})
-                        pipe.hset(self.items_key, obj.key, item.model_dump_json(exclude={"thumb_url"}))
+                        self._write(pipe, self._item_for(store, obj.key, obj.size, obj.last_modified))
                     pipe.execute()
             older = self.redis.zrangebylex(self.order_key, "-", f"({listing_started}")
             stale = [m for m in older if _key_of(m) not in listed]
-            if stale:
-                with self.redis.pipeline() as pipe:
-                    pipe.zrem(self.order_key, *stale)
-                    pipe.hdel(self.items_key, *[_key_of(m) for m in stale])
-                    pipe.execute()
+            for member in stale:
+                self.remove(_key_of(member))
+                self.redis.zrem(self.order_key, member)  # a member whose item was already gone
         log.info("gallery index rebuilt", extra={"images": len(objects), "dropped": len(stale)})
         return len(objects)
 

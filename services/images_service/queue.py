@@ -23,13 +23,14 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from services.common.api_keys import caller_var
+from services.common.api_keys import ApiKey, caller_var, can_see
 from services.common.logs import request_id_var
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
 from .engines import ENGINES
 from .engines.descriptors import worker_command
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
+from .redaction import redact
 from .settings import Settings
 from .worker.rq_worker import live_workers
 
@@ -54,6 +55,14 @@ LIVE_WORKERS_CACHE_S = 2.0
 """How long a count of an engine's live workers is reused: job views are polled, submits are many."""
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+JOBS_ORDER_KEY = "{prefix}:jobs:order"
+JOBS_OWNER_KEY = "{prefix}:jobs:order:{owner}"
+"""Every job id by enqueue time (score: epoch seconds), and each owner's: job history pages these;
+ids whose RQ record has expired are dropped as they are met."""
+
+JOBS_PAGE_SCAN = 200
+"""Job ids read per round trip while filling a history page (a status filter may skip many)."""
 """Job ids we make are 32 hex digits; RQ accepts letters, digits, `_` and `-`."""
 
 _STATUS = {
@@ -172,6 +181,7 @@ class JobQueue:
                 },
                 pipeline=pipe,
             )
+            self._index(pipe, job_id, caller_meta().get("key_id"))
             pipe.execute()
         log.info(
             "job enqueued",
@@ -188,8 +198,79 @@ class JobQueue:
             except NoSuchJobError:
                 raise JobNotFound(f"no job with id '{job_id}'") from None
 
-    def view(self, job_id: str) -> JobView:
+    def _history_keys(self, owner: str | None) -> list[str]:
+        prefix = self.settings.queue_prefix
+        keys = [JOBS_ORDER_KEY.format(prefix=prefix)]
+        return keys + ([JOBS_OWNER_KEY.format(prefix=prefix, owner=owner)] if owner else [])
+
+    def _index(self, pipe: Any, job_id: str, owner: str | None) -> None:
+        """Add the job to the history (in the enqueue's round trip) and drop ids older than any
+        job record RQ still keeps."""
+        now = time.time()
+        oldest = now - max(self.settings.result_ttl_s, FAILURE_TTL_S) - 86400
+        for key in self._history_keys(owner):
+            pipe.zadd(key, {job_id: now})
+            pipe.zremrangebyscore(key, 0, oldest)
+
+    def history(
+        self,
+        caller: ApiKey | None,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        everyone: bool = False,
+    ) -> tuple[list[JobView], str | None]:
+        """The caller's jobs newest first (an admin's with `everyone`: all), `status` only when
+        given, older than `cursor`; and the cursor of the next page."""
+        owner = None if caller is None or (caller.is_admin and everyone) else caller.key_id
+        key = self._history_keys(owner)[-1]
+        upper = f"({cursor}" if cursor else "+inf"
+        views: list[JobView] = []
+        next_cursor: str | None = None
+        with redis_errors():
+            while len(views) < limit:
+                batch: list[tuple[bytes, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                    key, upper, "-inf", start=0, num=JOBS_PAGE_SCAN, withscores=True
+                )
+                if not batch:
+                    break
+                for raw, score in batch:
+                    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    upper = f"({score!r}"
+                    try:
+                        view = self.view(job_id)
+                    except JobNotFound:  # expired from RQ: no longer history
+                        self.redis.zrem(key, job_id)
+                        continue
+                    if status is None or view.status is status:
+                        view.request = self._request_of(job_id)
+                        views.append(view)
+                        if len(views) == limit:
+                            next_cursor = repr(score)
+                            break
+        return views, next_cursor
+
+    def _request_of(self, job_id: str) -> dict[str, Any] | None:
         job = self.fetch(job_id)
+        args = job.args or ()
+        return redact(args[0]) if args and isinstance(args[0], dict) else None
+
+    def spec_of(self, job: Job) -> RenderSpec:
+        """The spec a job was enqueued with."""
+        return RenderSpec.model_validate(job.args[0])
+
+    def fetch_visible(self, job_id: str, caller: ApiKey | None) -> Job:
+        """The job, when `caller` may see it: a job another key submitted is as unknown to this
+        caller as one that never existed (same 404, same message)."""
+        job = self.fetch(job_id)
+        if not can_see(caller, (job.meta or {}).get("key_id")):
+            raise JobNotFound(f"no job with id '{job_id}'")
+        return job
+
+    def view(self, job_id: str, caller: ApiKey | None = None) -> JobView:
+        """The job's state for `caller` (None: keys off, or the service itself)."""
+        job = self.fetch_visible(job_id, caller)
         with redis_errors():
             rq_status = job.get_status(refresh=False)
             meta: dict[str, Any] = job.meta or {}
@@ -222,9 +303,9 @@ class JobQueue:
             waiting_for=waiting_for,
         )
 
-    def cancel(self, job_id: str) -> JobView:
+    def cancel(self, job_id: str, caller: ApiKey | None = None) -> JobView:
         """Queued: removed from the queue. Started: flagged; the worker stops at its next step."""
-        job = self.fetch(job_id)
+        job = self.fetch_visible(job_id, caller)
         with redis_errors():
             status = job.get_status(refresh=True)
             if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):

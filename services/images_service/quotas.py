@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from redis import Redis
 
@@ -20,6 +19,8 @@ from services.contracts.schema import MAX_IMAGES, MAX_SIDE
 
 from .errors import RateLimited, ValidationFailed
 from .queue import redis_errors
+from .settings import Settings
+from .workflow_admission import OPEN_LIMITS, admit_workflow, allowed_node_types
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,6 @@ QUOTA_EXPIRY_MARGIN_S = 3600
 """A day's counter outlives its day by this much, so a refund arriving just after midnight still
 finds it; then Redis drops it."""
 
-WORKFLOW_LIMITED_INPUTS = {
-    "steps": "max_steps",
-    "width": "max_side",
-    "height": "max_side",
-    "batch_size": "max_images",
-}
-"""Inputs of a raw ComfyUI workflow's nodes checked against the tier (KSampler's steps, a latent's
-size and batch): a raw graph must not be a way around the ceilings."""
-
 RESERVE_SCRIPT = """
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
 if used > tonumber(ARGV[2]) then
@@ -127,10 +119,18 @@ def _refuse(
     )
 
 
-def check_ceilings(spec: RenderSpec, caller: ApiKey | None) -> None:
+def check_ceilings(spec: RenderSpec, caller: ApiKey | None, settings: Settings | None = None) -> None:
     """Refuse a request beyond its caller's tier. Checked on the resolved spec, so a model's default
-    size or steps count as if the caller had asked for them."""
+    size or steps count as if the caller had asked for them.
+
+    A raw workflow is admitted here too (`admit_workflow`: node types from `settings`'
+    IMAGES_WORKFLOW_NODES, or the default list without `settings`; values, links, file names and
+    cost). Without API keys there are no tiers, but a raw graph is still held to the wire's largest
+    request (`OPEN_LIMITS`): unlike the template's, its cost has no other bound.
+    """
     if caller is None:
+        if spec.workflow is not None:
+            admit_workflow(spec.workflow, OPEN_LIMITS, _workflow_node_types(settings))
         return
     tier = tier_of(caller)
     side = max(spec.width, spec.height)
@@ -163,26 +163,12 @@ def check_ceilings(spec: RenderSpec, caller: ApiKey | None) -> None:
             tier.max_images,
             f"Set num_images to {tier.max_images} or less.",
         )
-    if spec.workflow:
-        _check_workflow(spec.workflow, tier)
+    if spec.workflow is not None:
+        admit_workflow(spec.workflow, tier, _workflow_node_types(settings))
 
 
-def _check_workflow(workflow: dict[str, Any], tier: Tier) -> None:
-    for node_id, node in workflow.items():
-        inputs = node.get("inputs") or {}
-        for name, attr in WORKFLOW_LIMITED_INPUTS.items():
-            value = inputs.get(name)
-            allowed = getattr(tier, attr)
-            # Linked inputs ([node, output]) carry no number here; the node they come from is checked.
-            if isinstance(value, int | float) and value > allowed:
-                raise _refuse(
-                    tier,
-                    f"at most {allowed} for '{name}'",
-                    name,
-                    f"{value} (workflow node '{node_id}')",
-                    allowed,
-                    f"Set '{name}' of workflow node '{node_id}' to {allowed} or less.",
-                )
+def _workflow_node_types(settings: Settings | None) -> frozenset[str]:
+    return allowed_node_types(settings.workflow_nodes if settings is not None else None)
 
 
 @dataclass(frozen=True)

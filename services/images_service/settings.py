@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +101,15 @@ class Settings(BaseSettings):
     default_tier: str = Field(default="pro", alias="IMAGES_DEFAULT_TIER")
     """Tier of a key listed without one: free | pro | enterprise (HIP-35's limits, see quotas.py)."""
 
+    # --- audit log (services/images_service/audit.py) ------------------------------------------
+    audit_max_entries: int = Field(default=100_000, ge=1, alias="IMAGES_AUDIT_MAX_ENTRIES")
+    """Entries the audit stream keeps (approximately: Redis trims whole stream nodes)."""
+    audit_retention_days: float = Field(default=90.0, ge=0, alias="IMAGES_AUDIT_RETENTION_DAYS")
+    """Entries older than this are trimmed as new ones are written (0: by count only)."""
+    audit_prompts: Literal["full", "hash", "none"] = Field(default="hash", alias="IMAGES_AUDIT_PROMPTS")
+    """How prompts appear in audit entries: ``hash`` (a SHA-256 prefix: repeats are visible, the
+    text is not), ``full`` (the text) or ``none`` (left out)."""
+
     @field_validator("default_tier")
     @classmethod
     def _known_tier(cls, value: str) -> str:
@@ -130,6 +140,71 @@ class Settings(BaseSettings):
                 "uploads would show in the gallery; give each its own prefix (uploads/, images/)"
             )
         return self
+
+    # --- raw ComfyUI workflows (services/images_service/workflow_admission.py) -------------------
+    workflow_nodes: str | None = Field(default=None, alias="IMAGES_WORKFLOW_NODES")
+    """Node types a raw ComfyUI workflow may use, comma-separated. Unset or empty: the default list
+    (workflow_admission.DEFAULT_NODE_TYPES, ComfyUI core nodes). ``A,B``: only those; ``+A,-B``: the
+    default plus A, without B. A node added here has no cost model: a sampler or image node fed from
+    it counts the tier's largest picture."""
+
+    @field_validator("workflow_nodes")
+    @classmethod
+    def _workflow_nodes_parse(cls, value: str | None) -> str | None:
+        # Checked at startup, so a typo fails loudly instead of refusing (or allowing) nodes later.
+        from .workflow_admission import allowed_node_types
+
+        allowed_node_types(value)
+        return value
+
+    # --- content gate and watermark (services/images_service/safety.py, watermark.py) ----------------
+    safety_policy: str | None = Field(default=None, alias="IMAGES_SAFETY_POLICY")
+    """What a rendered image the safety checker flags becomes: ``off`` (no check), ``blur`` (stored
+    blurred, flagged in its sidecar) or ``block`` (the job ends SAFETY_FILTER, nothing stored).
+    Unset: ``block`` when IMAGES_API_KEYS is set (others submit prompts), ``off`` without keys."""
+    safety_policy_by_tier: str | None = Field(default=None, alias="IMAGES_SAFETY_POLICY_BY_TIER")
+    """``free:block,pro:blur``: a tier's own policy, over IMAGES_SAFETY_POLICY (keys on only)."""
+    safety_threshold: float = Field(default=0.5, gt=0, le=1, alias="IMAGES_SAFETY_THRESHOLD")
+    """NudeNet's confidence at which an exposed-body detection flags an image."""
+    prompt_blocklist: str | None = Field(default=None, alias="IMAGES_PROMPT_BLOCKLIST")
+    """``word, two words, /regex/``: prompts matching any entry (case-insensitive; plain entries as
+    whole words) are refused at submit with 400 SAFETY_FILTER."""
+    watermark: str = Field(default="", alias="IMAGES_WATERMARK")
+    """A short text (1–16 bytes, e.g. ``kitty``) hidden in every stored image (dwtDct); empty: none.
+    ``kitty-images verify-watermark FILE`` reads it back."""
+
+    # Each is checked at startup, so a typo fails loudly rather than filtering nothing (or everything).
+    @field_validator("safety_policy")
+    @classmethod
+    def _safety_policy_parse(cls, value: str | None) -> str | None:
+        from .safety import parse_policy
+
+        return parse_policy(value) if value else None
+
+    @field_validator("safety_policy_by_tier")
+    @classmethod
+    def _safety_policy_by_tier_parse(cls, value: str | None) -> str | None:
+        from .safety import parse_policy_by_tier
+
+        parse_policy_by_tier(value)
+        return value
+
+    @field_validator("prompt_blocklist")
+    @classmethod
+    def _prompt_blocklist_parse(cls, value: str | None) -> str | None:
+        from .safety import parse_blocklist
+
+        parse_blocklist(value)
+        return value
+
+    @field_validator("watermark")
+    @classmethod
+    def _watermark_parse(cls, value: str) -> str:
+        from .watermark import payload_bytes
+
+        if value:
+            payload_bytes(value)
+        return value
 
     @property
     def uses_s3(self) -> bool:

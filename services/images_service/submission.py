@@ -12,17 +12,19 @@ from functools import partial
 from pydantic import BaseModel
 
 from services.common.api_keys import ApiKey
-from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest
+from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest, RetryRequest
 
 from .engines import EngineHealth
-from .engines.descriptors import is_local_engine, worker_command
-from .errors import EngineOffline, KittyError
+from .engines.descriptors import descriptor_for, is_local_engine, worker_command
+from .errors import EngineOffline, KittyError, ValidationFailed
 from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key, fingerprint, scope_of
 from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
+from .ownership import Ownership
 from .queue import JobQueue
 from .quotas import QuotaLedger, check_ceilings, has_priority
 from .rerun import rerun_spec
+from .safety import check_prompt
 from .settings import Settings
 from .spec import resolve_spec
 from .storage import Store
@@ -62,6 +64,8 @@ class Admission:
     """Where `image`/`mask` keys must exist, and where a re-run's sidecar is read."""
     engine_health: Callable[[str], EngineHealth] | None = None
     """Whether a server engine's server answers (cached); asked only when it has no live worker."""
+    ownership: Ownership | None = None
+    """Who owns the images and uploads a job reads; None: no ownership checks (keys off, tests)."""
 
 
 def check_servable(engine: str, admission: Admission) -> None:
@@ -100,7 +104,35 @@ def rerun(body: RerunRequest, admission: Admission) -> Admitted:
     a = admission
     if a.store is None:
         raise ValueError("a re-run reads the image's sidecar: Admission.store is required")
+    if a.ownership is not None:
+        a.ownership.require_image(a.caller, body.key)
     return admit(body, partial(rerun_spec, body, a.registry, a.settings, a.store), admission)
+
+
+RETRYABLE = frozenset({JobStatus.ERROR, JobStatus.CANCELED})
+
+
+def retry_job(job_id: str, body: RetryRequest, admission: Admission) -> Admitted:
+    """A failed or canceled job of the caller's, enqueued again as a new job with `body`'s changes,
+    through every check a new request passes."""
+    a = admission
+    job = a.queue.fetch_visible(job_id, a.caller)
+    status = a.queue.view(job_id).status
+    if status not in RETRYABLE:
+        raise ValidationFailed(
+            f"job '{job_id}' is {status.value}: only a failed or canceled job can be retried",
+            remediation=["Re-run one of its images instead: POST /api/images/rerun with the image's key."],
+        )
+    changes = body.model_dump(exclude_none=True)
+
+    def resolve() -> RenderSpec:
+        spec = a.queue.spec_of(job)
+        changed = RenderSpec.model_validate({**spec.model_dump(), **changes})
+        if changed.workflow is not None and not descriptor_for(changed.engine).capabilities.raw_workflow:
+            raise ValidationFailed(f"the job's raw workflow cannot run on the {changed.engine} engine")
+        return changed
+
+    return admit(body, resolve, admission)
 
 
 def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admission) -> Admitted:
@@ -118,7 +150,10 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
         claim = outcome
     try:
         spec = resolve()
-        check_ceilings(spec, caller)
+        check_prompt(spec, admission.settings)  # IMAGES_PROMPT_BLOCKLIST: 400 SAFETY_FILTER
+        if admission.ownership is not None:
+            admission.ownership.require_inputs(caller, spec)
+        check_ceilings(spec, caller, admission.settings)
         check_servable(spec.engine, admission)
         reservation = quotas.reserve(caller, spec.num_images)
         try:

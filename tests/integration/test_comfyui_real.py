@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 from services.contracts import RenderSpec
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.comfyui import ComfyUIEngine
+from services.images_service.engines.comfyui.graph import raw_output_prefix
 from services.images_service.errors import KittyError
 from services.images_service.metadata import read_png_text
 from services.images_service.settings import Settings
@@ -227,6 +228,18 @@ def slow_graph(color: int, prefix: str = "kitty_slow") -> dict[str, Any]:
     return graph
 
 
+def with_prefix(graph: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`graph` as the engine sends it: each SaveImage writing under `prefix` (ours, not the graph's)."""
+    return {
+        node_id: (
+            {**node, "inputs": {**node["inputs"], "filename_prefix": prefix}}
+            if node["class_type"] == "SaveImage"
+            else node
+        )
+        for node_id, node in graph.items()
+    }
+
+
 def with_invalid_branch(graph: dict[str, Any], prefix: str) -> dict[str, Any]:
     """`graph` plus a second output whose ImageScale lacks its height: valid and invalid side by side."""
     return {
@@ -251,7 +264,10 @@ def test_raw_graph_renders_scaled_and_inverted_with_its_prompt_chunk(
     assert [image.image.size for image in result.images] == [(80, 60), (80, 60)]
     for image in result.images:
         assert is_inverted(image.image.convert("RGB").getpixel((40, 30)), rgb(color))
-    assert json.loads(result.images[0].text_chunks["prompt"]) == graph
+    prefix = result.engine_info["output_prefix"]
+    assert prefix == raw_output_prefix(result.engine_info["prompt_id"]), "ours, not the graph's kitty_real"
+    assert json.loads(result.images[0].text_chunks["prompt"]) == with_prefix(graph, prefix)
+    assert len(peer.saved(prefix)) == 2 and peer.saved("kitty_real") == []
     assert "workflow" not in result.images[0].text_chunks, "no extra_pnginfo is sent with a raw graph"
     assert result.engine_info["workflow"] == "raw"
     # No node of this graph reports steps: the user sees the start, heartbeats, then done.
@@ -308,7 +324,7 @@ def test_cancel_while_running_interrupts_at_the_next_node(peer: Peer, engine: Co
     kind, data = status["messages"][-1]
     assert kind == "execution_interrupted"
     assert data["node_id"] != "2" and "2" not in data["executed"], "stopped before SaveImage"
-    assert peer.saved(prefix) == []
+    assert peer.saved(raw_output_prefix(prompt_id)) == []
     assert time.monotonic() - started < STOP_WITHIN_S
 
 
@@ -331,7 +347,7 @@ def test_cancel_while_queued_deletes_it_before_it_runs(peer: Peer, engine: Comfy
     assert blocker in peer.queue()["queue_running"], "the other client's prompt is left alone"
     peer.wait_until_gone(blocker)
     assert peer.history(blocker)["status"]["status_str"] == "success"
-    assert peer.history(prompt_id) == {} and peer.saved(prefix) == []
+    assert peer.history(prompt_id) == {} and peer.saved(raw_output_prefix(prompt_id)) == []
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -379,6 +395,7 @@ def test_partly_invalid_graph_fails_naming_the_node_and_runs_nothing(
     peer.make_nodes_slow()
     valid, invalid = unique_prefix("valid"), unique_prefix("invalid")
     graph = with_invalid_branch(slow_graph(fresh_color(), valid), invalid)
+    saved_before = peer.saved(raw_output_prefix(""))  # both outputs would save under kitty/<prompt id>
     with pytest.raises(KittyError) as caught:
         engine.render(raw_spec(graph), Recorder())
     error = caught.value
@@ -390,7 +407,7 @@ def test_partly_invalid_graph_fails_naming_the_node_and_runs_nothing(
     while sum(peer.queue().values(), []):
         assert time.monotonic() < deadline, "the valid part was left running"
         time.sleep(0.1)
-    assert peer.saved(valid) == [] and peer.saved(invalid) == []
+    assert peer.saved(raw_output_prefix("")) == saved_before
 
 
 # --- the whole queue ------------------------------------------------------------------------------
@@ -418,11 +435,13 @@ def test_raw_graph_job_through_the_queue_stores_the_png(
     assert picture.size == (80, 60)
     assert is_inverted(picture.getpixel((10, 10)), rgb(color))
     chunks = read_png_text(stored)
-    assert json.loads(chunks["prompt"]) == graph
+    sidecar = json.loads(harness.store.get(view["result"]["meta_key"]))
+    info = sidecar["engine_info"]
+    assert info["output_prefix"] == raw_output_prefix(info["prompt_id"]) and info["prefixed_nodes"] == ["4"]
+    assert json.loads(chunks["prompt"]) == with_prefix(graph, info["output_prefix"])
     assert "workflow" not in chunks
     assert json.loads(chunks["kitty"])["job_id"] == job_id
-    sidecar = json.loads(harness.store.get(view["result"]["meta_key"]))
-    assert sidecar["engine"] == "comfyui" and sidecar["engine_info"]["workflow"] == "raw"
+    assert sidecar["engine"] == "comfyui" and info["workflow"] == "raw"
 
     assert bad["status"] == "error", bad
     assert bad["error"]["code"] == "VALIDATION_ERROR"

@@ -186,11 +186,20 @@ def test_no_checkpoint_on_the_server_says_where_to_put_one(engine: ComfyUIEngine
 
 
 def test_raw_workflow_runs_as_sent(engine: ComfyUIEngine, fake: FakeComfyUI) -> None:
-    graph = solid_image_graph()
+    """As sent, but for SaveImage's filename_prefix: ours (kitty/<prompt id>), whatever it said."""
+    graph: dict[str, Any] = solid_image_graph()
+    sent = json.loads(json.dumps(graph))
     progress = Recorder()
     result = engine.render(make_spec(workflow=graph, seed=7), progress)
 
+    prefix = f"kitty/{result.engine_info['prompt_id']}"
+    assert result.engine_info["output_prefix"] == prefix and result.engine_info["prefixed_nodes"] == ["2"]
+    assert graph == sent, "the job's own workflow is left as it was"
+    graph["2"]["inputs"]["filename_prefix"] = prefix
     assert fake.submitted[-1]["prompt"] == graph
+    assert {name for kind, _, name in fake.files if kind == "output"} == {
+        f"{prefix}_{n:05}_.png" for n in (1, 2)
+    }
     assert [image.image.size for image in result.images] == [(32, 24), (32, 24)]
     assert result.images[0].image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
     # No sampler in the graph: no seed or sampler settings to record (the request's seed 7 was unused).

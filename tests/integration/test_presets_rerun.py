@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from services.images_service.app import create_app
 from services.images_service.metadata import read_png_text
 from services.images_service.models import ModelRegistry
 from services.images_service.presets import PRESETS
@@ -274,7 +276,11 @@ def test_rerun_checks_the_callers_tier_and_honours_idempotency(harness_with: Cal
     harness.work()
     key = harness.job(response.json()["job_id"])["result"]["png_key"]
 
-    refused = rerun(harness, key, headers={"X-API-Key": FREE_KEY})
+    # Another key may not re-run it at all; the same key, moved down to free, is held to free's ceilings.
+    assert rerun(harness, key, headers={"X-API-Key": FREE_KEY}).status_code == 404
+    downgraded = harness.settings.model_copy(update={"api_keys": f"{PRO_KEY}:free"})
+    with TestClient(create_app(downgraded, store=harness.store)) as client:
+        refused = client.post("/api/images/rerun", json={"key": key}, headers=pro)
     assert refused.status_code == 400
     detail = refused.json()["error"]["detail"]
     assert detail == {"tier": "free", "limit": "steps", "allowed": 30, "requested": 50}

@@ -218,8 +218,8 @@ def test_keys_are_stored_nowhere_only_their_id(secured: Harness) -> None:
     secured.work()
 
     stored = b""
-    for job_id in (first, second):
-        result = secured.client.get(f"/api/images/jobs/{job_id}", headers=key_header(PRO_KEY)).json()[
+    for job_id, owner in ((first, PRO_KEY), (second, ENTERPRISE_KEY)):  # each key sees its own job
+        result = secured.client.get(f"/api/images/jobs/{job_id}", headers=key_header(owner)).json()[
             "result"
         ]
         stored += secured.store.get(result["png_key"]) + secured.store.get(result["meta_key"])
@@ -546,9 +546,23 @@ def test_a_model_default_beyond_the_tier_counts_as_asked(secured: Harness) -> No
 
 
 def test_a_raw_workflow_is_held_to_the_tier_too(secured: Harness) -> None:
-    workflow = {
-        "3": {"class_type": "KSampler", "inputs": {"steps": 40, "model": ["4", 0]}},
+    # A whole graph: a link to a node it lacks is refused before its cost is looked at.
+    workflow: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["4", 1]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "steps": 40,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["6", 0],
+                "latent_image": ["5", 0],
+            },
+        },
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "fox"}},
     }
     response = submit(secured, FREE_KEY, engine="comfyui", workflow=workflow)
     assert response.status_code == 400
@@ -568,7 +582,7 @@ def test_without_keys_there_are_no_tiers(harness_with: Callable[..., Harness]) -
 def test_pro_and_enterprise_jobs_take_the_priority_queue_and_run_first(secured: Harness) -> None:
     order = [(FREE_KEY, "free"), (PRO_KEY, "pro"), (FREE_KEY, "free again"), (ENTERPRISE_KEY, "enterprise")]
     order += [(PLAIN_KEY, "plain (default tier: pro)")]
-    jobs = {prompt: submit(secured, key, prompt=prompt).json()["job_id"] for key, prompt in order}
+    jobs = {submit(secured, key, prompt=prompt).json()["job_id"]: key for key, prompt in order}
     assert (queued(secured, priority=False), queued(secured, priority=True)) == (2, 3)
     metrics = secured.client.get("/metrics", headers=key_header(PRO_KEY)).text
     assert 'images_queue_depth{engine="diffusers"} 5.0' in metrics  # both queues
@@ -577,11 +591,9 @@ def test_pro_and_enterprise_jobs_take_the_priority_queue_and_run_first(secured: 
 
     ran = [spec.prompt for spec in secured.engine.calls]
     assert ran == ["pro", "enterprise", "plain (default tier: pro)", "free", "free again"]
-    for job_id in jobs.values():
-        assert (
-            secured.client.get(f"/api/images/jobs/{job_id}", headers=key_header(FREE_KEY)).json()["status"]
-            == "done"
-        )
+    for job_id, key in jobs.items():
+        view = secured.client.get(f"/api/images/jobs/{job_id}", headers=key_header(key)).json()
+        assert view["status"] == "done"
 
 
 # --- hostile input ------------------------------------------------------------------------------

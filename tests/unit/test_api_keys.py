@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.common.api_keys import (
+    ApiKey,
     KeyRing,
+    can_see,
     is_exempt_path,
     key_id_of,
     parse_api_keys,
@@ -161,3 +163,20 @@ def test_each_process_warns_at_startup_when_exposed_without_keys(
     warnings = [r.getMessage() for r in caplog.records if "without API keys" in r.getMessage()]
     assert len(warnings) == 1 and variable in warnings[0] and "0.0.0.0" in warnings[0]
     assert served == [("0.0.0.0", 1), ("127.0.0.1", 1), ("0.0.0.0", 1)]
+
+
+def test_admin_is_a_role_with_the_enterprise_tiers_limits() -> None:
+    [plain, admin] = parse_api_keys("k-plain-1:free,k-admin-1:admin", "pro")
+    assert (plain.tier, plain.is_admin) == ("free", False)
+    assert (admin.tier, admin.is_admin) == ("enterprise", True)
+    with pytest.raises(ValueError, match="different tiers"):
+        parse_api_keys("k-admin-1:admin,k-admin-1:enterprise", "pro")
+
+
+def test_who_sees_what() -> None:
+    alice, admin = ApiKey.of("alice-key", "pro"), ApiKey.of("root-key", "enterprise", is_admin=True)
+    assert can_see(None, None) and can_see(None, alice.key_id)  # keys off: everything
+    assert can_see(alice, alice.key_id)
+    assert not can_see(alice, ApiKey.of("bob-key", "pro").key_id)
+    assert not can_see(alice, None)  # made while keys were off: the admin's to see
+    assert can_see(admin, alice.key_id) and can_see(admin, None)

@@ -209,6 +209,12 @@ class FakeApi:
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse(views))
         if path == "/api/images/jobs/job-1/cancel":
             return httpx.Response(200, json=self.cancel_view)
+        if path == "/api/images/jobs":
+            failed = {**job_view("error"), "job_id": "job-2", "request": {"prompt": "a red fox"}}
+            failed["error"] = {"code": "ENGINE_ERROR", "message": "boom", "remediation": []}
+            return httpx.Response(200, json={"jobs": [failed]})
+        if path == "/api/images/jobs/job-2/retry":
+            return httpx.Response(202, json={"job_id": "job-3", "status": "queued"})
         if path.startswith("/api/images/jobs/"):
             return httpx.Response(404, json=error_body("JOB_NOT_FOUND", "no such job", ["Check the id."]))
         if path == "/api/images/latest":
@@ -1026,6 +1032,7 @@ IMAGE_COMMANDS = [
     "latest",
     "select",
     "jobs",
+    "retry",
     "cancel",
     "models",
     "presets",
@@ -1202,3 +1209,17 @@ def test_client_wait_gives_up_after_its_timeout() -> None:
     with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
         with pytest.raises(TimeoutError, match="still started"):
             client.wait("job-1", timeout=0.05, interval=0.01)
+
+
+def test_jobs_without_an_id_lists_the_callers_jobs_and_retry_resubmits_one() -> None:
+    api = FakeApi()
+    listed = run(["images.jobs", "--status", "error", "--limit", "5"], api)
+    assert listed.exit_code == 0, listed.output
+    assert "job-2" in listed.output and "ENGINE_ERROR" in listed.output and "a red fox" in listed.output
+    [request] = [r for r in api.requests if r.url.path == "/api/images/jobs"]
+    assert dict(request.url.params) == {"status": "error", "limit": "5"}
+
+    retried = run(["images.retry", "job-2", "--steps", "12"], api)
+    assert retried.exit_code == 0, retried.output
+    assert retried.output.strip() == "job-3"
+    assert api.bodies("/api/images/jobs/job-2/retry") == [{"steps": 12}]

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from services.common.api_keys import ON_BEHALF_HEADER, ApiKey, key_id_of, on_behalf_value
 from services.common.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from services.common.logs import JsonFormatter
 from services.common.server import server_config
@@ -184,6 +185,21 @@ def test_upstream_gets_the_gateways_own_key_instead_of_the_clients(
         assert request.headers.get_list("x-api-key") == [SERVICE_KEY]
         assert "authorization" not in request.headers
         assert CLIENT_KEY not in str(request.url) and CLIENT_KEY.encode() not in request.content
+
+
+def test_upstream_is_told_whose_request_it_is_and_a_client_cannot_say_so_itself(
+    secured_with_service_key: TestClient, upstream: FakeImagesService
+) -> None:
+    """With its own key upstream the gateway names the caller (X-Kitty-Caller: key id, tier, role)
+    so ownership and quotas stay per client; a value the client sent is dropped, not passed on."""
+    forged = on_behalf_value(ApiKey.of(OTHER_CLIENT_KEY, "enterprise", is_admin=True))
+    secured_with_service_key.get(
+        "/api/images/latest", headers={"X-API-Key": CLIENT_KEY, ON_BEHALF_HEADER: forged}
+    )
+    [request] = upstream.seen
+    [named] = request.headers.get_list(ON_BEHALF_HEADER)
+    assert named.startswith(key_id_of(CLIENT_KEY) + ";") and named.endswith(";user")
+    assert CLIENT_KEY not in named
 
 
 def test_a_query_key_is_swapped_for_the_gateways_own_upstream(

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common.errors import error_response
 from services.contracts import ErrorCode, ErrorInfo
 
+from ..audit import audit_refusal
 from ..errors import KittyError, QueueUnavailable
 
 log = logging.getLogger("kitty.images.api")
@@ -38,6 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "request failed",
                 extra={"path": request.url.path, "code": exc.code.value, "error": exc.message},
             )
+        await audit_refusal(request, exc.code)
         return error_response(exc.status, exc.to_info(), exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
@@ -52,6 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
             ],
             detail=fields,
         )
+        await audit_refusal(request, info.code, exc.body)
         return error_response(400, info)
 
     @app.exception_handler(StarletteHTTPException)
@@ -60,6 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = (
             str(exc.detail) if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
         )
+        await audit_refusal(request, code)
         return error_response(
             exc.status_code, ErrorInfo(code=code, message=message), getattr(exc, "headers", None)
         )
@@ -67,6 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
         err = QueueUnavailable(f"the job queue (Redis) is not reachable: {exc}")
+        await audit_refusal(request, err.code)
         return error_response(err.status, err.to_info())
 
     @app.exception_handler(Exception)
@@ -77,4 +82,5 @@ def install_error_handlers(app: FastAPI) -> None:
             message="the images-service hit an unexpected error",
             remediation=["Retry; if it persists, check the images-service log."],
         )
+        await audit_refusal(request, info.code)
         return error_response(500, info)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +19,8 @@ from services.contracts import (
     GenerateRequest,
     GenerateView,
     ImageRef,
+    JobStatus,
+    JobsView,
     JobView,
     LatestView,
     LoraInfo,
@@ -26,17 +28,20 @@ from services.contracts import (
     ModelsView,
     PresetsView,
     RerunRequest,
+    RetryRequest,
     SelectRequest,
     SelectView,
 )
 
-from ..errors import KeyNotFound, ModelNotFound, Unauthorized, ValidationFailed
+from ..audit import audit_cancel, audit_event, audit_image, audit_submission
+from ..errors import KeyNotFound, KittyError, ModelNotFound, Unauthorized, ValidationFailed
 from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from ..ownership import Ownership, listing_owner
 from ..presets import PRESETS
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
-from ..submission import Admission, Admitted, rerun, submit
+from ..submission import Admission, Admitted, rerun, retry_job, submit
 from .deps import (
     BaseUrlDep,
     CallerDep,
@@ -71,6 +76,10 @@ def gallery_of(request: Request) -> GalleryIndex:
     return request.app.state.gallery  # type: ignore[no-any-return]
 
 
+def ownership_of(request: Request) -> Ownership:
+    return request.app.state.ownership  # type: ignore[no-any-return]
+
+
 async def admission_of(
     request: Request,
     queue: QueueDep,
@@ -83,25 +92,32 @@ async def admission_of(
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> Admission:
     health = partial(request.app.state.engine_probe.cached_health, settings=settings, registry=registry)
-    return Admission(caller, idempotency_key, queue, registry, settings, quotas, idempotency, store, health)
+    ownership = ownership_of(request)
+    return Admission(
+        caller, idempotency_key, queue, registry, settings, quotas, idempotency, store, health, ownership
+    )
 
 
 AdmissionDep = Annotated[Admission, Depends(admission_of)]
 
 
 @router.post("/generate", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
-def generate(body: GenerateRequest, response: Response, admission: AdmissionDep) -> GenerateView:
+def generate(
+    body: GenerateRequest, request: Request, response: Response, admission: AdmissionDep
+) -> GenerateView:
     """Enqueue a render. With an `Idempotency-Key`, the same request under the same key answers
     with the same job for 24 h (and `Idempotent-Replayed: true`)."""
-    return accepted(submit(body, admission), response)
+    return accepted(audit_submission(request, body, partial(submit, body, admission)), response)
 
 
 @router.post("/rerun", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
-def rerun_image(body: RerunRequest, response: Response, admission: AdmissionDep) -> GenerateView:
+def rerun_image(
+    body: RerunRequest, request: Request, response: Response, admission: AdmissionDep
+) -> GenerateView:
     """Enqueue exactly the request stored with image `key` again (its preset already applied), with
     its seed (the same pixels), `seed`, or a fresh one with `new_seed`. Checked like a generate:
     tier ceilings, daily quota, `Idempotency-Key`."""
-    return accepted(rerun(body, admission), response)
+    return accepted(audit_submission(request, body, partial(rerun, body, admission)), response)
 
 
 def accepted(admitted: Admitted, response: Response) -> GenerateView:
@@ -111,15 +127,16 @@ def accepted(admitted: Admitted, response: Response) -> GenerateView:
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
-def job(job_id: str, queue: QueueDep) -> JobView:
-    return queue.view(job_id)
+def job(job_id: str, queue: QueueDep, caller: CallerDep) -> JobView:
+    return queue.view(job_id, caller)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
-async def job_events(job_id: str, queue: QueueDep) -> StreamingResponse:
+async def job_events(job_id: str, queue: QueueDep, caller: CallerDep) -> StreamingResponse:
     """Server-sent events: a `job` event with the job view each time it changes, the last one
     terminal (done, error or canceled), then the stream ends."""
-    first = await run_in_threadpool(queue.view, job_id)  # unknown job: 404 before streaming
+    # An unknown job, or another key's: 404 before streaming.
+    first = await run_in_threadpool(queue.view, job_id, caller)
 
     async def stream() -> AsyncIterator[str]:
         view, last, quiet = first, None, 0.0
@@ -140,9 +157,41 @@ async def job_events(job_id: str, queue: QueueDep) -> StreamingResponse:
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
+@router.get("/jobs", response_model=JobsView, response_model_exclude_none=True)
+def jobs(
+    queue: QueueDep,
+    caller: CallerDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=LATEST_MAX)] = LATEST_DEFAULT,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,12}(\.\d{1,9})?$")] = None,
+    scope: Annotated[Literal["mine", "all"], Query()] = "mine",
+) -> JobsView:
+    """The caller's jobs newest first, from any client (CLI, gallery, API), with what each asked
+    for (secrets redacted), its result or error and its times; `status` filters, `next_cursor`
+    pages. An admin key lists everyone's with `scope=all`."""
+    everyone = scope == "all"
+    views, next_cursor = queue.history(caller, status=status, limit=limit, cursor=cursor, everyone=everyone)
+    return JobsView(jobs=views, next_cursor=next_cursor)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=GenerateView, dependencies=[JsonBody])
+def retry(
+    job_id: str, body: RetryRequest, request: Request, response: Response, admission: AdmissionDep
+) -> GenerateView:
+    """Submit a failed or canceled job's request again as a new job, with `engine`, `steps`, `width`
+    or `height` changed when given; checked like a generate (tier, quota, engine)."""
+    try:
+        admitted = retry_job(job_id, body, admission)
+    except KittyError as exc:
+        audit_event(request, "retry", outcome="refused", job_id=job_id, error_code=exc.code)
+        raise
+    audit_event(request, "retry", outcome="accepted", job_id=admitted.job_id, what={"retry_of": job_id})
+    return accepted(admitted, response)
+
+
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
-def cancel(job_id: str, queue: QueueDep) -> JobView:
-    return queue.cancel(job_id)
+def cancel(job_id: str, request: Request, queue: QueueDep, caller: CallerDep) -> JobView:
+    return audit_cancel(request, queue.cancel(job_id, caller))
 
 
 @router.get("/latest", response_model=LatestView, response_model_exclude_none=True)
@@ -150,11 +199,15 @@ def latest(
     request: Request,
     store: StoreDep,
     base_url: BaseUrlDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=LATEST_MAX)] = LATEST_DEFAULT,
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
+    scope: Annotated[Literal["mine", "all"], Query()] = "mine",
 ) -> LatestView:
-    """Newest first from the gallery index; `next_cursor` pages to older images."""
-    items, next_cursor = gallery_of(request).page(limit, cursor)
+    """Newest first from the gallery index; `next_cursor` pages to older images. With API keys a
+    key lists its own images; an admin key lists everyone's with `scope=all`."""
+    owner = listing_owner(caller, everyone=scope == "all")
+    items, next_cursor = gallery_of(request).page(limit, cursor, owner=owner)
     for item in items:
         if item.thumb_key:
             item.thumb_url = store.presign(item.thumb_key, THUMB_URL_TTL_S, base_url=base_url)
@@ -162,10 +215,19 @@ def latest(
 
 
 @router.post("/select", response_model=SelectView, dependencies=[JsonBody])
-def select(body: SelectRequest, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep) -> SelectView:
+def select(
+    body: SelectRequest,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    base_url: BaseUrlDep,
+    caller: CallerDep,
+) -> SelectView:
     key = validate_image_key(body.key, settings.s3_prefix)
     if store.head(key) is None:
         raise KeyNotFound(f"no image with key '{key}'")
+    ownership_of(request).require_image(caller, key)
+    audit_image(request, "select", key)
     return SelectView(
         imageRef=ImageRef(
             downloadUrl=store.presign(key, settings.url_ttl_s, base_url=base_url),
@@ -175,15 +237,17 @@ def select(body: SelectRequest, store: StoreDep, settings: SettingsDep, base_url
 
 
 @router.delete("/items/{key:path}", status_code=204, response_class=Response)
-def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> Response:
     """Remove an image, its sidecar and thumbnail from storage and the gallery."""
     key = validate_image_key(key, settings.s3_prefix)
     gallery = gallery_of(request)
     if store.head(key) is None and gallery.get(key) is None:
         raise KeyNotFound(f"no image with key '{key}'")
+    ownership_of(request).require_image(caller, key)
     gallery.remove(key)
     for part in (key, meta_key_for(key), key.removesuffix(".png") + THUMB_SUFFIX):
         store.delete(part)
+    audit_image(request, "delete", key)
     return Response(status_code=204)
 
 

@@ -15,8 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from services.common.limits import UPLOAD_ROUTE
 from services.contracts import ErrorBody, UploadView
 
+from ..ownership import UploadOwners, owner_of
 from ..uploads import UPLOAD_FORMATS, store_upload, upload_format
-from .deps import SettingsDep, StoreDep
+from .deps import CallerDep, SettingsDep, StoreDep
 
 router = APIRouter(prefix="/api/images", tags=["uploads"])
 
@@ -37,10 +38,14 @@ BINARY_BODY: dict[str, Any] = {
     responses={code: {"model": ErrorBody} for code in (400, 401, 413, 415, 503)},
     openapi_extra=BINARY_BODY,
 )
-async def upload(request: Request, store: StoreDep, settings: SettingsDep) -> UploadView:
-    """Store an input image; pass the answered `key` as `image` (or `mask`) in a generate request."""
+async def upload(request: Request, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> UploadView:
+    """Store an input image; pass the answered `key` as `image` (or `mask`) in a generate request.
+    With API keys only the key that uploaded it may use it."""
     content_type = request.headers.get("content-type", "")
     upload_format(content_type)  # a wrong type is refused before 20 MB are read
     data = await request.body()
     # Decoding up to 4096² pixels takes a while: off the event loop.
-    return await run_in_threadpool(store_upload, store, settings, data, content_type)
+    view = await run_in_threadpool(store_upload, store, settings, data, content_type)
+    owners: UploadOwners = request.app.state.upload_owners
+    await run_in_threadpool(owners.record, view.key, owner_of(caller))
+    return view

@@ -8,15 +8,17 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
+from typing import Any
 
 from ..engines.descriptors import server_engines
 from ..redaction import secret_values, settings_summary
+from ..settings import Settings
 from .configuration import read_stack_settings
 from .device import DEVICE_TIMEOUT_S, check_device
 from .disk import check_disk
 from .engines import ENGINE_TIMEOUT_S, check_engine_name, check_server_engine
 from .models import check_models
-from .redis import check_redis
+from .redis import REDIS_TIMEOUT_S, check_redis
 from .report import Report
 from .result import CheckResult
 from .runner import CHECK_TIMEOUT_S, CheckFn, run_checks
@@ -50,6 +52,25 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def audit_section(settings: Settings) -> dict[str, Any]:
+    """The newest audit entries for the bundle (see `audit.for_bundle`); read only when the Redis
+    check passed, with the check's own short timeouts, so a sick Redis cannot stall the doctor."""
+    from redis import Redis
+
+    from ..audit import BUNDLE_ENTRIES, recent_entries
+
+    try:
+        client = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
+        )
+        try:
+            return {"entries": recent_entries(client, settings, BUNDLE_ENTRIES)}
+        finally:
+            client.close()
+    except Exception as exc:  # the bundle is still useful without them
+        return {"entries": [], "unavailable": f"{type(exc).__name__}: {exc}"}
+
+
 def diagnose(skip: Iterable[str] = (), *, device_timeout: float = DEVICE_TIMEOUT_S) -> Report:
     """Read the settings from the environment (and `.env`) now, run every check not skipped."""
     skipped = set(skip)
@@ -78,10 +99,12 @@ def diagnose(skip: Iterable[str] = (), *, device_timeout: float = DEVICE_TIMEOUT
             planned.append(("disk", partial(check_disk, settings), CHECK_TIMEOUT_S))
         checks += run_checks(planned)
 
+    redis_ok = any(check.name == "redis" and check.status != "fail" for check in checks)
     report = Report(
         checks=checks,
         settings=settings_summary(*stack.read),
         versions=package_versions(),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        audit=audit_section(settings) if settings is not None and redis_ok else {},
     )
     return report.scrubbed(secret_values(*stack.read))

@@ -4,7 +4,7 @@ as the --json bundle (`Report.to_dict`) or as text for a terminal (`render_text`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..redaction import scrub
@@ -21,6 +21,8 @@ class Report:
     settings: dict[str, Any]
     versions: dict[str, str | None]
     generated_at: str
+    audit: dict[str, Any] = field(default_factory=dict)
+    """The newest audit log entries (prompts as hashes at most), or why they could not be read."""
 
     @property
     def failed(self) -> bool:
@@ -33,6 +35,7 @@ class Report:
             "checks": [asdict(check) for check in self.checks],
             "settings": self.settings,
             "versions": self.versions,
+            "audit": self.audit,
         }
 
     def scrubbed(self, secrets: set[str]) -> Report:
@@ -47,6 +50,7 @@ class Report:
             settings=data["settings"],
             versions=data["versions"],
             generated_at=data["generated_at"],
+            audit=data["audit"],
         )
 
 

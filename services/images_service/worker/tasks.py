@@ -21,6 +21,8 @@ from rq.timeouts import JobTimeoutException
 from services.common.logs import log_context
 from services.contracts import ImageInfo, JobResult, LatestItem, RenderSpec
 
+from ..audit import record_job_end
+from ..content import finish_render, sidecar_fields
 from ..engines import Engine, JobCanceled, RenderResult, make_engine
 from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUnavailable
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
@@ -110,10 +112,16 @@ class JobReporter:
 
 
 def prepare_objects(
-    runtime: Runtime, job_id: str, spec: RenderSpec, result: RenderResult, engine: str
+    runtime: Runtime,
+    job_id: str,
+    spec: RenderSpec,
+    result: RenderResult,
+    engine: str,
+    owner: str | None = None,
 ) -> tuple[list[StoredObject], list[LatestItem], JobResult]:
     """Every object to store for a job's images (per image: sidecar, thumbnail, then PNG, so a
-    listed PNG always has its sidecar), their gallery entries, and the job's result."""
+    listed PNG always has its sidecar), their gallery entries, and the job's result. `owner` (the
+    submitting key's id) goes into the JSON sidecar and the gallery entry, not into the PNG."""
     objects: list[StoredObject] = []
     items: list[LatestItem] = []
     images: list[ImageInfo] = []
@@ -140,6 +148,7 @@ def prepare_objects(
             settings_used=result.settings_used,
         )
         sidecar["thumb_key"] = thumb_key
+        sidecar.update(sidecar_fields(rendered))  # content gate and watermark records
         png = encode_png(
             rendered.image,
             parameters=infotext(
@@ -151,6 +160,8 @@ def prepare_objects(
             sidecar=sidecar,
             extra_chunks=rendered.text_chunks,
         )
+        if owner:
+            sidecar["owner"] = owner
         objects += [
             StoredObject(meta_key, json.dumps(sidecar, indent=2).encode(), "application/json"),
             StoredObject(thumb_key, encode_thumbnail(rendered.image), "image/webp"),
@@ -173,10 +184,11 @@ def store_result(
     result: RenderResult,
     engine: str,
     index: GalleryIndex | None = None,
+    owner: str | None = None,
 ) -> tuple[JobResult, bool]:
     """Store the job's images, then index them. When storage stays down through the retries, the
     rest go to the worker's spool; returns the result and whether anything was spooled."""
-    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine)
+    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine, owner)
     for position, obj in enumerate(objects):
         try:
             put_with_retry(runtime.store, obj)
@@ -235,8 +247,12 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
     try:
         result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
+        # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
+        tier = job.meta.get("tier") if job else None
+        result = finish_render(runtime.settings, runtime.registry, spec, result, tier=tier)
         index = GalleryIndex(job.connection, runtime.settings.queue_prefix) if job else None
-        stored, spooled = store_result(runtime, job_id, spec, result, spec.engine, index)
+        owner = job.meta.get("key_id") if job else None
+        stored, spooled = store_result(runtime, job_id, spec, result, spec.engine, index, owner)
         if spooled and job is not None:
             job.meta[UPLOAD_META] = "pending"  # done only once the spool is uploaded
             job.save_meta()
@@ -257,3 +273,4 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         JOBS_FINISHED.labels(engine=spec.engine, status=status).inc()
         JOB_RUN_SECONDS.labels(engine=spec.engine).observe(elapsed)
         log.info("job finished", extra={"job_id": job_id, "status": status, "seconds": round(elapsed, 3)})
+        record_job_end(job, spec, status, runtime.settings)  # the audit log's done/error; never raises

@@ -38,8 +38,10 @@ from .graph import (
     KEPT_CHUNKS,
     SAMPLER_NODE,
     SAVE_NODE,
+    force_output_prefix,
     graph_settings,
     match_checkpoint,
+    raw_output_prefix,
     template_graph,
     ui_workflow,
 )
@@ -115,8 +117,11 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
     first checkpoint when None) and all ``num_images`` come from one batch: ComfyUI draws a batch's
     noise from a single seed, so every image of it records ``spec.seed`` (its ``index`` in the
     sidecar tells them apart; re-running the same request reproduces the whole batch). A raw
-    ``spec.workflow`` is sent as is; its images record the seed and sampler settings of its sampler
-    node (`graph_settings`), not the request's, which it did not use.
+    ``spec.workflow`` is sent as is (admitted at submit: `workflow_admission`), but for where it
+    saves: every SaveImage writes under ``kitty/<prompt id>`` (`force_output_prefix`; the prefix is
+    ``engine_info["output_prefix"]``, the nodes changed ``"prefixed_nodes"``). Its images record the
+    seed and sampler settings of its sampler node (`graph_settings`), not the request's, which it
+    did not use.
 
     With ``spec.image`` the template starts from that picture (and ``spec.mask``): both are read
     from our store, resized here to the job's size and uploaded to ComfyUI's input folder
@@ -166,6 +171,7 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
         clock = JobClock.start(self.settings)
         is_template = spec.workflow is None
+        prompt_id = str(uuid.uuid4())
         with self.api.speaking():
             # Asked first, so an unreachable server fails fast as ENGINE_OFFLINE.
             version = self.api.version()
@@ -184,12 +190,15 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
                     # Their names in ComfyUI's input folder, where they stay (see the class docstring).
                     engine_info["inputs"] = {"image": image, "mask": mask}
             else:
-                graph = dict(spec.workflow or {})
+                # Saved under our own prefix, whatever the graph says (see `force_output_prefix`).
+                prefix = raw_output_prefix(prompt_id)
+                graph, forced = force_output_prefix(spec.workflow or {}, prefix)
+                engine_info.update(output_prefix=prefix, prefixed_nodes=forced)
                 # A UI workflow cannot be rebuilt from an API graph without the node definitions;
                 # without one ComfyUI loads a dropped image from its `prompt` chunk, the exact graph.
                 pnginfo = None
             run = _Run(
-                prompt_id=str(uuid.uuid4()),
+                prompt_id=prompt_id,
                 report_to=progress,
                 clock=clock,
                 sampler_node=SAMPLER_NODE if is_template else None,

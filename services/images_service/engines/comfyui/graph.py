@@ -32,6 +32,13 @@ DEFAULT_SAMPLER = ("euler", "normal")
 OUTPUT_PREFIX = "kitty"
 """SaveImage's ``filename_prefix``: our renders are recognisable in ComfyUI's output folder."""
 
+PREFIX_INPUT = "filename_prefix"
+"""The input of SaveImage (and savers like it) that says where in ComfyUI's output folder it writes."""
+
+PREFIXED_OUTPUT_NODES = frozenset({"SaveImage"})
+"""Output nodes that take a `PREFIX_INPUT`; PreviewImage has none (it writes to ComfyUI's temp folder
+under a name of its own)."""
+
 KEPT_CHUNKS = ("prompt", "workflow")
 """ComfyUI's PNG text chunks kept in the stored image, so it can be dragged back into ComfyUI."""
 
@@ -199,6 +206,30 @@ def _paste_over_original(graph: dict[str, Any], spec: RenderSpec, decoded: list[
         },
     }
     return ["16", 0]
+
+
+def raw_output_prefix(prompt_id: str) -> str:
+    """Where a raw workflow's images go in ComfyUI's output folder: ``kitty/<prompt id>``, a folder
+    of ours and a name no other prompt writes."""
+    return f"{OUTPUT_PREFIX}/{prompt_id}"
+
+
+def force_output_prefix(graph: dict[str, Any], prefix: str) -> tuple[dict[str, Any], list[str]]:
+    """A copy of a raw `graph` whose every saving node (SaveImage, or any node with a
+    ``filename_prefix``) writes under `prefix`, whatever the user sent: a workflow never chooses
+    where ComfyUI writes, nor overwrites another's files. Also the ids of the nodes changed.
+    `graph` itself is left as it is (it is the job's stored request)."""
+    forced: dict[str, Any] = dict(graph)
+    changed: list[str] = []
+    for node_id, node in graph.items():
+        if not isinstance(node, dict):
+            continue
+        inputs = node.get("inputs")
+        inputs = inputs if isinstance(inputs, dict) else {}
+        if node.get("class_type") in PREFIXED_OUTPUT_NODES or PREFIX_INPUT in inputs:
+            forced[node_id] = {**node, "inputs": {**inputs, PREFIX_INPUT: prefix}}
+            changed.append(str(node_id))
+    return forced, changed
 
 
 def ui_workflow(graph: dict[str, Any]) -> dict[str, Any]:
