@@ -34,13 +34,19 @@ def sidecar_fields(rendered: RenderedImage) -> dict[str, Any]:
 
 
 def finish_render(
-    settings: Settings, registry: ModelRegistry, spec: RenderSpec, result: RenderResult, *, tier: str | None
+    settings: Settings,
+    registry: ModelRegistry,
+    spec: RenderSpec,
+    result: RenderResult,
+    *,
+    tier: str | None,
+    key_id: str | None = None,
 ) -> RenderResult:
     """`result` with its images checked under the job's policy (blurred where flagged) and
     watermarked when IMAGES_WATERMARK is set. Raises `SafetyFiltered` when the policy is ``block``
     and an image is flagged: the job then stores nothing. `tier` is the submitting key's (None with
     keys off)."""
-    policy = policy_for(settings, tier)
+    policy = policy_for(settings, tier, key_id)
     if policy == "off" and not settings.watermark:
         return result
     images = [rendered.image for rendered in result.images]

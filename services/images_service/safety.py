@@ -227,27 +227,34 @@ def parse_policy(value: str) -> Policy:
     return cast(Policy, policy)
 
 
+KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+"""A key id (12 hex digits of the key's SHA-256, what `kitty-images audit` and job records show)."""
+
+
 def parse_policy_by_tier(value: str | None) -> dict[str, Policy]:
-    """``"free:block,pro:blur"`` → {tier: policy}; raises ValueError naming what is wrong."""
+    """``"free:block,pro:blur,3f2a9c1b7d4e:off"`` → {tier or key id: policy}; raises ValueError naming
+    what is wrong. A key id names one key, and wins over its tier."""
     policies: dict[str, Policy] = {}
     for entry in (value or "").split(","):
         entry = entry.strip()
         if not entry:
             continue
         tier, colon, policy = entry.partition(":")
-        if not colon or tier.strip() not in TIER_NAMES:
+        if not colon or (tier.strip() not in TIER_NAMES and not KEY_ID.match(tier.strip())):
             raise ValueError(
-                f"IMAGES_SAFETY_POLICY_BY_TIER entry '{entry[:40]}' is not TIER:POLICY with a tier of "
-                f"{', '.join(TIER_NAMES)}"
+                f"IMAGES_SAFETY_POLICY_BY_TIER entry '{entry[:40]}' is not TIER:POLICY (a tier of "
+                f"{', '.join(TIER_NAMES)}) or KEY_ID:POLICY (12 hex digits)"
             )
         policies[tier.strip()] = parse_policy(policy)
     return policies
 
 
-def policy_for(settings: Settings, tier: str | None) -> Policy:
-    """A job's policy: its tier's override, else IMAGES_SAFETY_POLICY, else the default (``block``
-    when API keys are configured, ``off`` for the open single-user service)."""
+def policy_for(settings: Settings, tier: str | None, key_id: str | None = None) -> Policy:
+    """A job's policy: its key's override, else its tier's, else IMAGES_SAFETY_POLICY, else the
+    default (``block`` when API keys are configured, ``off`` for the open single-user service)."""
     by_tier = parse_policy_by_tier(settings.safety_policy_by_tier)
+    if key_id is not None and key_id in by_tier:
+        return by_tier[key_id]
     if tier is not None and tier in by_tier:
         return by_tier[tier]
     if settings.safety_policy:

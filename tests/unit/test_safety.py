@@ -84,6 +84,9 @@ def test_a_tier_policy_overrides_the_deployment_one() -> None:
     assert policy_for(configured, "pro") == "blur"
     assert policy_for(configured, "enterprise") == "off"
     assert policy_for(configured, None) == "off"
+    one_key = settings(safety_policy_by_tier="free:block,0123456789ab:off")
+    assert policy_for(one_key, "free", "0123456789ab") == "off"  # a key's own policy beats its tier's
+    assert policy_for(one_key, "free", "ba9876543210") == "block"
 
 
 @pytest.mark.parametrize(

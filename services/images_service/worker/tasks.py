@@ -248,10 +248,9 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
         # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
-        tier = job.meta.get("tier") if job else None
-        result = finish_render(runtime.settings, runtime.registry, spec, result, tier=tier)
+        tier, owner = (job.meta.get("tier"), job.meta.get("key_id")) if job else (None, None)
+        result = finish_render(runtime.settings, runtime.registry, spec, result, tier=tier, key_id=owner)
         index = GalleryIndex(job.connection, runtime.settings.queue_prefix) if job else None
-        owner = job.meta.get("key_id") if job else None
         stored, spooled = store_result(runtime, job_id, spec, result, spec.engine, index, owner)
         if spooled and job is not None:
             job.meta[UPLOAD_META] = "pending"  # done only once the spool is uploaded
