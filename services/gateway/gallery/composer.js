@@ -1,9 +1,11 @@
 // The generate form and the jobs it starts: models, their defaults and the LoRAs from
 // `GET /api/images/models`, presets and quality levels from `GET /api/images/presets`, size choices,
 // a starting picture (a file, uploaded on submit, or a gallery image) with its strength and mask,
-// submit to `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress.
+// submit to `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress of
+// each job in a panel (this tab's, and those of other clients that history.js finds), Retry for a
+// failed or canceled one (`POST /api/images/jobs/{id}/retry`).
 
-import { api, upload, watchJob } from "./api.js";
+import { api, isTerminal, upload, watchJob } from "./api.js";
 import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
@@ -23,13 +25,22 @@ const JOB_TITLE_CHARS = 70;
 /** A queued job's note until its view says what it waits for (an older service never does). */
 const WAITING_NOTE = "Waiting for a worker…";
 
-const STATUS_LABELS = {
+export const STATUS_LABELS = {
   queued: "Queued",
   started: "Rendering",
   done: "Done",
   error: "Failed",
   canceled: "Canceled",
 };
+
+/** What `POST /api/images/jobs/{id}/retry` takes: a failed or canceled job. */
+export const RETRYABLE_STATUSES = new Set(["error", "canceled"]);
+
+/** A job's title: its prompt, else (a raw workflow, a request redacted away) its short id. */
+export function jobTitle(request, jobId) {
+  const prompt = request && typeof request.prompt === "string" ? request.prompt.trim() : "";
+  return prompt ? excerpt(prompt, JOB_TITLE_CHARS) : `Job ${jobId}`;
+}
 
 /** Form fields sent as numbers when they hold one (anything else goes as typed, for the API to judge). */
 const NUMERIC_FIELDS = ["steps", "cfg", "seed"];
@@ -50,7 +61,11 @@ function loraRef(name, weight) {
   return weight.trim() === "" ? { name } : { name, weight: asNumber(weight) };
 }
 
-export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) {
+/**
+ * `onJobGone(view, {retriedAs})` is called when a job's panel leaves (a finished job after a while,
+ * a dismissed or retried one) with the job's last view and its request, so the history can list it.
+ */
+export function createComposer({ form, jobs, routes, onImagesReady, onStatus, onJobGone = () => {} }) {
   const fields = form.elements;
   const submitButton = form.querySelector("button[type=submit]");
   const errorBox = form.querySelector(".error-box");
@@ -72,6 +87,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
   let loraRows = []; // {box, weight}: one per LoRA offered
   let galleryImage = null; // the LatestItem chosen with "Use as input", when no file is
   let previewUrl = ""; // the object URL of the chosen file's preview, revoked when it changes
+  const panels = new Map(); // job id -> its panel, while one shows: a job never gets two
 
   function selectedModel() {
     return models.get(fields.model.value) || null;
@@ -367,7 +383,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     try {
       const accepted = await api(route, { method: "POST", body: await makeBody() });
       trackJob(accepted.job_id, shown);
-      onStatus(`Job ${accepted.job_id.slice(0, 8)} queued.`);
+      onStatus(`Job ${accepted.job_id} queued.`);
     } catch (error) {
       showError(errorBox, error);
       markInvalid(error);
@@ -377,30 +393,59 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     }
   }
 
-  function trackJob(jobId, request) {
+  /**
+   * Queue a failed or canceled job's request again (`POST /api/images/jobs/{id}/retry`) and follow
+   * the new job in a panel; resolves to `{job_id, status}`, rejects with the ApiError of a refusal.
+   */
+  async function retryJob(jobId, request) {
+    const accepted = await api(routes.retry(jobId), { method: "POST", body: {} });
+    trackJob(accepted.job_id, request);
+    onStatus(`Job ${jobId} retried as ${accepted.job_id}.`);
+    return accepted;
+  }
+
+  /**
+   * Follow the job `jobId` in a panel titled from `request` (what the job asked for): its event
+   * stream, polling as a fallback. `view`, when known (a job another client queued), shows at once.
+   * A job that already has a panel keeps it.
+   */
+  function trackJob(jobId, request, view = null) {
+    if (panels.has(jobId)) return;
     const bar = h("progress", { max: request.steps || 1, "aria-label": "Progress" });
     const state = h("span", { class: "job-state", text: STATUS_LABELS.queued });
     const steps = h("span", { class: "job-steps", text: WAITING_NOTE });
     const errorBox = h("div", { class: "error-box", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
+    const retry = h("button", { type: "button", class: "link", text: "Retry", hidden: true });
     const dismiss = h("button", { type: "button", class: "link", text: "Dismiss", hidden: true });
     const panel = h(
       "article",
       { class: "job", dataset: { jobId, status: "queued" }, "aria-label": `Job ${jobId}` },
-      h("div", { class: "job-head" }, h("span", { class: "job-title", text: excerpt(request.prompt, JOB_TITLE_CHARS) }), state),
+      h("div", { class: "job-head" }, h("span", { class: "job-title", text: jobTitle(request, jobId) }), state),
       bar,
-      h("div", { class: "job-foot" }, steps, cancel, dismiss),
+      h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, cancel, retry, dismiss)),
       errorBox,
     );
     jobs.prepend(panel);
+    panels.set(jobId, panel);
+    let last = null; // the newest view shown
 
     const watcher = watchJob(routes.job(jobId), {
-      onView: (view) => render(view),
+      onView: (next) => render(next),
       onFailure: (error) => {
         showError(errorBox, error);
         finish("error");
       },
     });
+
+    /** The panel leaves; the history lists the job from then on. */
+    function leave(detail = {}) {
+      if (panels.get(jobId) !== panel) return;
+      watcher.close();
+      panel.remove();
+      panels.delete(jobId);
+      if (last) onJobGone({ ...last, request: last.request || request }, detail);
+    }
 
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;
@@ -411,10 +456,17 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
         cancel.disabled = false;
       }
     });
-    dismiss.addEventListener("click", () => {
-      watcher.close();
-      panel.remove();
+    retry.addEventListener("click", async () => {
+      retry.disabled = true;
+      try {
+        const accepted = await retryJob(jobId, request);
+        leave({ retriedAs: accepted.job_id });
+      } catch (error) {
+        showError(errorBox, error);
+        retry.disabled = false;
+      }
     });
+    dismiss.addEventListener("click", () => leave());
 
     function finish(status) {
       panel.dataset.status = status;
@@ -423,32 +475,37 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
       dismiss.hidden = false;
     }
 
-    function render(view) {
-      panel.dataset.status = view.status;
-      state.textContent = STATUS_LABELS[view.status] || view.status;
-      const { step = 0, total = 0 } = view.progress || {};
-      if (view.status === "queued") {
+    function render(next) {
+      if (last && isTerminal(last.status)) return; // a late view (a cancel's answer after the stream's end)
+      last = next;
+      panel.dataset.status = next.status;
+      state.textContent = STATUS_LABELS[next.status] || next.status;
+      const { step = 0, total = 0 } = next.progress || {};
+      if (next.status === "queued") {
         // The service's words say what to do about it ("none serves engine …; start one with …").
-        steps.textContent = view.waiting_for ? `Waiting for ${view.waiting_for}` : WAITING_NOTE;
+        steps.textContent = next.waiting_for ? `Waiting for ${next.waiting_for}` : WAITING_NOTE;
       } else if (total > 0) {
         bar.max = total;
         bar.value = step;
         steps.textContent = `Step ${step} / ${total}`;
       } else {
-        steps.textContent = view.status === "started" ? "Loading the model…" : "";
+        steps.textContent = next.status === "started" ? "Loading the model…" : "";
       }
-      if (view.status === "done") {
-        const keys = ((view.result && view.result.images) || []).map((image) => image.key);
+      if (next.status === "done") {
+        const keys = ((next.result && next.result.images) || []).map((image) => image.key);
         bar.value = bar.max;
         steps.textContent = `${total ? `Step ${total} / ${total} · ` : ""}${keys.length} image${keys.length === 1 ? "" : "s"} ready`;
         finish("done");
         onImagesReady(keys);
-        setTimeout(() => panel.remove(), DONE_LINGER_MS);
-      } else if (view.status === "error" || view.status === "canceled") {
-        if (view.error) showError(errorBox, view.error);
-        finish(view.status);
+        setTimeout(() => leave(), DONE_LINGER_MS);
+      } else if (next.status === "error" || next.status === "canceled") {
+        if (next.error) showError(errorBox, next.error);
+        finish(next.status);
+        retry.hidden = !RETRYABLE_STATUSES.has(next.status);
       }
     }
+
+    if (view) render(view);
   }
 
   form.addEventListener("submit", (event) => {
@@ -491,6 +548,10 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus }) 
     prefill,
     submit,
     rerun,
+    retryJob,
+    /** Follow a job this tab did not submit (history.js found it queued or running). */
+    track: (view) => trackJob(view.job_id, view.request || {}, view),
+    isTracking: (jobId) => panels.has(jobId),
     useImage,
     focus: () => fields.prompt.focus(),
     focusPicture: () => fields.strength.focus(),

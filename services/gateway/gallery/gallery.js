@@ -1,10 +1,12 @@
 // /vision: the KITTY image gallery. Plain ES modules served by the gateway, no build step, no CDN.
-// This module wires the parts together: the generate form (composer.js), the grid (grid.js), the
-// image dialog (viewer.js) and the API key prompt for gateways that require one.
+// This module wires the parts together: the generate form and its job panels (composer.js), the
+// jobs of every client (history.js), the grid (grid.js), the image dialog (viewer.js) and the API key
+// prompt for gateways that require one.
 
 import { keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
 import { createComposer } from "./composer.js";
 import { createGrid } from "./grid.js";
+import { createHistory } from "./history.js";
 import { createViewer } from "./viewer.js";
 
 /** Images per page of the grid (the seed's 36); `/vision?page=N` overrides it. */
@@ -18,7 +20,9 @@ const ROUTES = {
   generate: "/api/images/generate",
   rerun: "/api/images/rerun",
   uploads: "/api/images/uploads",
+  jobs: "/api/images/jobs",
   job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
+  retry: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}/retry`,
   latest: "/api/images/latest",
   select: "/api/images/select",
   item: (key) => `/api/images/items/${keyPath(key)}`,
@@ -46,19 +50,37 @@ function showFailure(error) {
   showStatus(`${error.code}: ${error.message}`, { isError: true });
 }
 
-const composer = createComposer({
-  form: document.getElementById("generate-form"),
-  jobs: document.getElementById("jobs"),
-  routes: ROUTES,
-  onImagesReady: async () => {
+let refreshing = Promise.resolve();
+
+/** New images are ready: bring the grid's top up to date, one refresh after the other. */
+function showNewImages() {
+  refreshing = refreshing.then(async () => {
     try {
       const keys = await grid.refreshTop();
       if (keys.length) showStatus(`${keys.length} new image${keys.length === 1 ? "" : "s"} at the top.`);
     } catch (error) {
       showFailure(error);
     }
-  },
+  });
+  return refreshing;
+}
+
+const composer = createComposer({
+  form: document.getElementById("generate-form"),
+  jobs: document.getElementById("jobs"),
+  routes: ROUTES,
+  onImagesReady: showNewImages,
   onStatus: showStatus,
+  onJobGone: (view, detail) => jobHistory.add(view, detail),
+});
+
+const jobHistory = createHistory({
+  section: document.getElementById("history"),
+  list: document.getElementById("history-list"),
+  count: document.getElementById("history-count"),
+  routes: ROUTES,
+  composer,
+  onImagesReady: showNewImages,
 });
 
 const viewer = createViewer({
@@ -135,6 +157,7 @@ async function start() {
     composer.loadModels().catch(showFailure),
     composer.loadPresets().catch(showFailure),
     grid.reload(),
+    jobHistory.start(),
   ]);
   document.body.dataset.ready = "true"; // for tests and for anyone waiting on the first render
 }
