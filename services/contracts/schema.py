@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -144,6 +144,10 @@ class LoraRef(BaseModel):
     weight: float = Field(default=1.0, ge=-2.0, le=2.0)
 
 
+RefinerName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+"""A refiner named in a request's `refiner` (a models.yaml entry)."""
+
+
 class GenerateRequest(BaseModel):
     """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time."""
 
@@ -158,7 +162,9 @@ class GenerateRequest(BaseModel):
     cfg: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     scheduler: Literal[SCHEDULER_NAMES] | None = None  # type: ignore[valid-type]
-    refiner: bool = False
+    refiner: bool | RefinerName | None = False
+    """The SDXL refiner pass: true/false, null (= false, as the KITTY guide sends it), or the name of
+    the model's registered refiner (models.yaml `refiner:`), which is the same as true."""
     num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     engine: EngineName | None = None
     workflow: dict[str, Any] | None = None
@@ -343,6 +349,10 @@ class SelectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: str = Field(min_length=1, max_length=1024)
+    format: Literal["png", "jpeg", "webp"] = "png"
+    """What `downloadUrl` serves: the stored PNG, or a JPEG/WebP copy (infotext in EXIF UserComment)."""
+    quality: int = Field(default=90, ge=1, le=100)
+    """JPEG/WebP quality; ignored for PNG."""
 
 
 class ImageRef(BaseModel):
@@ -378,6 +388,12 @@ class ModelInfo(BaseModel):
     refiner: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
+    license: str | None = None
+    family: str | None = None
+    """sd15, sdxl, sd3 or flux, as models.yaml declares it."""
+    sha256: dict[str, str] | str | None = None
+    """Recorded weight digests: relative file path → hex for a folder, one hex for a single file
+    (`kitty-images models verify` re-checks them); local paths are never shown."""
 
 
 class LoraInfo(BaseModel):

@@ -149,6 +149,11 @@ def create_app(
     async def proxy(request: Request, client: HttpClientDep, settings: SettingsDep) -> Response:
         return await forward(request, client, settings)
 
+    @app.api_route("/api/painter/{path:path}", methods=PROXY_METHODS, include_in_schema=False)
+    async def painter_proxy(request: Request, client: HttpClientDep, settings: SettingsDep) -> Response:
+        """HIP-35's Painter API; its generate waits up to 25 s, under GATEWAY_UPSTREAM_TIMEOUT's 30."""
+        return await forward(request, client, settings)
+
     return app
 
 

@@ -15,7 +15,7 @@ import httpx
 from services.contracts import ImagesClient, JobStatus, JobView
 
 from .doctor import CHECK_NAMES
-from .models import CATALOG, ModelRegistry, register_model
+from .models import CATALOG, LORA_BASES, ModelRegistry, register_model
 from .settings import get_settings
 from .storage.keys import IMAGE_SUFFIX, meta_key_for
 
@@ -127,6 +127,70 @@ def models_pull(name: str, repo: str | None) -> None:
     entry.pop("repo", None)
     register_model(settings.models_yaml, name, {"path": str(target.resolve()), **entry})
     click.echo(f"registered {name} in {settings.models_yaml}")
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("location", metavar="PATH|URL")
+@click.option("--license", "license_", required=True, help="its license, e.g. creativeml-openrail-m")
+@click.option("--sha256", help="expected digest (required for a URL; a folder's is its manifest digest)")
+@click.option("--family", type=click.Choice(LORA_BASES), help="the model's family")
+@click.option("--allow-pickle", is_flag=True, help="accept .ckpt/.bin/.pt/.pth weights (they can run code)")
+def models_add(
+    name: str, location: str, license_: str, sha256: str | None, family: str | None, allow_pickle: bool
+) -> None:
+    """Register a diffusers folder, a .safetensors file or an http(s) download, with the SHA-256 of
+    every weight file. A download whose digest is not --sha256 is deleted and nothing is registered."""
+    from .catalog import add_model
+    from .errors import KittyError
+
+    settings = get_settings()
+    try:
+        added = add_model(
+            settings.models_yaml,
+            settings.data_dir / "models",
+            name,
+            location,
+            license=license_,
+            sha256=sha256,
+            family=family,
+            allow_pickle=allow_pickle,
+        )
+    except KittyError as exc:
+        _fail(exc.message, *exc.remediation)
+    digests = added.entry["sha256"]
+    count = 1 if isinstance(digests, str) else len(digests)
+    click.echo(f"registered {name} ({added.path}, {count} weight file(s) hashed) in {settings.models_yaml}")
+
+
+@models.command("verify")
+@click.argument("name", required=False)
+def models_verify(name: str | None) -> None:
+    """Re-hash registered models' weight files against models.yaml's sha256. Exit 1 on a mismatch."""
+    from .catalog import verify_entry
+    from .errors import KittyError
+
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_yaml)
+    try:
+        entries = [registry.get(name)] if name else list(registry.entries().values())
+    except KittyError as exc:
+        _fail(exc.message, *exc.remediation)
+    failed = False
+    for entry in entries:
+        if not entry.is_local:
+            click.echo(f"{entry.name}: skipped (a hub id; pull it to verify it)")
+            continue
+        if entry.sha256 is None:  # only a failure when asked for by name
+            click.echo(f"{entry.name}: no sha256 recorded (kitty-images models add records them)")
+            failed = failed or name is not None
+            continue
+        problems = verify_entry(entry)
+        failed = failed or bool(problems)
+        click.echo(f"{entry.name}: {'OK' if not problems else 'FAILED'}")
+        for problem in problems:
+            click.echo(f"  {problem}")
+    sys.exit(1 if failed else 0)
 
 
 @cli.command()

@@ -107,3 +107,19 @@ class IdempotencyConflict(KittyError):
 class UnsupportedMediaType(KittyError):
     code, status = ErrorCode.VALIDATION_ERROR, 415
     default_remediation = ("Send the body as JSON with `Content-Type: application/json`.",)
+
+
+class ChecksumMismatch(ValidationFailed):
+    """A model file whose SHA-256 is not the one its publisher (or models.yaml) gave: tampered with,
+    truncated or simply the wrong file, and never loaded."""
+
+    default_remediation = (
+        "Check the URL and the --sha256 you were given (the publisher's page lists it); download again.",
+    )
+
+
+class DownloadFailed(KittyError):
+    """A model download that did not complete (network, HTTP status): nothing was registered."""
+
+    code, status = ErrorCode.UPSTREAM_UNAVAILABLE, 502
+    default_remediation = ("Check the URL and network access to its host, then run the command again.",)

@@ -36,19 +36,25 @@ def infotext(
     model_hash: str | None = None,
     version: str | None = None,
     settings_used: dict[str, Any] | None = None,
+    sampler: tuple[str, str | None] | None = None,
 ) -> str:
     """The ``parameters`` text as AUTOMATIC1111 writes it (``create_infotext``), so its PNG Info
     tab and other readers parse our images. `settings_used` (a raw graph's own sampler settings)
-    replaces the request's steps, CFG and sampler; what it leaves None is left out, never guessed."""
+    replaces the request's steps, CFG and sampler; what it leaves None is left out, never guessed.
+    `sampler` (A1111's sampler and schedule type, see `provenance.sampler_used`) is what actually
+    ran: without it a request naming no scheduler gets no ``Sampler:``, and most readers then
+    read nothing at all."""
     if settings_used is not None:
         steps, cfg = settings_used.get("steps"), settings_used.get("cfg")
-        sampler, schedule = settings_used.get("sampler"), settings_used.get("scheduler")
+        sampler_name, schedule = settings_used.get("sampler"), settings_used.get("scheduler")
     else:
         steps, cfg = spec.steps, spec.cfg
-        sampler, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
+        sampler_name, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
+    if sampler is not None:
+        sampler_name, schedule = sampler
     fields: dict[str, object | None] = {
         "Steps": steps,
-        "Sampler": sampler,
+        "Sampler": sampler_name,
         "Schedule type": schedule,
         "CFG scale": _a1111_number(cfg) if cfg is not None else None,
         "Seed": seed,

@@ -15,6 +15,11 @@ Both shapes are accepted: the seed's flat ``name: /path/or/hub-id`` and the rich
         description: subtle 35 mm grain
 
 LoRAs live only in the richer shape (beside ``models:``); a request names them in ``loras``.
+
+An entry may also carry what `kitty-images models add` records (see `catalog.py`): ``source`` (the
+URL or path it came from, when ``path``/``repo`` says where it is now; alone, ``source`` is still the
+location, as before), ``license``, ``family`` (sd15, sdxl, ...), ``sha256`` (relative weight-file path
+→ hex digest for a folder, one digest for a single file) and ``allow_pickle`` (load pickle weights).
 """
 
 from __future__ import annotations
@@ -102,6 +107,14 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     """As written in models.yaml (what GET /api/images/models lists); see `resolved_defaults`."""
     extra: dict[str, Any] = field(default_factory=dict)
+    origin: str | None = None
+    """Where it came from (models.yaml's ``source`` beside ``path``): a URL or a path; never listed."""
+    license: str | None = None
+    family: str | None = None
+    sha256: dict[str, str] | str | None = None
+    """Weight-file digests: relative path → hex for a folder, one hex for a single file."""
+    allow_pickle: bool = False
+    """Whether its pickle weights (.ckpt, .bin, .pt) may be loaded; otherwise only safetensors are."""
 
     @property
     def resolved_defaults(self) -> ModelDefaults:
@@ -136,7 +149,10 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
     raw = dict(raw)
     path = raw.pop("path", None)
     repo = raw.pop("repo", None)
-    source = raw.pop("source", None) or path or repo
+    written_source = raw.pop("source", None)
+    # Beside `path`/`repo`, `source` is provenance (a download URL); alone it is the location.
+    origin = str(written_source) if written_source and (path or repo) else None
+    source = path or repo or written_source
     if not source:
         raise ValidationFailed(f"models.yaml entry '{name}' needs 'path' or 'repo'")
     source = str(source)
@@ -151,7 +167,29 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
         is_local=is_local,
         refiner=raw.pop("refiner", None),
         defaults=dict(raw.pop("defaults", {}) or {}),
+        origin=origin,
+        license=_optional_str(raw.pop("license", None)),
+        family=_optional_str(raw.pop("family", None)),
+        sha256=_parse_digests(name, raw.pop("sha256", None)),
+        allow_pickle=bool(raw.pop("allow_pickle", False)),
         extra=raw,
+    )
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _parse_digests(name: str, raw: Any) -> dict[str, str] | str | None:
+    """An entry's ``sha256``: one hex digest, or relative weight-file path → hex digest."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw.lower()
+    if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
+        return {str(k): v.lower() for k, v in raw.items()}
+    raise ValidationFailed(
+        f"models.yaml entry '{name}': sha256 must be a hex digest or a mapping of file → hex digest"
     )
 
 

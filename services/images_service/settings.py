@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     """The worker's /metrics port; 0 disables it."""
     log_level: str = Field(default="INFO", alias="IMAGES_LOG_LEVEL")
 
+    # --- pinned models (engines/diffusers/cache.py) ---------------------------------------------
+    pinned_models: str | None = Field(default=None, alias="IMAGES_PINNED_MODELS")
+    """``a,b``: models a worker's cache never evicts once loaded. When every resident model is
+    pinned and another is needed, it is loaded beyond IMAGES_MODEL_CACHE_SIZE (the unpinned ones
+    leave first as soon as there are any): pinning costs memory, never a refused job."""
+
+    @property
+    def pinned_model_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in (self.pinned_models or "").split(",") if name.strip())
+
     # --- security (API keys and quotas) ---------------------------------------------------------
     api_keys: str | None = Field(default=None, alias="IMAGES_API_KEYS")
     """``key1,key2:pro,key3:enterprise``: keys accepted as ``X-API-Key`` or ``Authorization: Bearer``,

@@ -12,7 +12,7 @@ from .engines.descriptors import descriptor_for, engines_with
 from .errors import ValidationFailed
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
 from .presets import apply_preset
-from .refiner import refiner_of
+from .refiner import wants_refiner
 from .settings import Settings
 from .storage import Store
 from .uploads import resolve_inputs
@@ -42,8 +42,7 @@ def resolve_spec(
         # for whatever it has loaded. A models.yaml entry of that name still lends its defaults.
         model = request.model
         entry = registry.entries().get(model) if model else None
-    if request.refiner:
-        registry.get(refiner_of(entry, request.model))  # the refiner must be registered too
+    refiner = wants_refiner(request.refiner, entry, request.model, registry)
     inputs = resolve_inputs(request, engine, registry, settings, store)
     styled = apply_preset(request)
     defaults = entry.resolved_defaults if entry else FALLBACK_DEFAULTS
@@ -57,7 +56,7 @@ def resolve_spec(
         cfg=styled.cfg if styled.cfg is not None else defaults.cfg,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         scheduler=request.scheduler or defaults.scheduler,
-        refiner=request.refiner,
+        refiner=refiner,
         num_images=request.num_images,
         engine=engine,
         workflow=request.workflow,

@@ -540,7 +540,8 @@ def test_a_raw_graph_records_its_own_sampler_settings_not_the_requests(
     assert sidecar["seed"] == 4242 and views[0]["result"]["images"][0]["seed"] == 4242
     assert sidecar["settings_used"] == {"steps": 2, "cfg": 5.5, "sampler": "dpmpp_2m", "scheduler": "karras"}
     parameters = read_png_text(store.get(views[0]["result"]["png_key"]))["parameters"]
-    assert "Steps: 2, Sampler: dpmpp_2m, Schedule type: karras, CFG scale: 5.5, Seed: 4242" in parameters
+    # By A1111's names (what its PNG Info and other readers know), not ComfyUI's.
+    assert "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.5, Seed: 4242" in parameters
     assert "Steps: 30" not in parameters and "Seed: 7" not in parameters
 
 

@@ -129,6 +129,18 @@ def test_json_body_and_status_pass_through(gateway: TestClient, upstream: FastAP
     assert seen["headers"]["content-type"] == "application/json"
 
 
+def test_the_painter_api_is_proxied_like_the_images_api(gateway: TestClient, upstream: FastAPI) -> None:
+    @upstream.post("/api/painter/generate")
+    async def painter(request: Request) -> JSONResponse:
+        seen = await request.json()
+        return JSONResponse({"job_id": "job-2", "status": "done", "images": [], "echo": seen})
+
+    response = gateway.post("/api/painter/generate?wait=5", json={"prompt": "a fox", "seed": -1})
+
+    assert response.status_code == 200
+    assert response.json()["echo"] == {"prompt": "a fox", "seed": -1}
+
+
 def test_upstream_errors_pass_through_unchanged(gateway: TestClient) -> None:
     bad = gateway.post("/api/images/generate", json={"prompt": ""})
     missing = gateway.get("/api/images/jobs/nope")

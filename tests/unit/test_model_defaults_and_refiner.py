@@ -80,6 +80,27 @@ def test_the_refiner_is_taken_only_by_a_model_whose_entry_names_a_registered_one
         resolve(registry, model="orphan", refiner=True)
 
 
+@pytest.mark.parametrize(
+    ("asked", "runs"), [(None, False), (False, False), (True, True), ("xl_refiner", True)]
+)
+def test_the_refiner_is_null_a_boolean_or_the_models_refiner_by_name(
+    registry: ModelRegistry, asked: bool | str | None, runs: bool
+) -> None:
+    """The KITTY guide sends `"refiner": null` for "no refiner"; a name means the same as true."""
+    assert resolve(registry, model="xl", refiner=asked).refiner is runs
+
+
+def test_a_refiner_name_must_be_registered_and_be_the_models_own(registry: ModelRegistry) -> None:
+    with pytest.raises(ModelNotFound, match="model 'nope' is not registered") as unknown:
+        resolve(registry, model="xl", refiner="nope")
+    assert any("xl_refiner" in hint for hint in unknown.value.remediation)
+    with pytest.raises(ValidationFailed, match="'sd15' is not the refiner of model 'xl'") as other:
+        resolve(registry, model="xl", refiner="sd15")
+    assert other.value.remediation == ['Send "refiner": true or "refiner": "xl_refiner".']
+    with pytest.raises(ValidationFailed, match="model 'sd15' has no refiner configured"):
+        resolve(registry, model="sd15", refiner="xl_refiner")
+
+
 def test_a_server_engine_model_without_an_entry_names_the_requested_model() -> None:
     with pytest.raises(ValidationFailed, match="model 'juggernaut' has no refiner configured"):
         refiner_of(None, "juggernaut")

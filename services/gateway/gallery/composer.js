@@ -180,8 +180,15 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       ? `Preset: ${excerpt(preset.negative_prompt, NEGATIVE_EXCERPT_CHARS)}`
       : NEGATIVE_PLACEHOLDER;
     renderSizes(fields.size.value);
-    modelNote.textContent = model && model.description ? model.description : "";
+    modelNote.textContent = model ? modelNoteText(model) : "";
     presetNote.textContent = preset ? preset.description : "";
+  }
+
+  /** The model's description and, beside it, its license (from models.yaml; "license not recorded"
+   * for one registered without `kitty-images models add`, so its absence is visible too). */
+  function modelNoteText(model) {
+    const license = model.license ? `License: ${model.license}` : "License not recorded";
+    return [model.description, license].filter(Boolean).join(" · ");
   }
 
   /** A newly picked preset brings its size and quality: the choices made for the last one are reset. */

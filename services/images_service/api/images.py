@@ -34,6 +34,7 @@ from services.contracts import (
 )
 
 from ..audit import audit_cancel, audit_event, audit_image, audit_submission
+from ..delivery import DEFAULT_QUALITY, FORMATS, DeliveryFormat, convert, copies_of, ensure_copy
 from ..errors import KeyNotFound, KittyError, ModelNotFound, Unauthorized, ValidationFailed
 from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
@@ -67,7 +68,12 @@ EVENTS_KEEPALIVE_S = 15.0
 
 CURSOR_PATTERN = r"^\d{16}\|[A-Za-z0-9._/-]{1,1024}$"
 
-MEDIA_TYPES = {".png": "image/png", ".json": "application/json", THUMB_SUFFIX: "image/webp"}
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    THUMB_SUFFIX: "image/webp",
+    **{suffix: media for suffix, media, _ in FORMATS.values()},  # delivery copies (.jpg, .webp)
+}
 
 router = APIRouter(prefix="/api/images", tags=["images"], responses=ERRORS)  # type: ignore[arg-type]
 
@@ -228,24 +234,26 @@ def select(
         raise KeyNotFound(f"no image with key '{key}'")
     ownership_of(request).require_image(caller, key)
     audit_image(request, "select", key)
+    # A JPEG/WebP copy is made once and cached beside the PNG: an S3 URL can only name an object.
+    delivered = ensure_copy(store, key, body.format, body.quality)
     return SelectView(
         imageRef=ImageRef(
-            downloadUrl=store.presign(key, settings.url_ttl_s, base_url=base_url),
-            storageUri=store.storage_uri(key),
+            downloadUrl=store.presign(delivered, settings.url_ttl_s, base_url=base_url),
+            storageUri=store.storage_uri(delivered),
         )
     )
 
 
 @router.delete("/items/{key:path}", status_code=204, response_class=Response)
 def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> Response:
-    """Remove an image, its sidecar and thumbnail from storage and the gallery."""
+    """Remove an image, its sidecar, thumbnail and delivery copies from storage and the gallery."""
     key = validate_image_key(key, settings.s3_prefix)
     gallery = gallery_of(request)
     if store.head(key) is None and gallery.get(key) is None:
         raise KeyNotFound(f"no image with key '{key}'")
     ownership_of(request).require_image(caller, key)
     gallery.remove(key)
-    for part in (key, meta_key_for(key), key.removesuffix(".png") + THUMB_SUFFIX):
+    for part in (key, meta_key_for(key), key.removesuffix(".png") + THUMB_SUFFIX, *copies_of(store, key)):
         store.delete(part)
     audit_image(request, "delete", key)
     return Response(status_code=204)
@@ -268,6 +276,9 @@ def models(registry: RegistryDep) -> ModelsView:
                 refiner=e.refiner,
                 defaults=e.defaults,
                 description=e.extra.get("description"),
+                license=e.license,
+                family=e.family,
+                sha256=e.sha256,
             )
             for e in entries.values()
         ],
@@ -287,8 +298,16 @@ def presets() -> PresetsView:
 
 
 @router.get("/files/{key:path}", response_class=Response, include_in_schema=False)
-def download(key: str, store: StoreDep, expires: int = 0, sig: str = "") -> Response:
-    """The filesystem store's signed download URL (S3 serves its own presigned URLs)."""
+def download(
+    key: str,
+    store: StoreDep,
+    expires: int = 0,
+    sig: str = "",
+    format: Annotated[DeliveryFormat | None, Query()] = None,  # noqa: A002 - the wire name
+    quality: Annotated[int, Query(ge=1, le=100)] = DEFAULT_QUALITY,
+) -> Response:
+    """The filesystem store's signed download URL (S3 serves its own presigned URLs). `format`
+    converts a PNG on the fly (select's `format` caches a copy instead, as S3 needs)."""
     if not isinstance(store, FilesystemStore):
         raise KeyNotFound("downloads are served by the object store; use the imageRef's downloadUrl")
     if not store.verify(key, expires, sig):
@@ -299,6 +318,7 @@ def download(key: str, store: StoreDep, expires: int = 0, sig: str = "") -> Resp
     suffix = next((s for s in MEDIA_TYPES if key.endswith(s)), None)
     if suffix is None:
         raise ValidationFailed(f"'{key}' is not an image, sidecar or thumbnail")
-    return Response(
-        store.get(key), media_type=MEDIA_TYPES[suffix], headers={"Cache-Control": "private, max-age=300"}
-    )
+    data, media_type = store.get(key), MEDIA_TYPES[suffix]
+    if format is not None and suffix == ".png":
+        data, media_type = convert(data, format, quality), FORMATS[format][1]
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})

@@ -78,6 +78,7 @@ class LocalEngineClass(Protocol):
         cache_size: int,
         torch_compile: str | None,
         image_loader: ImageLoader | None,
+        pinned_models: frozenset[str],
     ) -> Engine: ...
 
 
@@ -93,6 +94,7 @@ def construct_local_engine(cls: LocalEngineClass, context: EngineContext) -> Eng
         cache_size=settings.model_cache_size,
         torch_compile=settings.torch_compile,
         image_loader=context.image_loader,
+        pinned_models=settings.pinned_model_names,
     )
 
 

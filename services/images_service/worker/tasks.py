@@ -28,6 +28,7 @@ from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUn
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
 from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
+from ..provenance import provenance
 from ..queue import cancel_key
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
@@ -131,6 +132,7 @@ def prepare_objects(
         png_key, meta_key = f"{base}.png", f"{base}.json"
         thumb_key = thumb_key_for(png_key)
         width, height = rendered.image.size
+        made = provenance(spec, engine, result, rendered)
         sidecar = build_sidecar(
             job_id=job_id,
             engine=engine,
@@ -148,6 +150,8 @@ def prepare_objects(
             settings_used=result.settings_used,
         )
         sidecar["thumb_key"] = thumb_key
+        if made.graph is not None:
+            sidecar["comfyui_workflow"] = made.graph  # API format: POST /prompt reproduces it
         sidecar.update(sidecar_fields(rendered))  # content gate and watermark records
         png = encode_png(
             rendered.image,
@@ -156,9 +160,10 @@ def prepare_objects(
                 seed=rendered.seed,
                 version=sidecar["versions"].get("kitty-images"),
                 settings_used=result.settings_used,
+                sampler=made.sampler.a1111 if made.sampler else None,
             ),
             sidecar=sidecar,
-            extra_chunks=rendered.text_chunks,
+            extra_chunks={**made.chunks, **rendered.text_chunks},
         )
         if owner:
             sidecar["owner"] = owner

@@ -75,6 +75,12 @@ class Resident:
 def check_available(entry: ModelEntry) -> None:
     """`ModelNotFound` unless `entry`'s files are on this machine (a folder, or the HF cache)."""
     if entry.is_local:
+        if Path(entry.source).is_file():
+            raise ModelNotFound(
+                f"model '{entry.name}' is a single weight file ({Path(entry.source).name}); this worker "
+                "loads diffusers folders",
+                remediation=["Register the model's diffusers folder (save_pretrained) instead."],
+            )
         if not (Path(entry.source) / "model_index.json").is_file():
             raise ModelNotFound(
                 f"model '{entry.name}' is registered at {entry.source}, but no diffusers model is there",
@@ -91,14 +97,22 @@ def check_available(entry: ModelEntry) -> None:
 
 
 class ModelCache:
-    """Pipelines held resident by model name, the least recently used evicted first.
+    """Pipelines held resident by model name, the least recently used evicted first, except that a
+    pinned one (IMAGES_PINNED_MODELS) is never evicted: when only pinned models are resident and
+    another is needed, it is loaded beyond `size` rather than refused (a warning says so).
 
     Not locked itself: its owner (`DiffusersEngine`) calls it under the lock its renders hold, so a
     load never races a render.
     """
 
     def __init__(
-        self, device: torch.device, dtype: torch.dtype, *, size: int, compile_mode: str | None
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        size: int,
+        compile_mode: str | None,
+        pinned: frozenset[str] = frozenset(),
     ) -> None:
         if size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -106,6 +120,7 @@ class ModelCache:
         self.dtype = dtype
         self.size = size
         self.compile_mode = compile_mode
+        self.pinned = pinned
         self._resident: OrderedDict[str, Resident] = OrderedDict()
 
     def names(self) -> list[str]:
@@ -114,14 +129,24 @@ class ModelCache:
 
     def base(self, entry: ModelEntry) -> Resident:
         """`entry`'s text-to-image pipeline: the resident one (now the most recently used), or one
-        loaded after evicting the least recently used until there is room."""
+        loaded after evicting the least recently used unpinned ones until there is room."""
         resident = self._resident.get(entry.name)
         if resident is not None and resident.source == entry.source:
             self._resident.move_to_end(entry.name)
             return resident
         self._resident.pop(entry.name, None)
         while len(self._resident) >= self.size:
-            evicted, _ = self._resident.popitem(last=False)
+            evicted = next((name for name in self._resident if name not in self.pinned), None)
+            if evicted is None:
+                logger.warning(
+                    "all %d resident models are pinned (IMAGES_PINNED_MODELS); loading %s beyond "
+                    "IMAGES_MODEL_CACHE_SIZE=%d",
+                    len(self._resident),
+                    entry.name,
+                    self.size,
+                )
+                break
+            del self._resident[evicted]
             logger.info("evicting model %s to make room for %s", evicted, entry.name)
             self.free_memory()
         resident = self._load(entry, AutoPipelineForText2Image)
@@ -180,6 +205,8 @@ class ModelCache:
         started = time.perf_counter()
         # Downloads belong to `kitty-images models pull`, not to a job running under a timeout.
         kwargs: dict[str, Any] = {DTYPE_KWARG: self.dtype, "local_files_only": True}
+        if not entry.allow_pickle:  # pickle weights can run code: only models.yaml's allow_pickle loads them
+            kwargs["use_safetensors"] = True
         try:
             pipe = auto_class.from_pretrained(entry.source, **kwargs)
             pipe = pipe.to(self.device)

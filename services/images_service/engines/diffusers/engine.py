@@ -66,10 +66,12 @@ class DiffusersEngine:
         cache_size: int = 1,
         torch_compile: str | None = None,
         image_loader: ImageLoader | None = None,
+        pinned_models: frozenset[str] = frozenset(),
     ) -> None:
         """`torch_compile` is IMAGES_TORCH_COMPILE's value: unset/``0`` off, ``1`` or a mode name on
         (CUDA only; elsewhere it is ignored with a log line). `image_loader` reads a stored image by
-        key, for a spec's `image` and `mask`; without one, image-to-image jobs are refused."""
+        key, for a spec's `image` and `mask`; without one, image-to-image jobs are refused.
+        `pinned_models` (IMAGES_PINNED_MODELS) are never evicted from the model cache."""
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._registry = registry
@@ -84,7 +86,9 @@ class DiffusersEngine:
         if self.compile_mode and self.device.type != "cuda":
             logger.info("IMAGES_TORCH_COMPILE=%s is ignored on %s", torch_compile, self.device)
             self.compile_mode = None
-        self._cache = ModelCache(self.device, self.dtype, size=cache_size, compile_mode=self.compile_mode)
+        self._cache = ModelCache(
+            self.device, self.dtype, size=cache_size, compile_mode=self.compile_mode, pinned=pinned_models
+        )
         self._lock = threading.Lock()
         self._versions = library_versions()
         quiet_libraries()

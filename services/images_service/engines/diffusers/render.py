@@ -212,6 +212,8 @@ def make_result(
         "optimizations": list(base.optimizations),
         "versions": dict(versions),
     }
+    if getattr(job.pipeline.pipe.scheduler, "config", {}).get("use_karras_sigmas"):
+        engine_info["scheduler_karras"] = True  # the infotext's "Schedule type: Karras"
     if getattr(getattr(base.pipe, "vae", None), "use_tiling", False):
         engine_info["vae_tiling"] = True
     if refiner is not None:
