@@ -32,7 +32,17 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Page, Request, Route, ViewportSize, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    Locator,
+    Page,
+    Request,
+    Response,
+    Route,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -254,13 +264,22 @@ def write_png(path: Path, image: Image.Image) -> Path:
     return path
 
 
+def job_panel(page: Page, answered: Response) -> Locator:
+    """The panel of the job a generate or re-run answer names (not "the first one": the previous
+    job's can still be first until the answer arrives)."""
+    return page.locator(f'.job[data-job-id="{answered.json()["job_id"]}"]')
+
+
 def submit_and_wait(gallery: Gallery) -> dict[str, Any]:
-    """Press Generate, wait for the job's card; the generate body the page sent."""
+    """Press Generate, wait until this job's own panel says done; the generate body the page sent.
+    (Waiting on "the first panel" raced: until the answer came, the first was the previous job's,
+    already done, and that job's images could land in the next test.)"""
     page = gallery.page
-    with page.expect_request("**/api/images/generate") as sent:
+    with page.expect_response("**/api/images/generate") as answered:
         page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
-    body: dict[str, Any] = sent.value.post_data_json
+    job_id = answered.value.json()["job_id"]
+    expect(page.locator(f'.job[data-job-id="{job_id}"]')).to_have_attribute("data-status", "done")
+    body: dict[str, Any] = answered.value.request.post_data_json
     return body
 
 
@@ -472,11 +491,11 @@ def test_rerun_asks_the_service_to_render_the_stored_request_again(gallery: Gall
     )
     gallery.open()
     gallery.card(prompt).click()
-    with page.expect_request("**/api/images/rerun") as sent:
+    with page.expect_response("**/api/images/rerun") as answered:
         page.locator("#viewer").get_by_role("button", name="Re-run", exact=True).click()
-    assert sent.value.post_data_json == {"key": original_key}
+    assert answered.value.request.post_data_json == {"key": original_key}
 
-    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    expect(job_panel(page, answered.value)).to_have_attribute("data-status", "done")
     expect(gallery.card(prompt)).to_have_count(2)
     newest, original = latest(stack, 2)
     assert original["key"] == original_key and newest["key"] != original_key
@@ -511,11 +530,11 @@ def test_rerun_with_a_new_seed_keeps_everything_else(gallery: Gallery, stack: St
     (original_key,) = generate(stack, prompt=prompt, seed=2718, steps=5)
     gallery.open()
     gallery.card(prompt).click()
-    with page.expect_request("**/api/images/rerun") as sent:
+    with page.expect_response("**/api/images/rerun") as answered:
         page.locator("#viewer").get_by_role("button", name="Re-run with a new seed").click()
-    assert sent.value.post_data_json == {"key": original_key, "new_seed": True}
+    assert answered.value.request.post_data_json == {"key": original_key, "new_seed": True}
 
-    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    expect(job_panel(page, answered.value)).to_have_attribute("data-status", "done")
     expect(gallery.card(prompt)).to_have_count(2)
     newest, original = latest(stack, 2)
     assert original["key"] == original_key and newest["seed"] != original["seed"]
@@ -545,13 +564,13 @@ def test_a_preset_and_quality_chosen_in_the_form_shape_the_image_and_show_on_its
     expect(page.locator("#steps")).to_have_attribute("placeholder", "20")
     expect(page.locator("#cfg")).to_have_attribute("placeholder", "6")
     page.select_option("#size", "64x64")  # the model's own size: the tiny pipeline stays fast
-    with page.expect_request("**/api/images/generate") as sent:
+    with page.expect_response("**/api/images/generate") as answered:
         page.get_by_role("button", name="Generate", exact=True).click()
-    body = sent.value.post_data_json
+    body = answered.value.request.post_data_json
     assert (body["preset"], body["quality"], body["width"]) == ("cinematic", "low", 64)
     assert "steps" not in body and "negative_prompt" not in body
 
-    expect(page.locator(".job").first).to_have_attribute("data-status", "done")
+    expect(job_panel(page, answered.value)).to_have_attribute("data-status", "done")
     card = gallery.card(prompt)
     expect(card).to_contain_text("cinematic · low")
     item = latest(stack, 1)[0]
