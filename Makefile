@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= worker,embedded,dev
+EXTRAS ?= worker,embedded,mcp,dev
 # Every install takes the exact versions the tests passed with: requirements.lock, resolved from
 # pyproject.toml's ranges by `make lock`, is given to pip as constraints.
 LOCK := requirements.lock
