@@ -78,6 +78,7 @@ QUALITY_NAMES = ("low", "standard", "pro")
 """The AInfluencer quality levels a preset defines: low 20 steps/cfg 6, standard 30/7, pro 50/8."""
 
 MAX_LORAS = 5
+MAX_WEBHOOK_CHARS = 2000
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 
 
@@ -178,6 +179,8 @@ class GenerateRequest(BaseModel):
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
     preset: str | None = Field(default=None, min_length=1, max_length=100, pattern=NAME_PATTERN)
     quality: Literal[QUALITY_NAMES] | None = None  # type: ignore[valid-type]
+    webhook: str | None = Field(default=None, min_length=1, max_length=MAX_WEBHOOK_CHARS)
+    """An http(s) URL POSTed the job's outcome when it ends, signed (images_service/webhooks.py)."""
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -244,6 +247,8 @@ class RenderSpec(BaseModel):
     loras: list[LoraRef] = Field(default_factory=list)
     preset: str | None = None
     quality: str | None = None
+    webhook: str | None = None
+    """Where the job's outcome is POSTed when it ends; its query is redacted in sidecars and audit."""
 
 
 class GenerateView(BaseModel):

@@ -106,4 +106,3 @@ class Ownership:
             self.require_input(caller, spec.image, "image")
         if spec.mask is not None:
             self.require_input(caller, spec.mask, "mask")
-

@@ -28,25 +28,36 @@ FIELD_SECRET_NAME = re.compile(
 request has fields such as `png_key` that are not secrets."""
 
 
+URL_FIELDS = frozenset({"webhook"})
+"""Request fields holding a URL that may carry a credential in its user info or query (a webhook's
+`?token=`): kept, for diagnostics, with every query value and the user info hidden."""
+
+
 def redact(value: Any) -> Any:
     """A copy of `value` with every field named like a secret blanked, at any depth."""
     if isinstance(value, dict):
-        return {
-            key: REDACTED if isinstance(key, str) and FIELD_SECRET_NAME.search(key) else redact(item)
-            for key, item in value.items()
-        }
+        return {key: _redact_field(key, item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     return value
+
+
+def _redact_field(key: Any, item: Any) -> Any:
+    if isinstance(key, str) and FIELD_SECRET_NAME.search(key):
+        return REDACTED
+    if key in URL_FIELDS and isinstance(item, str):
+        return redact_url(item, all_query=True)
+    return redact(item)
 
 
 def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
-def redact_url(value: str) -> str:
-    """Hide the password (or a lone token) in a URL's userinfo and secret-named query parameters;
-    anything that is not a URL with such parts comes back unchanged."""
+def redact_url(value: str, *, all_query: bool = False) -> str:
+    """Hide the password (or a lone token) in a URL's userinfo and secret-named query parameters
+    (every query value with `all_query`); anything that is not a URL with such parts comes back
+    unchanged."""
     try:
         parts = urlsplit(value)
     except ValueError:
@@ -62,8 +73,10 @@ def redact_url(value: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(is_secret_name(name) for name, _ in pairs):
-            query = urlencode([(name, REDACTED if is_secret_name(name) else val) for name, val in pairs])
+        if all_query or any(is_secret_name(name) for name, _ in pairs):
+            query = urlencode(
+                [(name, REDACTED if all_query or is_secret_name(name) else val) for name, val in pairs]
+            )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

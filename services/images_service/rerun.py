@@ -55,6 +55,8 @@ def stored_spec(key: str, store: Store, settings: Settings) -> RenderSpec:
     request = sidecar.get("request") if isinstance(sidecar, dict) else None
     if not isinstance(request, dict):
         raise _not_rerunnable(key, "its sidecar records no request")
+    # A re-run is a new job of whoever asks: the original's webhook (stored redacted) is not its.
+    request = {name: value for name, value in request.items() if name != "webhook"}
     if _has_secret_fields(request):
         raise _not_rerunnable(key, "its stored request had secret fields blanked")
     try:

@@ -151,6 +151,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    # --- completion webhooks (services/images_service/webhooks.py) -------------------------------
+    webhook_secret: str | None = Field(default=None, alias="IMAGES_WEBHOOK_SECRET")
+    """HMAC-SHA256 key of ``X-Kitty-Signature``. Unset: requests with `webhook` are refused (400); no
+    secret is derived, since the receiver must be told it."""
+    webhook_allow_private: bool = Field(default=False, alias="IMAGES_WEBHOOK_ALLOW_PRIVATE")
+    """Allow webhooks to loopback, private, link-local and reserved addresses (a receiver on the same
+    host or LAN). Off by default: a webhook is a request made from inside the deployment (SSRF)."""
+    webhook_attempts: int = Field(default=5, ge=1, le=10, alias="IMAGES_WEBHOOK_ATTEMPTS")
+    """Tries per delivery; connection errors, timeouts, 429 and 5xx are retried, other 4xx are not."""
+    webhook_backoff_s: float = Field(default=1.0, ge=0, le=60, alias="IMAGES_WEBHOOK_BACKOFF")
+    """Seconds before the first retry, doubling after each (1, 2, 4, 8)."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, alias="IMAGES_WEBHOOK_TIMEOUT")
+    """Connect/read timeout of one attempt."""
+
     # --- raw ComfyUI workflows (services/images_service/workflow_admission.py) -------------------
     workflow_nodes: str | None = Field(default=None, alias="IMAGES_WORKFLOW_NODES")
     """Node types a raw ComfyUI workflow may use, comma-separated. Unset or empty: the default list

@@ -16,6 +16,7 @@ from .refiner import wants_refiner
 from .settings import Settings
 from .storage import Store
 from .uploads import resolve_inputs
+from .webhooks import check_webhook_url
 
 
 def resolve_spec(
@@ -66,4 +67,5 @@ def resolve_spec(
         loras=inputs.loras,
         preset=styled.preset,
         quality=styled.quality,
+        webhook=request.webhook and check_webhook_url(request.webhook, settings),
     )

@@ -33,6 +33,7 @@ from ..queue import cancel_key
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
+from ..webhooks import job_ended
 from .metrics import BYTES_STORED, JOB_RUN_SECONDS, JOBS_FINISHED, QUEUE_WAIT_SECONDS
 from .spool import UPLOAD_META, Spool, StoredObject, put_with_retry
 
@@ -249,6 +250,7 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         QUEUE_WAIT_SECONDS.labels(engine=spec.engine).observe(max(0.0, waited.total_seconds()))
     started = time.perf_counter()
     status = "error"
+    outcome: dict[str, Any] | None = None  # the job's result, or its error, for the webhook
     try:
         result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
@@ -261,12 +263,14 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
             job.meta[UPLOAD_META] = "pending"  # done only once the spool is uploaded
             job.save_meta()
         status = "done"
-        return stored.model_dump()
+        outcome = stored.model_dump()
+        return outcome
     except Exception as exc:
         if job is not None:
             job.retries_left = 0  # an engine's own failure would only fail again
         error = _as_kitty_error(exc, runtime.settings)
         reporter.fail(error)
+        outcome = error.to_info().model_dump(mode="json")
         if isinstance(error, Canceled):
             status = "canceled"
         elif not isinstance(exc, KittyError | JobTimeoutException):
@@ -278,3 +282,4 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         JOB_RUN_SECONDS.labels(engine=spec.engine).observe(elapsed)
         log.info("job finished", extra={"job_id": job_id, "status": status, "seconds": round(elapsed, 3)})
         record_job_end(job, spec, status, runtime.settings)  # the audit log's done/error; never raises
+        job_ended(job, spec.webhook, status, outcome, outcome, runtime.settings)  # off-thread; never raises
