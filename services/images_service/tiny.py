@@ -160,7 +160,7 @@ def _scheduler() -> Any:
 
 
 def _sd15_pipeline() -> Any:
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     tokenizer = make_tiny_tokenizer()
@@ -175,9 +175,15 @@ def _sd15_pipeline() -> Any:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN,
     )
-    text_encoder = _seeded(CLIPTextModel, _text_config(tokenizer))
+    return _sd15_of(unet, _vae(), _seeded(CLIPTextModel, _text_config(tokenizer)), tokenizer)
+
+
+def _sd15_of(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> Any:
+    """An SD1.5 pipeline of these parts, with SD's noise schedule and no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
-        vae=_vae(),
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
@@ -247,7 +253,7 @@ def _random_sd15_pipeline() -> Any:
     """SD1.5's published shapes (UNet 859.5 M, VAE 83.7 M, CLIP-L 123.1 M parameters) with random
     weights: what a real checkpoint costs to load and to run, and what peers that detect a model's
     family from its tensor shapes (ComfyUI) accept as SD1.5."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = make_tiny_tokenizer()
@@ -276,17 +282,7 @@ def _random_sd15_pipeline() -> Any:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=_seeded(CLIPTextModel, text_config),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
+    return _sd15_of(unet, vae, _seeded(CLIPTextModel, text_config), tokenizer)
 
 
 def build_random_sd15(out_dir: Path, models_yaml: Path | None = None, *, force: bool = False) -> Path:
