@@ -20,6 +20,7 @@ from .schema import (
     SIDE_MULTIPLE,
     ErrorInfo,
     JobStatus,
+    prompt_not_blank,
 )
 
 RANDOM_SEED = -1
@@ -54,12 +55,7 @@ class PainterRequest(BaseModel):
     control_type: Literal[CONTROL_TYPES] | None = None  # type: ignore[valid-type]
     """With `control_image`: refused until guided generation lands."""
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must contain some text, not only whitespace")
-        return value
+    _prompt_not_blank = field_validator("prompt")(prompt_not_blank)
 
 
 class PainterImage(BaseModel):

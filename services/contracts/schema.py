@@ -149,6 +149,14 @@ RefinerName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PA
 """A refiner named in a request's `refiner` (a models.yaml entry)."""
 
 
+
+def prompt_not_blank(value: str) -> str:
+    """A prompt of only whitespace renders as an empty one: refused wherever a prompt is taken."""
+    if not value.strip():
+        raise ValueError("prompt must contain some text, not only whitespace")
+    return value
+
+
 class GenerateRequest(BaseModel):
     """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time."""
 
@@ -211,12 +219,7 @@ class GenerateRequest(BaseModel):
                 raise ValueError(f"workflow node '{node_id}': 'inputs' must be an object")
         return value
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must contain some text, not only whitespace")
-        return value
+    _prompt_not_blank = field_validator("prompt")(prompt_not_blank)
 
 
 class RenderSpec(BaseModel):
