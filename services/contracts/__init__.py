@@ -3,12 +3,14 @@
 from .client import ApiError, ImagesClient
 from .schema import (
     A1111_SAMPLERS,
+    CONTROL_TYPES,
     ENGINE_NAMES,
     LATEST_DEFAULT,
     LATEST_MAX,
     MAX_SEED,
     QUALITY_NAMES,
     SCHEDULER_NAMES,
+    ControlInput,
     EngineRow,
     EnginesView,
     ErrorBody,
@@ -16,6 +18,7 @@ from .schema import (
     ErrorInfo,
     GenerateRequest,
     GenerateView,
+    HiresFix,
     ImageInfo,
     ImageRef,
     JobResult,
@@ -37,6 +40,8 @@ from .schema import (
     SelectRequest,
     SelectView,
     UploadView,
+    UpscaleRequest,
+    UpscaleSpec,
     error_body,
 )
 
@@ -50,6 +55,11 @@ __all__ = [
     "RerunRequest",
     "RetryRequest",
     "UploadView",
+    "CONTROL_TYPES",
+    "ControlInput",
+    "HiresFix",
+    "UpscaleRequest",
+    "UpscaleSpec",
     "ENGINE_NAMES",
     "LATEST_DEFAULT",
     "LATEST_MAX",

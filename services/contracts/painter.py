@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .schema import (
+    CONTROL_TYPES,
     MAX_CFG,
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
@@ -26,8 +27,6 @@ from .schema import (
 RANDOM_SEED = -1
 """HIP-35's "pick a seed for me"; the seed actually used is in each image of the response."""
 
-CONTROL_TYPES = ("canny", "depth", "pose", "scribble")
-"""HIP-35's ControlNet kinds for `control_image`."""
 
 
 class PainterRequest(BaseModel):

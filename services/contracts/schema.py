@@ -15,13 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_PROMPT_CHARS = 10_000
 """HIP-35's prompt limit; the AInfluencer seed's 2,000 is a preset concern, not the wire's."""
 
-MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
-"""Width and height bounds: latent space is 1/8 of pixel space, so sides must divide by 8."""
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 4096, 8
+"""Width and height bounds: latent space is 1/8 of pixel space, so sides must divide by 8. 4096 is
+HIP-35's enterprise ceiling; a deployment's own (IMAGES_MAX_SIDE) and a key's tier bind below it."""
 
 MAX_STEPS = 150
 MAX_CFG = 30.0
 MAX_SEED = 2**32 - 1
-MAX_IMAGES = 4
+MAX_IMAGES = 8
+"""HIP-35's enterprise batch; IMAGES_MAX_IMAGES and the tiers bind below it."""
 LATEST_DEFAULT, LATEST_MAX = 36, 500
 MAX_WORKFLOW_BYTES = 1_000_000
 MAX_WORKFLOW_NODES = 500
@@ -78,6 +80,12 @@ QUALITY_NAMES = ("low", "standard", "pro")
 """The AInfluencer quality levels a preset defines: low 20 steps/cfg 6, standard 30/7, pro 50/8."""
 
 MAX_LORAS = 5
+CONTROL_TYPES = ("canny", "depth", "pose", "scribble")
+"""HIP-35's ControlNet kinds. `canny` may start from a plain picture (we compute the edge map); the
+others take a ready map (a depth map, an OpenPose skeleton, a scribble)."""
+MAX_CONTROLS = 3
+MAX_HIRES_SCALE = 4.0
+UPSCALE_FACTORS = (2, 4)
 MAX_WEBHOOK_CHARS = 2000
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 
@@ -94,6 +102,8 @@ class ErrorCode(StrEnum):
     QUEUE_UNAVAILABLE = "QUEUE_UNAVAILABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
     RATE_LIMITED = "RATE_LIMITED"
+    CONSENT_MISSING = "CONSENT_MISSING"
+    """A request that needs the caller's statement that the person pictured agreed (identity lock)."""
     SAFETY_FILTER = "SAFETY_FILTER"
     """A prompt on the operator's blocklist (400 at submit), or a job whose image the content gate
     withheld (the job's error; nothing was stored)."""
@@ -145,6 +155,47 @@ class LoraRef(BaseModel):
     weight: float = Field(default=1.0, ge=-2.0, le=2.0)
 
 
+class ControlInput(BaseModel):
+    """One ControlNet input: a picture that steers the composition (edges, depth, pose, scribble)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, max_length=1024)
+    """Key of an upload (``POST /api/images/uploads``) or a stored image."""
+    type: Literal[CONTROL_TYPES]  # type: ignore[valid-type]
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    """A models.yaml ``controlnets:`` entry; absent: the one registered for this type and the
+    model's family."""
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    """How strongly it steers (ControlNet's conditioning scale); 0 renders as if it were absent."""
+    start: float = Field(default=0.0, ge=0.0, le=1.0)
+    end: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The fraction of the sampling steps it acts on, as the peers' start/end percent."""
+    preprocess: bool = True
+    """`canny` only: compute the edge map from `image` (OpenCV Canny); false: `image` is the map."""
+
+    @model_validator(mode="after")
+    def _range(self) -> ControlInput:
+        if self.start >= self.end:
+            raise ValueError(f"control `start` ({self.start}) must be below `end` ({self.end})")
+        return self
+
+
+class HiresFix(BaseModel):
+    """A1111's hires fix: render at the requested size, upscale by `scale`, then img2img at
+    `strength` so the detail is redrawn at the larger size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(default=2.0, ge=1.0, le=MAX_HIRES_SCALE)
+    strength: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The second pass's denoise: 0 keeps the upscaled picture, 1 ignores it."""
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    """The second pass's steps (absent: the request's)."""
+    upscaler: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    """A models.yaml ``upscalers:`` entry; absent: Lanczos resampling."""
+
+
 RefinerName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
 """A refiner named in a request's `refiner` (a models.yaml entry)."""
 
@@ -189,6 +240,18 @@ class GenerateRequest(BaseModel):
     quality: Literal[QUALITY_NAMES] | None = None  # type: ignore[valid-type]
     webhook: str | None = Field(default=None, min_length=1, max_length=MAX_WEBHOOK_CHARS)
     """An http(s) URL POSTed the job's outcome when it ends, signed (images_service/webhooks.py)."""
+    controls: list[ControlInput] = Field(default_factory=list, max_length=MAX_CONTROLS)
+    """ControlNet inputs, applied together (each with its own weight and step range)."""
+    reference_image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Key of a picture whose look (or face) the result takes after: IP-Adapter."""
+    reference_weight: float = Field(default=0.6, ge=0.0, le=2.0)
+    """How strongly `reference_image` steers (IP-Adapter scale); 0 renders as if it were absent."""
+    reference_model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    """A models.yaml ``ip_adapters:`` entry; absent: the one registered for the model's family."""
+    consent: bool = False
+    """The caller states that the person in `reference_image` agreed to its use; the identity-lock
+    preset refuses without it (CONSENT_MISSING)."""
+    hires: HiresFix | None = None
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -222,6 +285,21 @@ class GenerateRequest(BaseModel):
     _prompt_not_blank = field_validator("prompt")(prompt_not_blank)
 
 
+def hires_side(side: int, scale: float) -> int:
+    """A first-pass side times the hires scale, rounded down to a multiple of 8."""
+    return int(side * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE
+
+
+class UpscaleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    """The stored image's key; the result's sidecar points at it."""
+    scale: int
+    model: str | None = None
+    """A models.yaml ``upscalers:`` entry, or None for Lanczos."""
+
+
 class RenderSpec(BaseModel):
     """A request with every default resolved: what the worker renders and the sidecar records.
 
@@ -252,6 +330,38 @@ class RenderSpec(BaseModel):
     quality: str | None = None
     webhook: str | None = None
     """Where the job's outcome is POSTed when it ends; its query is redacted in sidecars and audit."""
+    controls: list[ControlInput] = Field(default_factory=list)
+    """Each with `model` resolved to the registered ControlNet that renders it."""
+    reference_image: str | None = None
+    reference_weight: float = 0.6
+    reference_model: str | None = None
+    """Resolved when `reference_image` is set."""
+    consent: bool = False
+    hires: HiresFix | None = None
+    """`width`/`height` are the first pass's; the images come out `scale` times larger (rounded
+    down to a multiple of 8)."""
+    upscale: UpscaleSpec | None = None
+    """Set on an upscale job (``POST /api/images/upscale``): the whole job is upscaling `source`;
+    prompt, model and seed are the source's, `width`/`height` the result's."""
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images this spec produces (after hires fix)."""
+        if self.hires is None:
+            return self.width, self.height
+        return hires_side(self.width, self.hires.scale), hires_side(self.height, self.hires.scale)
+
+
+class UpscaleRequest(BaseModel):
+    """``POST /api/images/upscale``: a stored image made `scale` times larger, as a new image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=1024)
+    scale: Literal[UPSCALE_FACTORS] = 2  # type: ignore[valid-type]
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    """A models.yaml ``upscalers:`` entry (a Real-ESRGAN-style .safetensors spandrel reads);
+    absent: the first registered one for this scale, else Lanczos resampling."""
 
 
 class GenerateView(BaseModel):

@@ -14,7 +14,17 @@ Both shapes are accepted: the seed's flat ``name: /path/or/hub-id`` and the rich
         base: sdxl                                   # the family it was trained for
         description: subtle 35 mm grain
 
-LoRAs live only in the richer shape (beside ``models:``); a request names them in ``loras``.
+LoRAs live only in the richer shape (beside ``models:``); a request names them in ``loras``. So do
+the guided-generation add-ons (`ADDON_SECTIONS`), each with ``path``, ``base`` and the provenance
+fields below:
+
+    controlnets:
+      canny_sd15: {path: /models/controlnet/canny-sd15, base: sd15, type: canny}
+    ip_adapters:
+      ip_sd15: {path: /models/ip-adapter/ip-adapter_sd15.safetensors, base: sd15,
+                image_encoder: /models/ip-adapter/image_encoder}
+    upscalers:
+      realesrgan_x4: {path: /models/upscale/RealESRGAN_x4plus.safetensors, scale: 4}
 
 An entry may also carry what `kitty-images models add` records (see `catalog.py`): ``source`` (the
 URL or path it came from, when ``path``/``repo`` says where it is now; alone, ``source`` is still the
@@ -213,6 +223,101 @@ def _parse_lora(name: str, raw: Any, base_dir: Path) -> LoraEntry:
     )
 
 
+ADDON_SECTIONS = ("controlnets", "ip_adapters", "upscalers")
+"""models.yaml sections of the guided-generation add-ons, beside ``models:`` and ``loras:``."""
+
+AddonKind = str
+"""One of `ADDON_SECTIONS`."""
+
+ADDON_HOWTO = {
+    "controlnets": "Register one under `controlnets:` in models.yaml, e.g. `canny_sd15: {path: "
+    "/models/controlnet/canny, base: sd15, type: canny}` (`kitty-images models tiny` registers demo ones).",
+    "ip_adapters": "Register one under `ip_adapters:` in models.yaml, e.g. `ip_sd15: {path: "
+    "/models/ip-adapter/ip-adapter_sd15.safetensors, base: sd15, image_encoder: /models/ip-adapter/"
+    "image_encoder}`.",
+    "upscalers": "Register one under `upscalers:` in models.yaml, e.g. `realesrgan_x4: {path: "
+    "/models/upscale/RealESRGAN_x4plus.safetensors, scale: 4}`; without one, Lanczos resampling is used.",
+}
+
+
+@dataclass(frozen=True)
+class AddonEntry:
+    """A ControlNet, IP-Adapter or upscaler registered in models.yaml (`ADDON_SECTIONS`)."""
+
+    name: str
+    kind: AddonKind
+    path: str
+    """Absolute: a diffusers folder or a single ``.safetensors`` file."""
+    base: str | None = None
+    """The model family it works with (`LORA_BASES`); None: not checked (upscalers have none)."""
+    type: str | None = None
+    """controlnets: the control type it reads (`CONTROL_TYPES`)."""
+    image_encoder: str | None = None
+    """ip_adapters: the CLIP vision encoder folder (absolute)."""
+    scale: int | None = None
+    """upscalers: its factor (2 or 4), when written."""
+    license: str | None = None
+    source: str | None = None
+    sha256: dict[str, str] | str | None = None
+    description: str | None = None
+
+    @property
+    def is_present(self) -> bool:
+        return Path(self.path).exists()
+
+
+def _absolute(raw: Any, base_dir: Path) -> str:
+    path = Path(os.path.expanduser(str(raw)))
+    return str((path if path.is_absolute() else base_dir / path).resolve())
+
+
+def _parse_addon(kind: AddonKind, name: str, raw: Any, base_dir: Path) -> AddonEntry:
+    from services.contracts.schema import CONTROL_TYPES, UPSCALE_FACTORS
+
+    where = f"models.yaml {kind} entry '{name}'"
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    if not isinstance(raw, dict) or not raw.get("path"):
+        raise ValidationFailed(f"{where} needs a 'path' (a .safetensors file or a diffusers folder)")
+    base = raw.get("base")
+    if base is not None and base not in LORA_BASES:
+        raise ValidationFailed(f"{where}: base '{base}' is not one of {', '.join(LORA_BASES)}")
+    control_type = raw.get("type")
+    if kind == "controlnets" and control_type not in CONTROL_TYPES:
+        raise ValidationFailed(f"{where} needs 'type', one of {', '.join(CONTROL_TYPES)}")
+    encoder = raw.get("image_encoder")
+    if kind == "ip_adapters" and not encoder:
+        raise ValidationFailed(f"{where} needs 'image_encoder' (the CLIP vision encoder's folder)")
+    scale = raw.get("scale")
+    if scale is not None and scale not in UPSCALE_FACTORS:
+        raise ValidationFailed(f"{where}: scale must be one of {', '.join(map(str, UPSCALE_FACTORS))}")
+    return AddonEntry(
+        name=name,
+        kind=kind,
+        path=_absolute(raw["path"], base_dir),
+        base=base,
+        type=control_type if kind == "controlnets" else None,
+        image_encoder=_absolute(encoder, base_dir) if encoder else None,
+        scale=scale,
+        license=_optional_str(raw.get("license")),
+        source=_optional_str(raw.get("source")),
+        sha256=_parse_digests(name, raw.get("sha256")),
+        description=_optional_str(raw.get("description")),
+    )
+
+
+def parse_addons_yaml(text: str, base_dir: Path) -> dict[AddonKind, dict[str, AddonEntry]]:
+    data = _load_yaml(text)
+    sectioned = _is_sectioned(data)
+    return {
+        kind: {
+            str(name): _parse_addon(kind, str(name), raw, base_dir)
+            for name, raw in ((data.get(kind) or {}) if sectioned else {}).items()
+        }
+        for kind in ADDON_SECTIONS
+    }
+
+
 def _load_yaml(text: str) -> dict[str, Any]:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
@@ -222,7 +327,7 @@ def _load_yaml(text: str) -> dict[str, Any]:
 
 def _is_sectioned(data: dict[str, Any]) -> bool:
     """The richer shape (``models:``/``loras:`` sections) rather than the seed's flat name → path."""
-    return isinstance(data.get("models"), dict) or isinstance(data.get(LORAS_KEY), dict)
+    return any(isinstance(data.get(section), dict) for section in ("models", LORAS_KEY, *ADDON_SECTIONS))
 
 
 def parse_models_yaml(text: str, base_dir: Path) -> dict[str, ModelEntry]:
@@ -247,20 +352,39 @@ class ModelRegistry:
         self._stamp: tuple[float, int] | None = None
         self._entries: dict[str, ModelEntry] = {}
         self._loras: dict[str, LoraEntry] = {}
+        self._addons: dict[AddonKind, dict[str, AddonEntry]] = {kind: {} for kind in ADDON_SECTIONS}
 
-    def _refresh(self) -> tuple[dict[str, ModelEntry], dict[str, LoraEntry]]:
+    def _refresh(
+        self,
+    ) -> tuple[dict[str, ModelEntry], dict[str, LoraEntry], dict[AddonKind, dict[str, AddonEntry]]]:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return {}, {}
+            return {}, {}, {kind: {} for kind in ADDON_SECTIONS}
         stamp = (stat.st_mtime, stat.st_size)
         with self._lock:
             if stamp != self._stamp:
                 text = self.path.read_text()
                 self._entries = parse_models_yaml(text, self.path.parent)
                 self._loras = parse_loras_yaml(text, self.path.parent)
+                self._addons = parse_addons_yaml(text, self.path.parent)
                 self._stamp = stamp
-            return self._entries, self._loras
+            return self._entries, self._loras, self._addons
+
+    def addons(self, kind: AddonKind) -> dict[str, AddonEntry]:
+        """The entries of one add-on section (`ADDON_SECTIONS`), by name."""
+        return self._refresh()[2][kind]
+
+    def addon(self, kind: AddonKind, name: str) -> AddonEntry:
+        entries = self.addons(kind)
+        if name not in entries:
+            known = f"Registered: {', '.join(entries)}." if entries else "None is registered yet."
+            raise ModelNotFound(
+                f"{kind.rstrip('s').replace('_', '-')} '{name}' is not registered in models.yaml",
+                remediation=[ADDON_HOWTO[kind], known],
+                detail={kind: name},
+            )
+        return entries[name]
 
     def entries(self) -> dict[str, ModelEntry]:
         return self._refresh()[0]
@@ -326,6 +450,11 @@ def _register(path: Path, section: str, name: str, entry: dict[str, Any]) -> Non
 def register_model(path: Path, name: str, entry: dict[str, Any]) -> None:
     """Add or replace `name` in the models.yaml at `path`, keeping the other entries."""
     _register(path, "models", name, entry)
+
+
+def register_addon(path: Path, kind: AddonKind, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace `name` under the add-on section `kind` (`ADDON_SECTIONS`) of `path`."""
+    _register(path, kind, name, entry)
 
 
 def register_lora(path: Path, name: str, entry: dict[str, Any]) -> None:
