@@ -10,6 +10,7 @@ from .schema import (
     MAX_SEED,
     QUALITY_NAMES,
     SCHEDULER_NAMES,
+    AddonInfo,
     ControlInput,
     EngineRow,
     EnginesView,
@@ -46,6 +47,7 @@ from .schema import (
 )
 
 __all__ = [
+    "AddonInfo",
     "A1111_SAMPLERS",
     "QUALITY_NAMES",
     "LoraInfo",

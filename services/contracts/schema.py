@@ -512,6 +512,8 @@ class ModelInfo(BaseModel):
     sha256: dict[str, str] | str | None = None
     """Recorded weight digests: relative file path → hex for a folder, one hex for a single file
     (`kitty-images models verify` re-checks them); local paths are never shown."""
+    tiers: list[str] | None = None
+    """The key tiers that may use it (models.yaml `tiers:`); None: every tier."""
 
 
 class LoraInfo(BaseModel):
@@ -523,10 +525,28 @@ class LoraInfo(BaseModel):
     description: str | None = None
 
 
+class AddonInfo(BaseModel):
+    """A registered ControlNet, IP-Adapter or upscaler (models.yaml's add-on sections)."""
+
+    name: str
+    base: str | None = None
+    type: str | None = None
+    """ControlNets: the control type it reads."""
+    scale: int | None = None
+    """Upscalers: the factor it was trained for."""
+    license: str | None = None
+    sha256: dict[str, str] | str | None = None
+    description: str | None = None
+
+
 class ModelsView(BaseModel):
     models: list[ModelInfo]
+    """The models the caller may use (a key sees those its tier may; an admin key, all)."""
     default: str | None = None
     loras: list[LoraInfo] = Field(default_factory=list)
+    controlnets: list[AddonInfo] = Field(default_factory=list)
+    ip_adapters: list[AddonInfo] = Field(default_factory=list)
+    upscalers: list[AddonInfo] = Field(default_factory=list)
 
 
 class UploadView(BaseModel):

@@ -43,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from services.common.api_keys import TIER_NAMES
+
 from .errors import ModelNotFound, ValidationFailed
 
 CATALOG: dict[str, dict[str, Any]] = {
@@ -125,6 +127,8 @@ class ModelEntry:
     """Weight-file digests: relative path → hex for a folder, one hex for a single file."""
     allow_pickle: bool = False
     """Whether its pickle weights (.ckpt, .bin, .pt) may be loaded; otherwise only safetensors are."""
+    tiers: tuple[str, ...] | None = None
+    """The key tiers that may use it (``tiers: [pro, enterprise]``); None: every tier."""
 
     @property
     def resolved_defaults(self) -> ModelDefaults:
@@ -182,8 +186,21 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
         family=_optional_str(raw.pop("family", None)),
         sha256=_parse_digests(name, raw.pop("sha256", None)),
         allow_pickle=bool(raw.pop("allow_pickle", False)),
+        tiers=_parse_tiers(name, raw.pop("tiers", None)),
         extra=raw,
     )
+
+
+def _parse_tiers(name: str, raw: Any) -> tuple[str, ...] | None:
+    """An entry's ``tiers``: a list of tier names (or one name); absent means every tier."""
+    if raw is None:
+        return None
+    tiers = [raw] if isinstance(raw, str) else raw
+    if not isinstance(tiers, list) or not all(tier in TIER_NAMES for tier in tiers):
+        raise ValidationFailed(
+            f"models.yaml entry '{name}': tiers must be a list of {', '.join(TIER_NAMES)}"
+        )
+    return tuple(tiers)
 
 
 def _optional_str(value: Any) -> str | None:

@@ -8,19 +8,19 @@ the seconds left until 00:00 UTC, when a new day's counter starts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 
 from services.common.api_keys import TIER_NAMES, ApiKey
 from services.contracts import RenderSpec
-from services.contracts.schema import MAX_IMAGES, MAX_SIDE
 
 from .errors import RateLimited, ValidationFailed
+from .models import ModelRegistry
 from .queue import redis_errors
 from .settings import Settings
-from .workflow_admission import OPEN_LIMITS, admit_workflow, allowed_node_types
+from .workflow_admission import OPEN_LIMITS, Limits, admit_workflow, allowed_node_types, open_limits
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,18 @@ TIERS: dict[str, Tier] = {
         max_images=4,
         priority=True,
     ),
-    # HIP-35 allows enterprise 4096² and batches of 8; the wire stops at 2048 and 4, so those bind.
     "enterprise": Tier(
         "enterprise",
         images_per_day=None,
-        max_side=MAX_SIDE,
-        max_pixels=MAX_SIDE * MAX_SIDE,
+        max_side=4096,
+        max_pixels=4096 * 4096,
         max_steps=100,
-        max_images=MAX_IMAGES,
+        max_images=8,
         priority=True,
     ),
 }
-"""HIP-35's tiers. HIP-35 gives pro a priority queue; enterprise, above pro, has it too."""
+"""HIP-35's tiers, as it states them. HIP-35 gives pro a priority queue; enterprise, above pro, has
+it too. A deployment's IMAGES_MAX_SIDE / IMAGES_MAX_IMAGES bind below any tier (`within`)."""
 
 assert tuple(TIERS) == TIER_NAMES, "the tiers keys may name and the tiers with limits must agree"
 
@@ -99,6 +99,19 @@ def tier_of(caller: ApiKey) -> Tier:
     return TIERS[caller.tier]
 
 
+def within(tier: Tier, settings: Settings | None) -> Tier:
+    """`tier` held to the deployment's own ceilings (IMAGES_MAX_SIDE, IMAGES_MAX_IMAGES)."""
+    if settings is None:
+        return tier
+    side = min(tier.max_side, settings.max_side)
+    return replace(
+        tier,
+        max_side=side,
+        max_pixels=min(tier.max_pixels, side * side),
+        max_images=min(tier.max_images, settings.max_images),
+    )
+
+
 def has_priority(caller: ApiKey | None) -> bool:
     """Whether the caller's jobs go to the priority queue; without API keys there are no tiers."""
     return caller is not None and tier_of(caller).priority
@@ -110,61 +123,95 @@ def seconds_until_utc_midnight(now: datetime) -> int:
 
 
 def _refuse(
-    tier: Tier, what: str, limit: str, requested: object, allowed: object, fix: str
+    limits: Tier | Limits, what: str, limit: str, requested: object, allowed: object, fix: str
 ) -> ValidationFailed:
-    return ValidationFailed(
-        f"tier '{tier.name}' allows {what}; this request asks for {requested}",
-        remediation=[fix, "Or use a key of a higher tier (free < pro < enterprise)."],
-        detail={"tier": tier.name, "limit": limit, "allowed": allowed, "requested": requested},
-    )
+    if isinstance(limits, Tier):
+        message = f"tier '{limits.name}' allows {what}; this request asks for {requested}"
+        remediation = [fix, "Or use a key of a higher tier (free < pro < enterprise)."]
+        detail = {"tier": limits.name, "limit": limit, "allowed": allowed, "requested": requested}
+    else:
+        message = f"this deployment allows {what}; this request asks for {requested}"
+        remediation = [fix, "The operator sets this ceiling with IMAGES_MAX_SIDE / IMAGES_MAX_IMAGES."]
+        detail = {"limit": limit, "allowed": allowed, "requested": requested}
+    return ValidationFailed(message, remediation=remediation, detail=detail)
 
 
 def check_ceilings(spec: RenderSpec, caller: ApiKey | None, settings: Settings | None = None) -> None:
-    """Refuse a request beyond its caller's tier. Checked on the resolved spec, so a model's default
-    size or steps count as if the caller had asked for them.
+    """Refuse a request beyond its caller's tier, held to the deployment's IMAGES_MAX_SIDE and
+    IMAGES_MAX_IMAGES; without API keys, beyond those alone. Checked on the resolved spec, so a
+    model's default size or steps count as if the caller had asked for them, and a hires fix counts
+    at the size it comes out.
 
     A raw workflow is admitted here too (`admit_workflow`: node types from `settings`'
     IMAGES_WORKFLOW_NODES, or the default list without `settings`; values, links, file names and
-    cost). Without API keys there are no tiers, but a raw graph is still held to the wire's largest
-    request (`OPEN_LIMITS`): unlike the template's, its cost has no other bound.
+    cost), held to the same limits: unlike the template's, its cost has no other bound.
     """
+    limits: Tier | Limits
     if caller is None:
-        if spec.workflow is not None:
-            admit_workflow(spec.workflow, OPEN_LIMITS, _workflow_node_types(settings))
-        return
-    tier = tier_of(caller)
-    side = max(spec.width, spec.height)
-    if side > tier.max_side or spec.width * spec.height > tier.max_pixels:
+        limits = open_limits(settings.max_side, settings.max_images) if settings else OPEN_LIMITS
+    else:
+        limits = within(tier_of(caller), settings)
+    width, height = spec.output_size
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise _refuse(
-            tier,
-            f"images of at most {tier.max_side}×{tier.max_side} pixels",
+            limits,
+            f"images of at most {limits.max_side}×{limits.max_side} pixels",
             "size",
-            f"{spec.width}×{spec.height}",
-            f"{tier.max_side}×{tier.max_side}",
-            f"Set width and height to {tier.max_side} or less (a preset's or the model's default size "
-            "counts when unset).",
+            f"{width}×{height}",
+            f"{limits.max_side}×{limits.max_side}",
+            f"Set width and height to {limits.max_side} or less (a preset's or the model's default size "
+            "counts when unset, and a hires fix counts at its scaled size).",
         )
-    if spec.steps > tier.max_steps:
+    if spec.steps > limits.max_steps:
         raise _refuse(
-            tier,
-            f"at most {tier.max_steps} steps",
+            limits,
+            f"at most {limits.max_steps} steps",
             "steps",
             spec.steps,
-            tier.max_steps,
-            f"Set steps to {tier.max_steps} or less, or a lower quality (a quality level's or the "
+            limits.max_steps,
+            f"Set steps to {limits.max_steps} or less, or a lower quality (a quality level's or the "
             "model's default counts when steps is unset).",
         )
-    if spec.num_images > tier.max_images:
+    if spec.num_images > limits.max_images:
         raise _refuse(
-            tier,
-            f"at most {tier.max_images} image(s) per job",
+            limits,
+            f"at most {limits.max_images} image(s) per job",
             "num_images",
             spec.num_images,
-            tier.max_images,
-            f"Set num_images to {tier.max_images} or less.",
+            limits.max_images,
+            f"Set num_images to {limits.max_images} or less.",
         )
     if spec.workflow is not None:
-        admit_workflow(spec.workflow, tier, _workflow_node_types(settings))
+        admit_workflow(spec.workflow, limits, _workflow_node_types(settings))
+
+
+def check_model_tier(spec: RenderSpec, caller: ApiKey | None, registry: ModelRegistry) -> None:
+    """Refuse a model whose models.yaml entry lists ``tiers:`` without the caller's (HIP-35's
+    per-tier model access). Without keys there are no tiers; a server engine's own checkpoint that
+    models.yaml does not list has no allow-list."""
+    if caller is None or spec.model is None:
+        return
+    entry = registry.entries().get(spec.model)
+    if entry is None or entry.tiers is None or caller.tier in entry.tiers:
+        return
+    allowed = models_for_tier(registry, caller.tier)
+    raise ValidationFailed(
+        f"tier '{caller.tier}' may not use model '{spec.model}' (it is for: {', '.join(entry.tiers)})",
+        remediation=[
+            f"Use one of: {', '.join(allowed)}" if allowed else "No model is open to this tier.",
+            "Or use a key of a tier the model lists (models.yaml `tiers:`).",
+        ],
+        detail={"tier": caller.tier, "limit": "model", "allowed": allowed, "requested": spec.model},
+    )
+
+
+def models_for_tier(registry: ModelRegistry, tier: str | None) -> list[str]:
+    """The models a caller of `tier` may use (None: keys off, every model)."""
+    return [
+        name
+        for name, entry in registry.entries().items()
+        if tier is None or entry.tiers is None or tier in entry.tiers
+    ]
 
 
 def _workflow_node_types(settings: Settings | None) -> frozenset[str]:

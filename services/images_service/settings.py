@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.api_keys import TIER_NAMES, parse_api_keys
+from services.contracts.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600
 """SigV4 presigned URLs cannot live longer than seven days."""
@@ -110,6 +111,11 @@ class Settings(BaseSettings):
     each with an optional tier. Unset: the API is open (fine on 127.0.0.1, warned about elsewhere)."""
     default_tier: str = Field(default="pro", alias="IMAGES_DEFAULT_TIER")
     """Tier of a key listed without one: free | pro | enterprise (HIP-35's limits, see quotas.py)."""
+    max_side: int = Field(default=MAX_SIDE, ge=MIN_SIDE, le=MAX_SIDE, alias="IMAGES_MAX_SIDE")
+    """The deployment's largest image side, for every caller (tiers and no keys alike): HIP-35's
+    enterprise 4096 by default; lower it to what this deployment's GPUs were measured to render."""
+    max_images: int = Field(default=MAX_IMAGES, ge=1, le=MAX_IMAGES, alias="IMAGES_MAX_IMAGES")
+    """The deployment's largest ``num_images`` per job, for every caller (HIP-35's 8 by default)."""
 
     # --- audit log (services/images_service/audit.py) ------------------------------------------
     audit_max_entries: int = Field(default=100_000, ge=1, alias="IMAGES_AUDIT_MAX_ENTRIES")

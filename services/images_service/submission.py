@@ -22,7 +22,7 @@ from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
 from .ownership import Ownership
 from .queue import JobQueue
-from .quotas import QuotaLedger, check_ceilings, has_priority
+from .quotas import QuotaLedger, check_ceilings, check_model_tier, has_priority
 from .rerun import rerun_spec
 from .safety import check_prompt
 from .settings import Settings
@@ -154,6 +154,7 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
         if admission.ownership is not None:
             admission.ownership.require_inputs(caller, spec)
         check_ceilings(spec, caller, admission.settings)
+        check_model_tier(spec, caller, admission.registry)
         check_servable(spec.engine, admission)
         reservation = quotas.reserve(caller, spec.num_images)
         try:

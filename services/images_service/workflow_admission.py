@@ -62,7 +62,14 @@ class Limits:
 OPEN_NAME = "open"
 OPEN_LIMITS = Limits(OPEN_NAME, MAX_SIDE, MAX_SIDE * MAX_SIDE, MAX_STEPS, MAX_IMAGES)
 """Without API keys there are no tiers, and a template request may ask for anything the wire takes
-(2048², 150 steps, 4 images): a raw workflow may cost as much as that largest request, no more."""
+(4096², 150 steps, 8 images) within the deployment's IMAGES_MAX_SIDE and IMAGES_MAX_IMAGES
+(`open_limits`): a raw workflow may cost as much as that largest request, no more."""
+
+
+def open_limits(max_side: int, max_images: int) -> Limits:
+    """`OPEN_LIMITS` within a deployment's own ceilings."""
+    side = min(max_side, MAX_SIDE)
+    return Limits(OPEN_NAME, side, side * side, MAX_STEPS, min(max_images, MAX_IMAGES))
 
 DEFAULT_NODE_TYPES = frozenset(
     {

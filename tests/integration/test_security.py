@@ -502,6 +502,9 @@ def test_a_replay_costs_no_quota(secured: Harness) -> None:
         (PRO_KEY, {"steps": 51}, "pro", "steps"),
         (PLAIN_KEY, {"steps": 51}, "pro", "steps"),
         (ENTERPRISE_KEY, {"steps": 101}, "enterprise", "steps"),
+        (PRO_KEY, {"width": 2056, "height": 512}, "pro", "size"),
+        (PRO_KEY, {"num_images": 5}, "pro", "num_images"),
+        (ENTERPRISE_KEY, {"width": 512, "height": 512, "hires": {"scale": 4.0}, "steps": 20}, None, None),
     ],
 )
 def test_requests_beyond_the_tier_are_400_naming_tier_and_limit(
@@ -509,6 +512,9 @@ def test_requests_beyond_the_tier_are_400_naming_tier_and_limit(
 ) -> None:
     response = submit(secured, key, **body)
 
+    if tier is None:  # 512 × hires 4 = 2048: within enterprise, so accepted
+        assert response.status_code == 202
+        return
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "VALIDATION_ERROR"
@@ -523,7 +529,7 @@ def test_requests_beyond_the_tier_are_400_naming_tier_and_limit(
     [
         (FREE_KEY, {"width": 1024, "height": 1024, "steps": 30, "num_images": 1}),
         (PRO_KEY, {"width": 2048, "height": 2048, "steps": 50, "num_images": 4}),
-        (ENTERPRISE_KEY, {"width": 2048, "height": 2048, "steps": 100, "num_images": 4}),
+        (ENTERPRISE_KEY, {"width": 4096, "height": 4096, "steps": 100, "num_images": 8}),
     ],
 )
 def test_requests_at_the_tier_limits_are_accepted(secured: Harness, key: str, body: dict[str, Any]) -> None:
@@ -575,8 +581,58 @@ def test_a_raw_workflow_is_held_to_the_tier_too(secured: Harness) -> None:
 
 def test_without_keys_there_are_no_tiers(harness_with: Callable[..., Harness]) -> None:
     harness = harness_with()
-    assert submit(harness, None, steps=150, num_images=4, width=2048, height=2048).status_code == 202
+    assert submit(harness, None, steps=150, num_images=8, width=4096, height=4096).status_code == 202
     assert (queued(harness, priority=False), queued(harness, priority=True)) == (1, 0)
+
+
+def test_the_deployments_ceiling_binds_every_caller(harness_with: Callable[..., Harness]) -> None:
+    """IMAGES_MAX_SIDE / IMAGES_MAX_IMAGES: what an operator measured its GPUs to render binds
+    enterprise keys and keyless callers alike, counting a hires fix at its scaled size."""
+    secured = harness_with(api_keys=API_KEYS, max_side=1536, max_images=2)
+    for key, body in [
+        (ENTERPRISE_KEY, {"width": 2048, "height": 2048}),
+        (ENTERPRISE_KEY, {"width": 1024, "height": 1024, "hires": {"scale": 2.0}}),
+        (ENTERPRISE_KEY, {"num_images": 3}),
+    ]:
+        response = submit(secured, key, **body)
+        assert response.status_code == 400, body
+        error = error_of(response)
+        assert error["detail"]["tier"] == "enterprise"
+        assert error["detail"]["allowed"] in ("1536×1536", 2)
+    assert submit(secured, ENTERPRISE_KEY, width=1536, height=1536, num_images=2).status_code == 202
+
+    open_harness = harness_with(max_side=1024)
+    response = submit(open_harness, None, width=1536, height=1024)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert "this deployment allows images of at most 1024×1024" in error["message"]
+    assert any("IMAGES_MAX_SIDE" in step for step in error["remediation"])
+    assert "tier" not in error["detail"]
+
+
+def test_a_model_open_to_some_tiers_only(secured: Harness) -> None:
+    """models.yaml `tiers:` is HIP-35's per-tier model access: other tiers neither see the model in
+    GET /models nor may render with it; an admin key sees every model."""
+    model_dir = secured.settings.models_yaml.parent / MODEL
+    register_model(
+        secured.settings.models_yaml, "studio", {"path": str(model_dir), "tiers": ["pro", "enterprise"]}
+    )
+
+    response = submit(secured, FREE_KEY, model="studio")
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["detail"]["limit"] == "model" and error["detail"]["tier"] == "free"
+    assert MODEL in error["detail"]["allowed"] and "studio" not in error["detail"]["allowed"]
+    assert queued(secured) == 0
+    assert submit(secured, PRO_KEY, model="studio").status_code == 202
+
+    def listed(key: str) -> dict[str, Any]:
+        models = secured.client.get("/api/images/models", headers=key_header(key)).json()["models"]
+        return {model["name"]: model for model in models}
+
+    assert "studio" not in listed(FREE_KEY)
+    assert listed(PRO_KEY)["studio"]["tiers"] == ["pro", "enterprise"]
+    assert listed(ENTERPRISE_KEY)[MODEL]["tiers"] is None
 
 
 def test_pro_and_enterprise_jobs_take_the_priority_queue_and_run_first(secured: Harness) -> None:

@@ -70,7 +70,7 @@ def test_a_malformed_lora_entry_is_refused(tmp_path: Path, entry: dict, words: s
     [
         (None, None, (1000, 600), (1000, 600)),
         (None, None, (1023, 767), (1016, 760)),  # rounded down to multiples of 8
-        (None, None, (4096, 30), (2048, 64)),  # kept within 64..2048
+        (None, None, (5000, 30), (4096, 64)),  # kept within 64..4096
         (512, None, (1000, 600), (512, 304)),  # the missing side keeps the aspect ratio
         (None, 304, (1000, 600), (504, 304)),
         (640, 480, (1000, 600), (640, 480)),  # sent sides win

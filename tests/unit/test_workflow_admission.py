@@ -298,7 +298,7 @@ def test_a_node_that_is_not_an_object_is_refused() -> None:
 # --- keyless callers and the setting ------------------------------------------------------------
 def test_without_keys_a_raw_graph_is_held_to_the_wires_largest_request() -> None:
     limits = OPEN_LIMITS
-    assert (limits.max_side, limits.max_steps, limits.max_images) == (2048, 150, 4)
+    assert (limits.max_side, limits.max_steps, limits.max_images) == (4096, 150, 8)
     check_ceilings(spec_at(**at_limits(limits), workflow=txt2img(**at_limits(limits))), None)
     for case in HOSTILE:
         if case.detail[0] == "reason":  # what no ceiling excuses

@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from services.contracts import (
     LATEST_DEFAULT,
     LATEST_MAX,
+    AddonInfo,
     ErrorBody,
     GenerateRequest,
     GenerateView,
@@ -38,8 +39,10 @@ from ..delivery import DEFAULT_QUALITY, FORMATS, DeliveryFormat, convert, copies
 from ..errors import KeyNotFound, KittyError, ModelNotFound, Unauthorized, ValidationFailed
 from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from ..models import ADDON_SECTIONS, AddonEntry
 from ..ownership import Ownership, listing_owner
 from ..presets import PRESETS
+from ..quotas import models_for_tier
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
 from ..submission import Admission, Admitted, rerun, retry_job, submit
@@ -260,10 +263,12 @@ def delete(key: str, request: Request, store: StoreDep, settings: SettingsDep, c
 
 
 @router.get("/models", response_model=ModelsView)
-def models(registry: RegistryDep) -> ModelsView:
-    """Registered models with their defaults, and the LoRAs a request may list (local paths are not
-    shown)."""
-    entries = registry.entries()
+def models(registry: RegistryDep, caller: CallerDep) -> ModelsView:
+    """Registered models with their defaults, the LoRAs a request may list and the guided-generation
+    add-ons (local paths are not shown). A key sees the models its tier may use; an admin key, all."""
+    tier = None if caller is None or caller.is_admin else caller.tier
+    allowed = set(models_for_tier(registry, tier))
+    entries = {name: entry for name, entry in registry.entries().items() if name in allowed}
     try:
         default = registry.default_name() if entries else None
     except ModelNotFound:
@@ -279,14 +284,28 @@ def models(registry: RegistryDep) -> ModelsView:
                 license=e.license,
                 family=e.family,
                 sha256=e.sha256,
+                tiers=list(e.tiers) if e.tiers is not None else None,
             )
             for e in entries.values()
         ],
-        default=default,
+        default=default if default in entries else None,
         loras=[
             LoraInfo(name=lora.name, base=lora.base, description=lora.description)
             for lora in registry.loras().values()
         ],
+        **{kind: [addon_info(entry) for entry in registry.addons(kind).values()] for kind in ADDON_SECTIONS},
+    )
+
+
+def addon_info(entry: AddonEntry) -> AddonInfo:
+    return AddonInfo(
+        name=entry.name,
+        base=entry.base,
+        type=entry.type,
+        scale=entry.scale,
+        license=entry.license,
+        sha256=entry.sha256,
+        description=entry.description,
     )
 
 
