@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import click
 import httpx
 
-from services.contracts import ImagesClient, JobStatus, JobView
+from services.contracts import CONTROL_TYPES, ImagesClient, JobStatus, JobView
 
 from .doctor import CHECK_NAMES
-from .models import CATALOG, LORA_BASES, ModelRegistry, register_model
+from .models import ADDON_SECTIONS, CATALOG, LORA_BASES, ModelRegistry, register_model
 from .settings import get_settings
 from .storage.keys import IMAGE_SUFFIX, meta_key_for
 
@@ -129,33 +129,76 @@ def models_pull(name: str, repo: str | None) -> None:
     click.echo(f"registered {name} in {settings.models_yaml}")
 
 
+ADD_KINDS = {"model": None, "controlnet": "controlnets", "ip-adapter": "ip_adapters", "upscaler": "upscalers"}
+"""`models add --kind` → the models.yaml section it registers into (None: ``models:``)."""
+
+
 @models.command("add")
 @click.argument("name")
 @click.argument("location", metavar="PATH|URL")
 @click.option("--license", "license_", required=True, help="its license, e.g. creativeml-openrail-m")
 @click.option("--sha256", help="expected digest (required for a URL; a folder's is its manifest digest)")
-@click.option("--family", type=click.Choice(LORA_BASES), help="the model's family")
+@click.option("--family", type=click.Choice(LORA_BASES), help="the model family it is (or works with)")
 @click.option("--allow-pickle", is_flag=True, help="accept .ckpt/.bin/.pt/.pth weights (they can run code)")
+@click.option(
+    "--kind",
+    type=click.Choice(list(ADD_KINDS)),
+    default="model",
+    show_default=True,
+    help="a checkpoint, or a guided-generation add-on",
+)
+@click.option("--control-type", type=click.Choice(CONTROL_TYPES), help="controlnet: the maps it reads")
+@click.option("--image-encoder", help="ip-adapter: the CLIP vision encoder's folder")
+@click.option("--scale", type=click.Choice(["2", "4"]), help="upscaler: its factor")
 def models_add(
-    name: str, location: str, license_: str, sha256: str | None, family: str | None, allow_pickle: bool
+    name: str,
+    location: str,
+    license_: str,
+    sha256: str | None,
+    family: str | None,
+    allow_pickle: bool,
+    kind: str,
+    control_type: str | None,
+    image_encoder: str | None,
+    scale: str | None,
 ) -> None:
     """Register a diffusers folder, a .safetensors file or an http(s) download, with the SHA-256 of
-    every weight file. A download whose digest is not --sha256 is deleted and nothing is registered."""
-    from .catalog import add_model
+    every weight file. A download whose digest is not --sha256 is deleted and nothing is registered.
+    `--kind controlnet|ip-adapter|upscaler` registers a guided-generation add-on instead (never a
+    pickle)."""
+    from .catalog import add_addon, add_model
     from .errors import KittyError
 
     settings = get_settings()
+    section = ADD_KINDS[kind]
     try:
-        added = add_model(
-            settings.models_yaml,
-            settings.data_dir / "models",
-            name,
-            location,
-            license=license_,
-            sha256=sha256,
-            family=family,
-            allow_pickle=allow_pickle,
-        )
+        if section is None:
+            added = add_model(
+                settings.models_yaml,
+                settings.data_dir / "models",
+                name,
+                location,
+                license=license_,
+                sha256=sha256,
+                family=family,
+                allow_pickle=allow_pickle,
+            )
+        else:
+            added = add_addon(
+                settings.models_yaml,
+                settings.data_dir / "models",
+                section,
+                name,
+                location,
+                license=license_,
+                sha256=sha256,
+                base=family,
+                fields={
+                    "type": control_type,
+                    "image_encoder": image_encoder,
+                    "scale": int(scale) if scale else None,
+                },
+            )
     except KittyError as exc:
         _fail(exc.message, *exc.remediation)
     digests = added.entry["sha256"]
@@ -167,13 +210,19 @@ def models_add(
 @click.argument("name", required=False)
 def models_verify(name: str | None) -> None:
     """Re-hash registered models' weight files against models.yaml's sha256. Exit 1 on a mismatch."""
-    from .catalog import verify_entry
+    from .catalog import verify_addon, verify_entry
     from .errors import KittyError
 
     settings = get_settings()
     registry = ModelRegistry(settings.models_yaml)
+    addons = [addon for kind in ADDON_SECTIONS for addon in registry.addons(kind).values()]
+    if name is not None:
+        addons = [addon for addon in addons if addon.name == name]
     try:
-        entries = [registry.get(name)] if name else list(registry.entries().values())
+        if name is None:
+            entries = list(registry.entries().values())
+        else:
+            entries = [registry.get(name)] if not addons else []
     except KittyError as exc:
         _fail(exc.message, *exc.remediation)
     failed = False
@@ -188,6 +237,16 @@ def models_verify(name: str | None) -> None:
         problems = verify_entry(entry)
         failed = failed or bool(problems)
         click.echo(f"{entry.name}: {'OK' if not problems else 'FAILED'}")
+        for problem in problems:
+            click.echo(f"  {problem}")
+    for addon in addons:
+        if addon.sha256 is None:  # as for models: only a failure when asked for by name
+            click.echo(f"{addon.name} ({addon.kind}): no sha256 recorded (models add records them)")
+            failed = failed or name is not None
+            continue
+        problems = verify_addon(addon)
+        failed = failed or bool(problems)
+        click.echo(f"{addon.name} ({addon.kind}): {'OK' if not problems else 'FAILED'}")
         for problem in problems:
             click.echo(f"  {problem}")
     sys.exit(1 if failed else 0)

@@ -30,7 +30,15 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from .errors import ChecksumMismatch, DownloadFailed, ValidationFailed
-from .models import LORA_BASES, ModelEntry, register_model
+from .models import (
+    ADDON_SECTIONS,
+    LORA_BASES,
+    AddonEntry,
+    ModelEntry,
+    parse_addon,
+    register_addon,
+    register_model,
+)
 
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -188,44 +196,11 @@ def add_model(
 ) -> Added:
     """Register `location` (a diffusers folder, a weight file or an http(s) URL) as model `name`,
     with its digests; raises a KittyError (nothing registered) when it cannot be verified."""
-    expected = normalize_digest(sha256) if sha256 else None
     if family is not None and family not in MODEL_FAMILIES:
         raise ValidationFailed(f"family '{family}' is not one of {', '.join(MODEL_FAMILIES)}")
-    digests: dict[str, str] | str
-    if "://" in location:
-        filename = check_url(location)
-        check_weight_name(filename, allow_pickle=allow_pickle)
-        if expected is None:
-            raise ValidationFailed(
-                "a URL needs --sha256: a download is registered only once its digest is checked",
-                remediation=["Pass the digest the publisher lists: --sha256 HEX"],
-            )
-        path = models_dir / f"{name}{Path(filename).suffix.lower()}"
-        digests = download(location, path, expected)
-    else:
-        path = Path(os.path.expanduser(location)).resolve()
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ValidationFailed(
-                    f"{path} is not a diffusers folder (no model_index.json)",
-                    remediation=[
-                        "Give a folder saved by diffusers' save_pretrained, or a .safetensors file."
-                    ],
-                )
-            digests = folder_digests(path, allow_pickle=allow_pickle)
-            if not digests:
-                raise ValidationFailed(f"{path} holds no weight files ({SAFE_SUFFIX})")
-            if expected is not None and (got := manifest_digest(digests)) != expected:
-                raise mismatch(f"the folder {path} (manifest digest)", expected, got)
-        elif path.is_file():
-            check_weight_name(path.name, allow_pickle=allow_pickle)
-            digests = sha256_file(path)
-            if expected is not None and digests != expected:
-                raise mismatch(str(path), expected, digests)
-        else:
-            raise ValidationFailed(
-                f"{location} does not exist", remediation=["Give a folder, a file or a URL."]
-            )
+    path, digests = fetch_and_hash(
+        models_dir, name, location, sha256, allow_pickle=allow_pickle, marker="model_index.json"
+    )
     entry: dict[str, Any] = {"path": str(path), "source": location, "license": license}
     if family:
         entry["family"] = family
@@ -236,26 +211,105 @@ def add_model(
     return Added(name=name, path=path, entry=entry)
 
 
+def add_addon(
+    models_yaml: Path,
+    models_dir: Path,
+    kind: str,
+    name: str,
+    location: str,
+    *,
+    license: str,
+    sha256: str | None = None,
+    base: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> Added:
+    """Register a ControlNet, IP-Adapter or upscaler (`kind`, one of `ADDON_SECTIONS`) as `add_model`
+    does a model: a folder (its ``config.json`` beside safetensors weights), a .safetensors file or a
+    verified download. `fields` are the section's own (``type``, ``image_encoder``, ``scale``); the
+    entry is checked like models.yaml's before it is written."""
+    if kind not in ADDON_SECTIONS:
+        raise ValidationFailed(f"kind '{kind}' is not one of {', '.join(ADDON_SECTIONS)}")
+    path, digests = fetch_and_hash(
+        models_dir / kind, name, location, sha256, allow_pickle=False, marker="config.json"
+    )
+    entry: dict[str, Any] = {"path": str(path), "source": location, "license": license}
+    if base:
+        entry["base"] = base
+    entry.update({key: value for key, value in (fields or {}).items() if value is not None})
+    entry["sha256"] = digests
+    parse_addon(kind, name, entry, models_yaml.parent)  # refuses what models.yaml would refuse
+    register_addon(models_yaml, kind, name, entry)
+    return Added(name=name, path=path, entry=entry)
+
+
+def fetch_and_hash(
+    models_dir: Path, name: str, location: str, sha256: str | None, *, allow_pickle: bool, marker: str
+) -> tuple[Path, dict[str, str] | str]:
+    """Where `location` (a folder holding `marker`, a weight file or an http(s) URL, downloaded into
+    `models_dir`) is, and its digests: one for a file, relative path → digest for a folder. A digest
+    other than `sha256` raises `ChecksumMismatch` (a download is deleted first)."""
+    expected = normalize_digest(sha256) if sha256 else None
+    if "://" in location:
+        filename = check_url(location)
+        check_weight_name(filename, allow_pickle=allow_pickle)
+        if expected is None:
+            raise ValidationFailed(
+                "a URL needs --sha256: a download is registered only once its digest is checked",
+                remediation=["Pass the digest the publisher lists: --sha256 HEX"],
+            )
+        path = models_dir / f"{name}{Path(filename).suffix.lower()}"
+        return path, download(location, path, expected)
+    path = Path(os.path.expanduser(location)).resolve()
+    if path.is_dir():
+        if not (path / marker).is_file():
+            raise ValidationFailed(
+                f"{path} is not a diffusers folder (no {marker})",
+                remediation=["Give a folder saved by diffusers' save_pretrained, or a .safetensors file."],
+            )
+        digests = folder_digests(path, allow_pickle=allow_pickle)
+        if not digests:
+            raise ValidationFailed(f"{path} holds no weight files ({SAFE_SUFFIX})")
+        if expected is not None and (got := manifest_digest(digests)) != expected:
+            raise mismatch(f"the folder {path} (manifest digest)", expected, got)
+        return path, digests
+    if path.is_file():
+        check_weight_name(path.name, allow_pickle=allow_pickle)
+        digest = sha256_file(path)
+        if expected is not None and digest != expected:
+            raise mismatch(str(path), expected, digest)
+        return path, digest
+    raise ValidationFailed(f"{location} does not exist", remediation=["Give a folder, a file or a URL."])
+
+
+def verify_addon(entry: AddonEntry) -> list[str]:
+    """`verify_entry` for a registered add-on."""
+    return verify_files(Path(entry.path), entry.sha256)
+
+
 def verify_entry(entry: ModelEntry) -> list[str]:
     """What is wrong with `entry`'s files against its recorded ``sha256`` (empty: all match)."""
-    if entry.sha256 is None:
+    return verify_files(Path(entry.source), entry.sha256)
+
+
+def verify_files(path: Path, recorded_digests: dict[str, str] | str | None) -> list[str]:
+    """What is wrong with the file or folder at `path` against its recorded digests."""
+    if recorded_digests is None:
         return ["no sha256 recorded (kitty-images models add records them)"]
-    path = Path(entry.source)
-    if isinstance(entry.sha256, str):
+    if isinstance(recorded_digests, str):
         if not path.is_file():
             return [f"{path} is missing"]
         got = sha256_file(path)
-        return [] if got == entry.sha256 else [f"{path}: expected {entry.sha256}, got {got}"]
+        return [] if got == recorded_digests else [f"{path}: expected {recorded_digests}, got {got}"]
     if not path.is_dir():
         return [f"{path} is missing"]
     problems = []
-    for relative, expected in sorted(entry.sha256.items()):
+    for relative, expected in sorted(recorded_digests.items()):
         file = path / relative
         if not file.is_file():
             problems.append(f"{relative}: missing")
         elif (got := sha256_file(file)) != expected:
             problems.append(f"{relative}: expected {expected}, got {got}")
-    recorded = set(entry.sha256)
+    recorded = set(recorded_digests)
     for file in weight_files(path, allow_pickle=True):
         relative = file.relative_to(path).as_posix()
         if relative not in recorded:

@@ -288,7 +288,7 @@ def _absolute(raw: Any, base_dir: Path) -> str:
     return str((path if path.is_absolute() else base_dir / path).resolve())
 
 
-def _parse_addon(kind: AddonKind, name: str, raw: Any, base_dir: Path) -> AddonEntry:
+def parse_addon(kind: AddonKind, name: str, raw: Any, base_dir: Path) -> AddonEntry:
     from services.contracts.schema import CONTROL_TYPES, UPSCALE_FACTORS
 
     where = f"models.yaml {kind} entry '{name}'"
@@ -328,7 +328,7 @@ def parse_addons_yaml(text: str, base_dir: Path) -> dict[AddonKind, dict[str, Ad
     sectioned = _is_sectioned(data)
     return {
         kind: {
-            str(name): _parse_addon(kind, str(name), raw, base_dir)
+            str(name): parse_addon(kind, str(name), raw, base_dir)
             for name, raw in ((data.get(kind) or {}) if sectioned else {}).items()
         }
         for kind in ADDON_SECTIONS

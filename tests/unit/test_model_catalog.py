@@ -200,6 +200,62 @@ def test_something_that_is_not_a_model_is_refused(tmp_path: Path, operator: Call
     )
 
 
+# --- models add: guided-generation add-ons ------------------------------------------------------
+
+
+def addons(tmp_path: Path, section: str) -> dict[str, Any]:
+    return dict((yaml.safe_load((tmp_path / "models.yaml").read_text()) or {}).get(section) or {})
+
+
+def test_a_controlnet_folder_is_registered_with_its_type_family_and_digests(
+    tmp_path: Path, operator: Callable[..., Result]
+) -> None:
+    folder = tmp_path / "canny"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(WEIGHTS)
+    args = ("add", "canny15", str(folder), "--license", "openrail", "--kind", "controlnet")
+    args += ("--family", "sd15")
+
+    untyped = operator(*args)
+    assert untyped.exit_code == 1 and "needs 'type'" in untyped.output
+    assert not (tmp_path / "models.yaml").exists() or not addons(tmp_path, "controlnets")
+
+    result = operator(*args, "--control-type", "canny")
+    assert result.exit_code == 0, result.output
+    entry = addons(tmp_path, "controlnets")["canny15"]
+    assert (entry["type"], entry["base"], entry["license"]) == ("canny", "sd15", "openrail")
+    assert entry["sha256"] == {"diffusion_pytorch_model.safetensors": sha(WEIGHTS)}
+    registry = ModelRegistry(tmp_path / "models.yaml")
+    assert registry.addon("controlnets", "canny15").path == str(folder)
+    assert registered(tmp_path) == {}  # no checkpoint was registered
+    assert operator("verify", "canny15").exit_code == 0
+
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(TAMPERED)
+    failed = operator("verify")
+    assert failed.exit_code == 1 and "canny15 (controlnets): FAILED" in failed.output
+
+
+def test_an_upscaler_download_is_verified_and_a_pickle_never_accepted(
+    tmp_path: Path, operator: Callable[..., Result], web: Callable[[str, bytes], str]
+) -> None:
+    url = web("/files/x4.safetensors", WEIGHTS)
+    base = ("add", "esr", url, "--license", "bsd-3", "--kind", "upscaler", "--scale", "4")
+
+    assert operator(*base, "--sha256", sha(TAMPERED)).exit_code == 1
+    assert list((tmp_path / "var" / "models" / "upscalers").iterdir()) == []
+    result = operator(*base, "--sha256", sha(WEIGHTS))
+    assert result.exit_code == 0, result.output
+    entry = addons(tmp_path, "upscalers")["esr"]
+    assert (entry["scale"], entry["sha256"], entry["source"]) == (4, sha(WEIGHTS), url)
+
+    ckpt = tmp_path / "x2.pth"
+    ckpt.write_bytes(WEIGHTS)
+    refused = operator("add", "old", str(ckpt), "--license", "mit", "--kind", "upscaler", "--allow-pickle")
+    assert refused.exit_code == 1 and "pickle" in refused.output
+    assert "old" not in addons(tmp_path, "upscalers")
+
+
 # --- models add: downloads ------------------------------------------------------------------------
 
 
