@@ -6,8 +6,12 @@ selected to an imageRef, and a wrong key answered as a tool error carrying UNAUT
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,3 +139,54 @@ def test_a_wrong_key_is_a_tool_error_with_unauthorized_and_its_remediation(
         text = text_of(result)
         assert "UNAUTHORIZED" in text, text
         assert "Remediation:" in text, text
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_streamable_http_transport_serves_the_same_tools(harness_with: Callable[..., Harness]) -> None:
+    """`kitty-mcp --http` as an assistant platform runs it: a long-lived process on loopback that
+    clients reach at /mcp, generating through our API with the key it was started with."""
+    harness = harness_with(api_keys=f"{KEY}:pro")
+    service = create_app(harness.settings, store=harness.store)
+    port = free_port()
+
+    async def session(mcp_url: str) -> dict[str, Any]:
+        async with Client(mcp_url, read_timeout_seconds=CALL_TIMEOUT_S) as client:
+            return {
+                "tools": {tool.name for tool in (await client.list_tools()).tools},
+                "waited": structured(
+                    await client.call_tool("generate_image", {"prompt": "a heron", "model": MODEL, "seed": 3})
+                ),
+            }
+
+    with serve_asgi(service, lifespan="on") as url:
+        env = {**os.environ, "KITTY_GATEWAY_URL": url, "KITTY_API_KEY": KEY}
+        server = subprocess.Popen(
+            [str(SCRIPT), "--http", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                    assert time.monotonic() < deadline, "kitty-mcp --http did not listen within 30 s"
+                    time.sleep(0.1)
+            seen = run_draining(harness, lambda: anyio.run(session, f"http://127.0.0.1:{port}/mcp"))
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+    assert seen["tools"] == {"generate_image", "job_status", "list_latest_images", "select_image"}
+    waited = seen["waited"]
+    assert waited["status"] == "done", waited
+    assert waited["images"][0]["seed"] == 3 and waited["images"][0]["imageRef"]["storageUri"]
