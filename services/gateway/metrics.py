@@ -22,7 +22,7 @@ UPSTREAM_ERRORS = Counter(
 )
 
 _JOB_ACTIONS = frozenset({"events", "cancel"})
-_ROOT_ROUTES = frozenset({"generate", "rerun", "latest", "select", "presets"})
+_ROOT_ROUTES = frozenset({"generate", "rerun", "upscale", "latest", "select", "presets"})
 OTHER_ROUTE = "/api/images/{path}"
 """The one bucket for paths the gateway does not know, so label cardinality stays bounded."""
 

@@ -22,7 +22,7 @@ from services.common.server import PortUnavailable, serve_http
 
 from . import __version__
 from .api import audit as audit_api
-from .api import engines, handlers, health, images, painter, uploads
+from .api import engines, handlers, health, images, painter, uploads, upscale
 from .audit import AuditLog
 from .errors import KittyError
 from .gallery import GalleryIndex
@@ -120,6 +120,7 @@ def create_app(
     app.add_middleware(HttpMetricsMiddleware)  # outermost: refusals are observed too
     handlers.install_error_handlers(app)
     app.include_router(images.router)
+    app.include_router(upscale.router)
     app.include_router(painter.router)
     app.include_router(uploads.router)
     app.include_router(engines.router)

@@ -416,7 +416,7 @@ def audit_image(request: Request, action: Literal["select", "delete"], key: str)
     audit_event(request, action, outcome=outcome, job_id=job_id, what={"key": _clip(key)})
 
 
-SUBMIT_PATHS = frozenset({"/api/images/generate", "/api/images/rerun"})
+SUBMIT_PATHS = frozenset({"/api/images/generate", "/api/images/rerun", "/api/images/upscale"})
 CANCEL_PATH = re.compile(r"^/api/images/jobs/([^/]+)/cancel$")
 SELECT_PATH = "/api/images/select"
 DELETE_PREFIX = "/api/images/items/"

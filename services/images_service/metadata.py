@@ -52,6 +52,8 @@ def infotext(
         sampler_name, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
     if sampler is not None:
         sampler_name, schedule = sampler
+    if spec.upscale is not None:  # no sampling ran: what A1111's Extras tab writes instead
+        steps, cfg, sampler_name, schedule = None, None, None, None
     fields: dict[str, object | None] = {
         "Steps": steps,
         "Sampler": sampler_name,
@@ -63,6 +65,9 @@ def infotext(
         "Model": spec.model,
         "Version": version,
     }
+    if spec.upscale is not None:
+        fields["Postprocess upscale by"] = spec.upscale.scale
+        fields["Postprocess upscaler"] = spec.upscale.model or "Lanczos"
     settings_line = ", ".join(
         f"{name}: {_quote(value)}" for name, value in fields.items() if value not in (None, "")
     )
@@ -119,6 +124,8 @@ def build_sidecar(
     }
     if settings_used is not None:
         record["settings_used"] = dict(settings_used)
+    if spec.upscale is not None:
+        record["source"] = spec.upscale.source  # the image this one is an upscale of
     return record
 
 

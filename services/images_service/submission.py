@@ -12,7 +12,14 @@ from functools import partial
 from pydantic import BaseModel
 
 from services.common.api_keys import ApiKey
-from services.contracts import GenerateRequest, JobStatus, RenderSpec, RerunRequest, RetryRequest
+from services.contracts import (
+    GenerateRequest,
+    JobStatus,
+    RenderSpec,
+    RerunRequest,
+    RetryRequest,
+    UpscaleRequest,
+)
 
 from .engines import EngineHealth
 from .engines.descriptors import descriptor_for, is_local_engine, worker_command
@@ -28,6 +35,7 @@ from .safety import check_prompt
 from .settings import Settings
 from .spec import resolve_spec
 from .storage import Store
+from .upscale_jobs import resolve_upscale
 
 log = logging.getLogger("kitty.images.api")
 
@@ -107,6 +115,17 @@ def rerun(body: RerunRequest, admission: Admission) -> Admitted:
     if a.ownership is not None:
         a.ownership.require_image(a.caller, body.key)
     return admit(body, partial(rerun_spec, body, a.registry, a.settings, a.store), admission)
+
+
+def upscale(body: UpscaleRequest, admission: Admission) -> Admitted:
+    """Admit making a stored image larger, as a new image: only a caller who may see the image may,
+    and the result's size is held to the caller's tier like a render's."""
+    a = admission
+    if a.store is None:
+        raise ValueError("an upscale reads the image's sidecar: Admission.store is required")
+    if a.ownership is not None:
+        a.ownership.require_image(a.caller, body.key)
+    return admit(body, partial(resolve_upscale, body, a.registry, a.settings, a.store), admission)
 
 
 RETRYABLE = frozenset({JobStatus.ERROR, JobStatus.CANCELED})

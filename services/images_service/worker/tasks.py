@@ -23,16 +23,18 @@ from services.contracts import ImageInfo, JobResult, LatestItem, RenderSpec
 
 from ..audit import record_job_end
 from ..content import finish_render, sidecar_fields
-from ..engines import Engine, JobCanceled, RenderResult, make_engine
+from ..engines import Engine, JobCanceled, ProgressFn, RenderedImage, RenderResult, make_engine
 from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUnavailable
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
 from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
-from ..provenance import provenance
+from ..provenance import Provenance, provenance
 from ..queue import cancel_key
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
+from ..uploads import read_image
+from ..upscale_jobs import UPSCALE_STEPS
 from ..webhooks import job_ended
 from .metrics import BYTES_STORED, JOB_RUN_SECONDS, JOBS_FINISHED, QUEUE_WAIT_SECONDS
 from .spool import UPLOAD_META, Spool, StoredObject, put_with_retry
@@ -133,7 +135,8 @@ def prepare_objects(
         png_key, meta_key = f"{base}.png", f"{base}.json"
         thumb_key = thumb_key_for(png_key)
         width, height = rendered.image.size
-        made = provenance(spec, engine, result, rendered)
+        # An upscale ran no graph: its PNG carries none (an equivalent txt2img would mislead).
+        made = provenance(spec, engine, result, rendered) if spec.upscale is None else Provenance(None)
         sidecar = build_sidecar(
             job_id=job_id,
             engine=engine,
@@ -230,6 +233,34 @@ def _as_kitty_error(exc: Exception, settings: Settings) -> KittyError:
     return EngineError(f"rendering failed: {type(exc).__name__}: {exc}")
 
 
+def run_upscale(runtime: Runtime, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+    """An upscale job (`spec.upscale` set): its source read from the store and made larger by the
+    upscaler it names (Lanczos for none); no engine renders, no pipeline is loaded."""
+    # torch (and diffusers, for the device) only in the jobs that need them.
+    from ..engines.diffusers.device import pick_device
+    from ..engines.upscaling import upscale_image
+
+    job = spec.upscale
+    if job is None:
+        raise ValueError("run_upscale needs a spec with `upscale` set")
+    progress(0, UPSCALE_STEPS)
+    started = time.perf_counter()
+    entry = runtime.registry.addon("upscalers", job.model) if job.model else None
+    source = read_image(runtime.store, job.source)
+    device = str(pick_device(runtime.settings.device)) if entry is not None else "cpu"
+    # A network reports each tile (minutes on a CPU: the job view moves, and a cancel stops it).
+    image = upscale_image(source, job.scale, entry, device=device, progress=progress)
+    elapsed = time.perf_counter() - started
+    if entry is None:  # Lanczos: one step
+        progress(UPSCALE_STEPS, UPSCALE_STEPS)
+    return RenderResult(
+        images=[RenderedImage(image, spec.seed)],
+        device=device,
+        engine_info={"upscaler": job.model or "lanczos", "scale": job.scale, "source": job.source},
+        timings={"upscale_s": round(elapsed, 4)},
+    )
+
+
 def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     """The RQ job function: log lines inside carry the job id and the request id that submitted it."""
     job = get_current_job()
@@ -252,7 +283,10 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
     status = "error"
     outcome: dict[str, Any] | None = None  # the job's result, or its error, for the webhook
     try:
-        result = runtime.engine(spec.engine).render(spec, reporter.progress)
+        if spec.upscale is not None:
+            result = run_upscale(runtime, spec, reporter.progress)
+        else:
+            result = runtime.engine(spec.engine).render(spec, reporter.progress)
         result.timings.setdefault("total_s", time.perf_counter() - started)
         # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
         tier, owner = (job.meta.get("tier"), job.meta.get("key_id")) if job else (None, None)
