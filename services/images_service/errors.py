@@ -40,6 +40,12 @@ class ValidationFailed(KittyError):
     code, status = ErrorCode.VALIDATION_ERROR, 400
 
 
+class ConsentMissing(KittyError):
+    """A request that renders a real person's likeness without the caller's statement of consent."""
+
+    code, status = ErrorCode.CONSENT_MISSING, 400
+
+
 class JobNotFound(KittyError):
     code, status = ErrorCode.JOB_NOT_FOUND, 404
     default_remediation = ("Check the job id; finished jobs are kept for IMAGES_RESULT_TTL seconds.",)

@@ -106,3 +106,7 @@ class Ownership:
             self.require_input(caller, spec.image, "image")
         if spec.mask is not None:
             self.require_input(caller, spec.mask, "mask")
+        for index, control in enumerate(spec.controls):
+            self.require_input(caller, control.image, f"controls[{index}].image")
+        if spec.reference_image is not None:
+            self.require_input(caller, spec.reference_image, "reference_image")

@@ -122,6 +122,18 @@ PRESETS: Mapping[str, Preset] = {
             height=1024,
         ),
         Preset(
+            name="identity_lock",
+            title="Identity lock",
+            description="The person of a reference photo in a new scene: send the photo as "
+            "`reference_image` (IP-Adapter) and `consent: true`, stating that they agreed.",
+            prompt_template="photo of the same person, {prompt}, consistent facial features, natural "
+            "skin texture, sharp focus on the face",
+            negative_prompt="different person, distorted face, asymmetric eyes, plastic skin, "
+            + COMMON_NEGATIVES,
+            width=832,
+            height=1024,
+        ),
+        Preset(
             name="storyboard",
             title="Storyboard frame",
             description="A quick grayscale sketch of a shot, wide framing: drafts at low quality by "

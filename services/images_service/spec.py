@@ -10,6 +10,7 @@ from services.contracts import MAX_SEED, GenerateRequest, RenderSpec
 
 from .engines.descriptors import descriptor_for, engines_with
 from .errors import ValidationFailed
+from .guidance import resolve_guidance
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
 from .presets import apply_preset
 from .refiner import wants_refiner
@@ -45,6 +46,7 @@ def resolve_spec(
         entry = registry.entries().get(model) if model else None
     refiner = wants_refiner(request.refiner, entry, request.model, registry)
     inputs = resolve_inputs(request, engine, registry, settings, store)
+    guidance = resolve_guidance(request, descriptor, entry, registry, settings, store)
     styled = apply_preset(request)
     defaults = entry.resolved_defaults if entry else FALLBACK_DEFAULTS
     return RenderSpec(
@@ -68,4 +70,10 @@ def resolve_spec(
         preset=styled.preset,
         quality=styled.quality,
         webhook=request.webhook and check_webhook_url(request.webhook, settings),
+        controls=guidance.controls,
+        reference_image=guidance.reference_image,
+        reference_weight=request.reference_weight,
+        reference_model=guidance.reference_model,
+        consent=request.consent,
+        hires=guidance.hires,
     )

@@ -44,7 +44,14 @@ MAX_UPLOAD_SIDE = 4096
 """Largest width or height accepted (HIP-35's enterprise ceiling): 4096×4096 decodes to 48 MB of RGB,
 while a decompression bomb of a few KB can claim 100,000² pixels; refused before decoding."""
 
-INPUT_CAPABILITIES: dict[str, str] = {"image": "img2img", "mask": "inpaint", "loras": "lora"}
+INPUT_CAPABILITIES: dict[str, str] = {
+    "image": "img2img",
+    "mask": "inpaint",
+    "loras": "lora",
+    "controls": "control",
+    "reference_image": "reference",
+    "hires": "hires",
+}
 """Each input field of a request → the engine capability (`Capabilities`) that takes it."""
 
 DEFAULT_STRENGTH = 0.75
@@ -250,10 +257,15 @@ def _check_engine_takes_inputs(request: GenerateRequest, engine: str) -> None:
     if refused:
         fields = ", ".join(f"`{name}`" for name in refused)
         takers = sorted(set.intersection(*(set(engines_with(INPUT_CAPABILITIES[name])) for name in refused)))
+        pronoun = "it" if len(refused) == 1 else "them"
         raise ValidationFailed(
-            f"{fields}: engine '{engine}' does not take {'it' if len(refused) == 1 else 'them'}; "
-            f"engines that do: {', '.join(takers)}",
-            remediation=[f'Send "engine": "{takers[0]}", or drop {fields}.'],
+            f"{fields}: engine '{engine}' does not take {pronoun}; "
+            + (
+                f"engines that do: {', '.join(takers)}"
+                if takers
+                else f"no engine of this build takes {pronoun}"
+            ),
+            remediation=[f'Send "engine": "{takers[0]}", or drop {fields}.' if takers else f"Drop {fields}."],
             detail={"engine": engine, "fields": refused},
         )
     if request.image is not None and request.workflow is not None:
@@ -280,14 +292,14 @@ def _check_loras(loras: list[LoraRef], registry: ModelRegistry) -> list[LoraRef]
 
 
 def _fit_side(value: float) -> int:
-    """A side the wire accepts: rounded down to a multiple of 8, within 64..2048."""
+    """A side the wire accepts: rounded down to a multiple of 8, within 64..4096."""
     return min(MAX_SIDE, max(MIN_SIDE, int(value) // SIDE_MULTIPLE * SIDE_MULTIPLE))
 
 
 def size_for_input(width: int | None, height: int | None, input_size: tuple[int, int]) -> tuple[int, int]:
     """Output size of an image-to-image job: the sides the request gives; a missing one follows the
     input (both missing: its size; one missing: its aspect ratio), rounded down to a multiple of 8
-    and kept within 64..2048."""
+    and kept within 64..4096."""
     in_width, in_height = input_size
     if width is None and height is None:
         return _fit_side(in_width), _fit_side(in_height)
