@@ -21,8 +21,9 @@ from .engines.base import RenderedImage, RenderResult
 from .engines.comfyui.graph import (
     COMFYUI_SAMPLERS,
     DEFAULT_SAMPLER,
-    SAMPLER_NODE,
+    ControlFiles,
     template_graph,
+    template_steps,
     ui_workflow,
 )
 from .engines.invokeai.graph import DEFAULT_SCHEDULER as INVOKEAI_DEFAULT
@@ -152,17 +153,37 @@ def equivalent_graph(
     spec: RenderSpec, engine: str, result: RenderResult, rendered: RenderedImage, sampler: SamplerUsed | None
 ) -> dict[str, Any]:
     """The template graph rendering this one image: its own seed, a batch of one, the sampler that
-    ran. Uploaded inputs are named by file name (put them in ComfyUI's input folder); LoRAs and the
-    SDXL refiner pass are not in the template, so a render with them opens without them."""
+    ran. Uploaded inputs are named by file name (put them in ComfyUI's input folder); so are the
+    controls' pictures, whose edges a Canny node computes where ours were computed from a plain
+    picture (`canny` with `preprocess`), and their ControlNets and the hires upscaler (by the model's
+    name plus `CKPT_SUFFIX`, as the checkpoint). LoRAs, the SDXL refiner pass and a reference image
+    are not in the template, so a render with them opens without them."""
     single = spec.model_copy(
         update={"seed": rendered.seed if rendered.seed is not None else spec.seed, "num_images": 1}
     )
     image = PurePosixPath(spec.image).name if spec.image else None
     mask = PurePosixPath(spec.mask).name if spec.mask and image else None
-    graph = template_graph(single, _ckpt_stem(spec, engine, result) + CKPT_SUFFIX, image=image, mask=mask)
+    controls = [
+        ControlFiles(
+            PurePosixPath(control.image).name,
+            (control.model or control.type) + CKPT_SUFFIX,
+            detect_edges=control.type == "canny" and control.preprocess,
+        )
+        for control in spec.controls
+    ]
+    upscaler = spec.hires.upscaler if spec.hires is not None else None
+    graph = template_graph(
+        single,
+        _ckpt_stem(spec, engine, result) + CKPT_SUFFIX,
+        image=image,
+        mask=mask,
+        controls=controls,
+        upscale_model=upscaler + CKPT_SUFFIX if upscaler else None,
+    )
     if sampler is not None:
         sampler_name, schedule = sampler.comfyui
-        graph[SAMPLER_NODE]["inputs"].update(sampler_name=sampler_name, scheduler=schedule)
+        for node_id in template_steps(spec):
+            graph[node_id]["inputs"].update(sampler_name=sampler_name, scheduler=schedule)
     return graph
 
 

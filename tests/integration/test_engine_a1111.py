@@ -1,6 +1,7 @@
 """The AUTOMATIC1111 adapter against a fake A1111 served over real HTTP: what a render sends and
 gets back, progress, cancel (never interrupting another client's task), auth, server errors, an
-absent server, health, and a job through the real queue to an imageRef."""
+absent server, health, a job through the real queue to an imageRef, ControlNet units (and a server
+without the extension) and the hires fix."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, HiresFix, RenderSpec
 from services.images_service import engines
 from services.images_service.app import create_app
-from services.images_service.engines import JobCanceled
+from services.images_service.control_maps import control_map
+from services.images_service.engines import ImageLoader, JobCanceled
 from services.images_service.engines.a1111 import TXT2IMG, A1111Engine, a1111_message
 from services.images_service.errors import (
     EngineError,
@@ -38,7 +40,7 @@ from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.harness import Harness, make_settings
-from tests.support.peers.a1111 import VERSION, FakeA1111, OutOfMemoryError
+from tests.support.peers.a1111 import CONTROLNET_MODELS, VERSION, FakeA1111, OutOfMemoryError
 from tests.support.pictures import upload_picture
 from tests.support.servers import free_port
 
@@ -87,7 +89,7 @@ def make_spec(**fields: object) -> RenderSpec:
     return RenderSpec(**values)  # type: ignore[arg-type]
 
 
-def make_engine(url: str, **overrides: object) -> A1111Engine:
+def make_engine(url: str, *, image_loader: ImageLoader | None = None, **overrides: object) -> A1111Engine:
     values: dict[str, Any] = {
         "a1111_base_url": url,
         "a1111_api_auth": None,
@@ -95,7 +97,7 @@ def make_engine(url: str, **overrides: object) -> A1111Engine:
         "job_timeout_s": 20,
     }
     values.update(overrides)
-    return A1111Engine(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+    return A1111Engine(Settings(_env_file=None, **values), image_loader=image_loader)  # type: ignore[call-arg]
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -439,3 +441,98 @@ def test_img2img_without_a_store_to_read_from_says_so(webui: tuple[FakeA1111, st
     with pytest.raises(EngineError) as caught:
         engine.render(make_spec(image="uploads/20260101_000000_deadbeef.png", strength=0.5), Progress())
     assert "no store" in caught.value.message
+
+
+# --- guidance: ControlNet and the hires fix ------------------------------------------------------
+def white_square() -> Image.Image:
+    """A photo with clear edges: a white square on black, at the job's size."""
+    picture = Image.new("RGB", (64, 48), (0, 0, 0))
+    picture.paste((255, 255, 255), (20, 12, 44, 36))
+    return picture
+
+
+def guided_engine(url: str, pictures: dict[str, Image.Image]) -> A1111Engine:
+    return make_engine(url, image_loader=pictures.__getitem__)
+
+
+CANNY = ControlInput(
+    image="uploads/photo.png", type="canny", model="control_v11p_sd15_canny", weight=0.9, end=0.7
+)
+
+
+def test_controls_go_to_the_controlnet_extension_as_units_and_steer_the_render(
+    webui: tuple[FakeA1111, str],
+) -> None:
+    fake, url = webui
+    engine = guided_engine(url, {"uploads/photo.png": white_square()})
+    result = engine.render(make_spec(controls=[CANNY]), Progress())
+    engine.close()
+
+    (unit,) = fake.requests[-1]["alwayson_scripts"]["controlnet"]["args"]
+    assert (unit["model"], unit["module"], unit["weight"], unit["guidance_start"], unit["guidance_end"]) == (
+        CONTROLNET_MODELS[0],
+        "none",
+        0.9,
+        0.0,
+        0.7,
+    )
+    edges = control_map(white_square(), CANNY, (64, 48))
+    sent = Image.open(io.BytesIO(base64.b64decode(unit["image"]))).convert("RGB")
+    assert sent.tobytes() == edges.tobytes(), "the edge map made here, not the photo"
+    assert fake.skipped_units == []
+    assert result.engine_info["controlnets"] == [CONTROLNET_MODELS[0]]
+    # The fake paints the map's edges white: the square's outline shows in the render.
+    rendered = list(result.images[0].image.convert("L").getdata())
+    edge_pixels = [i for i, pixel in enumerate(edges.convert("L").getdata()) if pixel == 255]
+    assert edge_pixels and all(rendered[i] > 200 for i in edge_pixels)
+
+
+def test_controls_without_the_controlnet_extension_are_a_clear_error(webui: tuple[FakeA1111, str]) -> None:
+    fake, url = webui
+    fake.controlnet_models = None
+    engine = guided_engine(url, {"uploads/photo.png": white_square()})
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(controls=[CANNY]), Progress())
+    engine.close()
+    assert "no ControlNet extension" in caught.value.message
+    assert any("sd-webui-controlnet" in hint for hint in caught.value.remediation)
+    assert fake.requests == [], "nothing was rendered"
+    # What A1111 itself answers when the script is named anyway:
+    body = {"prompt": "x", "steps": 1, "alwayson_scripts": {"controlnet": {"args": []}}}
+    response = httpx.post(url + TXT2IMG, json=body)
+    assert response.status_code == 422 and "controlnet not found" in a1111_message(response)
+
+
+def test_a_controlnet_model_the_extension_lacks_is_model_not_found(webui: tuple[FakeA1111, str]) -> None:
+    fake, url = webui
+    engine = guided_engine(url, {"uploads/photo.png": white_square()})
+    control = CANNY.model_copy(update={"model": "control_v11p_sd15_lineart"})
+    with pytest.raises(ModelNotFound) as caught:
+        engine.render(make_spec(controls=[control]), Progress())
+    engine.close()
+    assert "control_v11p_sd15_lineart" in caught.value.message
+    assert any(CONTROLNET_MODELS[0] in hint for hint in caught.value.remediation)
+    assert fake.requests == [], "the extension would have skipped the unit and rendered unguided"
+
+
+def test_hires_fix_renders_at_the_output_size_with_both_passes_in_progress(
+    webui: tuple[FakeA1111, str],
+) -> None:
+    fake, url = webui
+    engine = make_engine(url)
+    progress = Progress()
+    spec = make_spec(width=64, height=48, steps=6, hires=HiresFix(scale=1.5, strength=0.5, steps=4))
+    result = engine.render(spec, progress)
+    engine.close()
+
+    assert [image.image.size for image in result.images] == [spec.output_size] == [(96, 72)]
+    sent = fake.requests[-1]
+    assert (sent["enable_hr"], sent["hr_scale"], sent["hr_upscaler"], sent["denoising_strength"]) == (
+        True,
+        1.5,
+        "Lanczos",
+        0.5,
+    )
+    assert sent["hr_second_pass_steps"] == 4
+    assert progress.calls[-1] == (10, 10) and {total for _, total in progress.calls} == {10}
+    assert progress.steps == sorted(progress.steps)

@@ -1,7 +1,7 @@
 """The ComfyUI engine against a fake ComfyUI served for real (HTTP + websocket on loopback): what a
 user sees from a render, a refusal, a failure, a cancel, a lost event stream, an absent server —
 and the whole queue path from submit to a stored PNG that ComfyUI can load back, for text-to-image,
-image-to-image and inpainting."""
+image-to-image and inpainting; ControlNet maps and the hires fix."""
 
 from __future__ import annotations
 
@@ -17,24 +17,41 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, HiresFix, RenderSpec
 from services.images_service.app import create_app
-from services.images_service.engines import JobCanceled
+from services.images_service.control_maps import control_map
+from services.images_service.engines import JobCanceled, make_engine
 from services.images_service.engines.comfyui import (
     ComfyUIEngine,
+    ControlFiles,
     failure_remediation,
     graph_settings,
     template_graph,
 )
 from services.images_service.errors import EngineError, KittyError
 from services.images_service.metadata import read_png_text
+from services.images_service.models import ModelRegistry
 from services.images_service.settings import Settings
 from services.images_service.storage import make_store
 from tests.support.asgi_server import serve_asgi
 from tests.support.fakes import Recorder
 from tests.support.harness import Harness, make_settings
-from tests.support.peers.comfyui import DEFAULT_CHECKPOINTS, DEVICE_NAME, VERSION, FakeComfyUI
-from tests.support.pictures import kept_pixels, left_half, png_of, run_img2img_pair, two_tone
+from tests.support.peers.comfyui import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_CONTROLNETS,
+    DEFAULT_UPSCALE_MODELS,
+    DEVICE_NAME,
+    VERSION,
+    FakeComfyUI,
+)
+from tests.support.pictures import (
+    kept_pixels,
+    left_half,
+    png_of,
+    run_img2img_pair,
+    two_tone,
+    upload_picture,
+)
 from tests.support.servers import free_port
 
 POLL_S = 0.05
@@ -556,3 +573,144 @@ def test_graph_settings_reads_one_sampler_and_leaves_out_what_it_cannot_know() -
     graph["4"] = {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 3.0}}
     assert graph_settings(graph) == (None, dict.fromkeys(("steps", "cfg", "sampler", "scheduler")))
     assert graph_settings({}) == (None, dict.fromkeys(("steps", "cfg", "sampler", "scheduler")))
+
+
+# --- guidance: ControlNets and the hires fix -------------------------------------------------------
+def guided_engine(url: str, pictures: dict[str, Image.Image]) -> ComfyUIEngine:
+    return ComfyUIEngine(comfyui_settings(url), image_loader=pictures.__getitem__)
+
+
+def white_square() -> Image.Image:
+    """A photo with clear edges: a white square on black, 128×96."""
+    picture = Image.new("RGB", (128, 96), (0, 0, 0))
+    picture.paste((255, 255, 255), (40, 24, 88, 72))
+    return picture
+
+
+def test_controls_upload_their_maps_and_steer_the_render(fake: FakeComfyUI, url: str) -> None:
+    depth_map = Image.new("RGB", (64, 48), (90, 90, 90))
+    pictures = {"uploads/photo.png": white_square(), "uploads/depth.png": depth_map}
+    canny = ControlInput(
+        image="uploads/photo.png", type="canny", model="control_v11p_sd15_canny", weight=0.8, start=0.2
+    )
+    depth = ControlInput(image="uploads/depth.png", type="depth", model="controlnet-depth-sdxl-1.0", end=0.6)
+    engine = guided_engine(url, pictures)
+    result = engine.render(make_spec(controls=[canny, depth]), Recorder())
+    engine.close()
+
+    graph = fake.submitted[-1]["prompt"]
+    applied = [node["inputs"] for node in graph.values() if node["class_type"] == "ControlNetApplyAdvanced"]
+    assert [(a["strength"], a["start_percent"], a["end_percent"]) for a in applied] == [
+        (0.8, 0.2, 1.0),
+        (1.0, 0.0, 0.6),
+    ]
+    loaders = [node["inputs"] for node in graph.values() if node["class_type"] == "ControlNetLoader"]
+    assert [loader["control_net_name"] for loader in loaders] == list(DEFAULT_CONTROLNETS), "found by stem"
+
+    edges = control_map(white_square(), canny, (64, 48))
+    uploaded = result.engine_info["inputs"]["controls"]
+    sent = [Image.open(io.BytesIO(fake.files[("input", "", name)])).convert("RGB") for name in uploaded]
+    assert sent[0].tobytes() == edges.tobytes(), "the Canny edges computed on our side went up"
+    assert sent[1].tobytes() == depth_map.tobytes(), "a depth map goes up as given"
+    assert result.engine_info["controlnets"] == list(DEFAULT_CONTROLNETS)
+
+    # The fake paints each hint's edges white: the picture's colour boundary shows in the render.
+    (image,) = result.images
+    rendered = list(image.image.convert("L").getdata())
+    edge_columns = {x for x in range(64) if edges.getpixel((x, 24)) == (255, 255, 255)}
+    assert edge_columns, "the square has edges"
+    assert all(rendered[24 * 64 + x] > 200 for x in edge_columns)
+    assert rendered[24 * 64 + 5] < 200, "away from the edges: the seed's colour"
+
+
+def test_hires_fix_renders_at_the_output_size_and_counts_both_passes(
+    engine: ComfyUIEngine, fake: FakeComfyUI
+) -> None:
+    spec = make_spec(steps=5, hires=HiresFix(scale=2.0, strength=0.4, steps=3, upscaler="RealESRGAN_x4plus"))
+    progress = Recorder()
+    result = engine.render(spec, progress)
+
+    assert [image.image.size for image in result.images] == [spec.output_size] == [(128, 96)]
+    assert progress.calls[-1] == (8, 8) and {total for _, total in progress.calls} == {8}
+    steps = [step for step, _ in progress.calls]
+    assert steps == sorted(steps) and {6, 7} <= set(steps), "the second pass's steps add on"
+    graph = fake.submitted[-1]["prompt"]
+    samplers = [node["inputs"] for node in graph.values() if node["class_type"] == "KSampler"]
+    assert [(s["steps"], s["denoise"]) for s in samplers] == [(5, 1.0), (3, 0.4)]
+    assert result.engine_info["upscaler"] == DEFAULT_UPSCALE_MODELS[0]
+    workflow = json.loads(result.images[0].text_chunks["workflow"])
+    assert {node["type"] for node in workflow["nodes"]} >= {"UpscaleModelLoader", "ImageScale"}
+
+
+def test_a_controlnet_the_server_lacks_is_model_not_found_before_anything_is_sent(
+    fake: FakeComfyUI, url: str
+) -> None:
+    engine = guided_engine(url, {"uploads/photo.png": two_tone()})
+    control = ControlInput(image="uploads/photo.png", type="canny", model="no_such_controlnet")
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(controls=[control]), Recorder())
+    engine.close()
+    assert caught.value.code == "MODEL_NOT_FOUND"
+    assert "models/controlnet" in caught.value.message
+    assert any("control_v11p_sd15_canny.pth" in hint for hint in caught.value.remediation)
+    assert fake.submitted == [] and not [key for key in fake.files if key[0] == "input"]
+
+
+def test_a_control_map_gone_from_comfyui_is_an_engine_error(fake: FakeComfyUI, url: str) -> None:
+    fake.forget_uploads = True
+    engine = guided_engine(url, {"uploads/depth.png": two_tone()})
+    control = ControlInput(image="uploads/depth.png", type="depth", model="control_v11p_sd15_canny")
+    with pytest.raises(EngineError) as caught:
+        engine.render(make_spec(controls=[control]), Recorder())
+    engine.close()
+    assert "no longer has the input" in caught.value.message and "kitty_control_" in caught.value.message
+
+
+def test_fake_validates_the_guidance_nodes_like_comfyui(fake: FakeComfyUI, url: str) -> None:
+    spec = make_spec(controls=[ControlInput(image="uploads/a.png", type="depth", model="x")])
+    graph = template_graph(spec, DEFAULT_CHECKPOINTS[0], controls=[ControlFiles("missing.png", "nope.pth")])
+    apply = next(node for node in graph.values() if node["class_type"] == "ControlNetApplyAdvanced")
+    del apply["inputs"]["end_percent"]
+    apply["inputs"]["strength"] = 11.0
+    response = httpx.post(f"{url}/prompt", json={"prompt": graph})
+    assert response.status_code == 400
+    problems = {
+        (entry["class_type"], error["type"], error["extra_info"].get("input_name"))
+        for entry in response.json()["node_errors"].values()
+        for error in entry["errors"]
+    }
+    assert problems == {
+        ("LoadImage", "custom_validation_failed", "image"),
+        ("ControlNetLoader", "value_not_in_list", "control_net_name"),
+        ("ControlNetApplyAdvanced", "required_input_missing", "end_percent"),
+        ("ControlNetApplyAdvanced", "value_bigger_than_max", "strength"),
+    }
+
+
+def test_a_guided_job_through_the_queue(fake: FakeComfyUI, url: str, tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, comfyui_url=url, engine_poll_interval_s=POLL_S)
+    store = make_store(settings)
+    engine = make_engine("comfyui", settings, ModelRegistry(settings.models_yaml), store)
+    try:
+        with TestClient(create_app(settings, store=store)) as client:
+            harness = Harness(client, settings, store, {"comfyui": engine})
+            photo = upload_picture(client, white_square())
+            control = {"image": photo, "type": "canny", "model": "control_v11p_sd15_canny", "weight": 0.7}
+            hires = {"scale": 1.5, "strength": 0.3, "steps": 2}
+            job_id = harness.generate(
+                engine="comfyui", width=96, height=64, steps=3, controls=[control], hires=hires
+            )
+            harness.work("comfyui")
+            view = harness.job(job_id)
+            assert view["status"] == "done", view
+            assert view["progress"] == {"step": 5, "total": 5}, "both passes"
+            png = store.get(view["result"]["png_key"])
+            sidecar = json.loads(store.get(view["result"]["meta_key"]))
+    finally:
+        engine.close()
+    assert Image.open(io.BytesIO(png)).size == (144, 96)
+    assert sidecar["request"]["controls"][0]["image"] == photo
+    assert sidecar["request"]["hires"]["scale"] == 1.5
+    graph = json.loads(read_png_text(png)["prompt"])
+    (apply,) = [node["inputs"] for node in graph.values() if node["class_type"] == "ControlNetApplyAdvanced"]
+    assert apply["strength"] == 0.7

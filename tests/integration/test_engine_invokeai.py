@@ -1,7 +1,7 @@
 """The InvokeAI adapter against a fake InvokeAI served over real HTTP (its own HTTP is never patched):
 what a user sees for success, several images, model choice, failures, cancel, old servers, an
-unreachable server, health, the whole queue path from submit to imageRef, and image-to-image and
-inpainting from uploads."""
+unreachable server, health, the whole queue path from submit to imageRef, image-to-image and
+inpainting from uploads, ControlNet maps and the hires fix."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, HiresFix, RenderSpec
 from services.images_service.app import create_app
+from services.images_service.control_maps import control_map
 from services.images_service.engines import JobCanceled
 from services.images_service.engines.invokeai import InvokeAIEngine
 from services.images_service.errors import EngineError, EngineOffline, EngineTimeout, KittyError
@@ -540,3 +541,82 @@ def test_fake_upload_route_answers_like_invokeai(fake: FakeInvokeAI, served: str
         == 422
     )
     assert len(fake.uploads) == 1
+
+
+# --- guidance: ControlNets and the hires fix -------------------------------------------------------
+def white_square() -> Image.Image:
+    """A photo with clear edges: a white square on black, at the job's size."""
+    picture = Image.new("RGB", (64, 48), (0, 0, 0))
+    picture.paste((255, 255, 255), (20, 12, 44, 36))
+    return picture
+
+
+CANNY = ControlInput(image="uploads/photo.png", type="canny", model="canny", weight=0.9, start=0.0, end=0.75)
+
+
+def guided_engine(served: str) -> InvokeAIEngine:
+    depth_map = Image.new("RGB", (64, 48), (60, 60, 60))
+    pictures = {"uploads/photo.png": white_square(), "uploads/depth.png": depth_map}
+    return InvokeAIEngine(engine_settings(served), image_loader=pictures.__getitem__)
+
+
+def test_controls_upload_their_maps_steer_the_render_and_are_deleted(fake: FakeInvokeAI, served: str) -> None:
+    engine = guided_engine(served)
+    depth = ControlInput(image="uploads/depth.png", type="depth", model="canny", weight=0.3)
+    result = engine.render(make_spec(controls=[CANNY, depth]), Recorder())
+    engine.close()
+
+    graph = sent_graph(fake)
+    controls = [node for node in graph["nodes"].values() if node["type"] == "controlnet"]
+    assert [(c["control_weight"], c["begin_step_percent"], c["end_step_percent"]) for c in controls] == [
+        (0.9, 0.0, 0.75),
+        (0.3, 0.0, 1.0),
+    ]
+    assert {c["control_model"]["name"] for c in controls} == {"canny"}
+    maps = result.engine_info["inputs"]["controls"]
+    assert [dto["image_category"] for dto in fake.uploads] == ["control", "control"]
+    edges = control_map(white_square(), CANNY, (64, 48))
+    sent = Image.open(io.BytesIO(fake.uploaded_bytes[maps[0]])).convert("RGB")
+    assert sent.tobytes() == edges.tobytes(), "the edge map made here, not the photo"
+    assert sorted(fake.deleted) == sorted(maps), "the maps leave InvokeAI's store with the job"
+    rendered = list(result.images[0].image.convert("L").getdata())
+    edge_pixels = [i for i, pixel in enumerate(edges.convert("L").getdata()) if pixel == 255]
+    assert edge_pixels and all(rendered[i] > 200 for i in edge_pixels)
+
+
+def test_a_controlnet_the_server_lacks_or_of_another_base_is_refused_before_queueing(
+    fake: FakeInvokeAI, served: str
+) -> None:
+    engine = guided_engine(served)
+    with pytest.raises(KittyError) as missing:
+        engine.render(make_spec(controls=[CANNY.model_copy(update={"model": "lineart"})]), Recorder())
+    with pytest.raises(KittyError) as other_base:
+        engine.render(make_spec(controls=[CANNY.model_copy(update={"model": "depth-sdxl"})]), Recorder())
+    engine.close()
+    assert missing.value.code == "MODEL_NOT_FOUND" and "canny (sd-1)" in missing.value.message
+    assert other_base.value.code == "VALIDATION_ERROR" and "sdxl" in other_base.value.message
+    assert fake.batches == [] and fake.uploads == []
+
+
+def test_hires_fix_renders_the_second_pass_at_the_output_size(
+    fake: FakeInvokeAI, engine: InvokeAIEngine
+) -> None:
+    spec = make_spec(num_images=2, hires=HiresFix(scale=2.0, strength=0.5))
+    result = engine.render(spec, Recorder())
+    assert [image.image.size for image in result.images] == [spec.output_size] * 2 == [(128, 96)] * 2
+    assert [image.seed for image in result.images] == [1234, 1235]
+    noises = [d for d in fake.batches[-1]["batch"]["data"][0] if d["field_name"] == "seed"]
+    assert {d["node_path"]: d["items"] for d in noises} == {
+        "noise": [1234, 1235],
+        "hires_noise": [1234, 1235],
+        "core_metadata": [1234, 1235],
+    }, "each image's second pass is noised from its own seed"
+    metadata = json.loads(result.images[0].text_chunks["invokeai_metadata"])
+    assert metadata["hrf_enabled"] is True
+
+
+def test_hires_fix_with_an_upscaler_is_refused(fake: FakeInvokeAI, engine: InvokeAIEngine) -> None:
+    with pytest.raises(KittyError) as caught:
+        engine.render(make_spec(hires=HiresFix(upscaler="RealESRGAN_x4plus")), Recorder())
+    assert caught.value.code == "VALIDATION_ERROR" and "upscaler" in caught.value.message
+    assert fake.batches == []

@@ -1,4 +1,5 @@
-"""Fakes behind the protocols: an engine that paints the seed, steps with progress, and can fail."""
+"""Fakes behind the protocols: an engine that paints the seed (at the spec's output size, so after a
+hires fix), steps with progress, and can fail."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class FakeEngine:
         for i in range(spec.num_images):
             seed = spec.seed + i
             color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
-            images.append(RenderedImage(Image.new("RGB", (spec.width, spec.height), color), seed))
+            images.append(RenderedImage(Image.new("RGB", spec.output_size, color), seed))
         return RenderResult(
             images=images, device="fake", engine_info={"dtype": "none"}, timings={"render_s": 0.0}
         )

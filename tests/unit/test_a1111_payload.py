@@ -1,6 +1,6 @@
 """The AUTOMATIC1111 request and answer, without a server: the body `render_request` builds for
-txt2img, img2img and inpainting, sampler names, seeds and batch sizes, and what `client` reads from
-the server's bodies (errors, progress, the render's answer)."""
+txt2img, img2img and inpainting, ControlNet units and the hires fix, sampler names, seeds and batch
+sizes, and what `client` reads from the server's bodies (errors, progress, the render's answer)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, HiresFix, RenderSpec
 from services.images_service.engines.a1111 import (
     IMG2IMG,
     TXT2IMG,
@@ -27,14 +27,19 @@ from services.images_service.engines.a1111.client import (
     Task,
     TaskStatus,
     checkpoint_title,
+    controlnet_name,
     global_progress_status,
     parse_info,
     read_answer,
     task_progress_status,
 )
-from services.images_service.engines.a1111.payload import INPAINTING_FILL_ORIGINAL, RESIZE_JUST_RESIZE
+from services.images_service.engines.a1111.payload import (
+    INPAINTING_FILL_ORIGINAL,
+    RESIZE_JUST_RESIZE,
+    ControlUnit,
+)
 from services.images_service.engines.server_base import JobInputs
-from services.images_service.errors import EngineError
+from services.images_service.errors import EngineError, ValidationFailed
 
 TASK_ID = "task(0123456789abcdef)"
 
@@ -267,3 +272,101 @@ def test_info_is_json_inside_json() -> None:
     assert parse_info({"seed": 3}) == {"seed": 3}
     assert parse_info("not json") == {"raw": "not json"}
     assert parse_info(None) == {}
+
+
+# --- guidance: ControlNet units and the hires fix ------------------------------------------------------
+def test_controls_become_controlnet_units_of_the_extension() -> None:
+    canny = ControlInput(image="uploads/a.png", type="canny", model="canny", weight=0.7, start=0.1, end=0.9)
+    depth = ControlInput(image="uploads/b.png", type="depth", model="depth", weight=1.5)
+    edges, depth_map = Image.new("RGB", (96, 64), (255, 255, 255)), Image.new("RGB", (96, 64), (80, 80, 80))
+    units = [
+        ControlUnit(canny, edges, "control_v11p_sd15_canny [d14c016b]"),
+        ControlUnit(depth, depth_map, "control_v11f1p_sd15_depth [cfd03158]"),
+    ]
+    route, body = render_request(make_spec(controls=[canny, depth]), TASK_ID, None, JobInputs(), units)
+
+    assert route == TXT2IMG
+    first, second = body["alwayson_scripts"]["controlnet"]["args"]
+    assert {key: value for key, value in first.items() if key != "image"} == {
+        "enabled": True,
+        "module": "none",
+        "model": "control_v11p_sd15_canny [d14c016b]",
+        "weight": 0.7,
+        "guidance_start": 0.1,
+        "guidance_end": 0.9,
+        "resize_mode": "Just Resize",
+        "control_mode": "Balanced",
+        "pixel_perfect": False,
+        "processor_res": -1,
+        "threshold_a": -1,
+        "threshold_b": -1,
+        "hr_option": "Both",
+    }
+    assert decoded(first["image"]).tobytes() == edges.tobytes(), "the map, base64 PNG, as made here"
+    assert (second["model"], second["weight"], second["guidance_start"], second["guidance_end"]) == (
+        "control_v11f1p_sd15_depth [cfd03158]",
+        1.5,
+        0.0,
+        1.0,
+    )
+    assert decoded(second["image"]).tobytes() == depth_map.tobytes()
+    with pytest.raises(ValueError, match="2 controls"):
+        render_request(make_spec(controls=[canny, depth]), TASK_ID, None, JobInputs(), units[:1])
+
+
+def test_without_controls_no_script_is_named() -> None:
+    _, body = render_request(make_spec(), TASK_ID, None, JobInputs())
+    assert "alwayson_scripts" not in body and "enable_hr" not in body
+
+
+def test_img2img_carries_the_controls_too() -> None:
+    control = ControlInput(image="uploads/a.png", type="scribble", model="scribble")
+    spec = make_spec(image="uploads/in.png", strength=0.5, controls=[control])
+    unit = ControlUnit(control, picture(), "control_v11p_sd15_scribble [d4ba51ff]")
+    route, body = render_request(spec, TASK_ID, None, JobInputs(picture()), [unit])
+    assert route == IMG2IMG and body["alwayson_scripts"]["controlnet"]["args"][0]["module"] == "none"
+
+
+def test_hires_fix_is_txt2img_enable_hr_with_its_scale_strength_steps_and_upscaler() -> None:
+    _, body = render_request(
+        make_spec(hires=HiresFix(scale=2.0, strength=0.45, steps=8, upscaler="R-ESRGAN_4x")),
+        TASK_ID,
+        None,
+        JobInputs(),
+    )
+    hires = {"enable_hr", "denoising_strength"}
+    assert {key: body[key] for key in body if key.startswith("hr_") or key in hires} == {
+        "enable_hr": True,
+        "hr_scale": 2.0,
+        "hr_upscaler": "R-ESRGAN_4x",
+        "denoising_strength": 0.45,
+        "hr_second_pass_steps": 8,
+    }
+    assert (body["width"], body["height"]) == (96, 64), "the first pass's size"
+
+
+def test_hires_fix_defaults_to_lanczos_and_the_first_passes_steps() -> None:
+    _, body = render_request(make_spec(hires=HiresFix()), TASK_ID, None, JobInputs())
+    assert (body["hr_upscaler"], body["hr_second_pass_steps"]) == ("Lanczos", 0)
+
+
+def test_hires_fix_asks_for_our_output_size_where_a1111_would_round_otherwise() -> None:
+    spec = make_spec(width=104, height=64, hires=HiresFix(scale=1.5))
+    _, body = render_request(spec, TASK_ID, None, JobInputs())
+    # A1111 would make int(104 * 1.5) = 156 wide; ours rounds down to a multiple of 8.
+    assert spec.output_size == (152, 96)
+    assert (body["hr_resize_x"], body["hr_resize_y"]) == (152, 96)
+
+
+def test_hires_fix_on_img2img_is_refused() -> None:
+    spec = make_spec(image="uploads/in.png", strength=0.5, hires=HiresFix())
+    with pytest.raises(ValidationFailed, match="text-to-image only"):
+        render_request(spec, TASK_ID, None, JobInputs(picture()))
+
+
+def test_a_controlnet_is_found_by_its_listed_name_or_without_its_hash() -> None:
+    names = ["control_v11p_sd15_canny [d14c016b]", "control_v11f1p_sd15_depth [cfd03158]"]
+    assert controlnet_name(names, names[0]) == names[0]
+    assert controlnet_name(names, "control_v11p_sd15_canny") == names[0]
+    assert controlnet_name(names, "CONTROL_V11F1P_SD15_DEPTH") == names[1]
+    assert controlnet_name(names, "canny") is None, "no guessing from a part of the name"

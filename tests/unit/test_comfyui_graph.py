@@ -1,7 +1,8 @@
 """ComfyUI's graphs without a server: the template `template_graph` builds for text-to-image,
-image-to-image, inpainting and batches, with each scheduler's KSampler settings; the same graph in
-the UI's format (`ui_workflow`); what a raw graph renders with (`graph_settings`); checkpoint names;
-and what ComfyUI's ``node_errors``, refusals, events and failed prompts become."""
+image-to-image, inpainting, batches, ControlNets and the hires fix, with each scheduler's KSampler
+settings; the same graph in the UI's format (`ui_workflow`); what a raw graph renders with
+(`graph_settings`); checkpoint names; the equivalent graph of a guided render; and what ComfyUI's
+``node_errors``, refusals, events and failed prompts become."""
 
 from __future__ import annotations
 
@@ -10,25 +11,33 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, HiresFix, RenderSpec
+from services.images_service.engines import RenderedImage, RenderResult
 from services.images_service.engines.comfyui import (
     COMFYUI_SAMPLERS,
+    HIRES_SAMPLER_NODE,
     KEPT_CHUNKS,
     SAMPLER_NODE,
     SAVE_NODE,
     ComfyUIClient,
+    ControlFiles,
     combo_options,
+    control_nodes,
     describe_problems,
     failure_remediation,
     graph_settings,
+    hires_steps,
     match_checkpoint,
     node_problems,
     template_graph,
+    template_steps,
     ui_workflow,
 )
 from services.images_service.engines.comfyui.client import history_failure, prompt_failure, read_event
 from services.images_service.errors import KittyError
+from services.images_service.provenance import equivalent_graph
 from services.images_service.uploads import DEFAULT_STRENGTH
 
 CKPT = "SDXL/sd_xl_base_1.0.safetensors"
@@ -411,3 +420,134 @@ def test_a_failed_history_entry_is_the_failure_it_records() -> None:
     assert bare is not None and bare.message == "ComfyUI reports prompt p1 failed"
     assert history_failure("p1", {"status": {"status_str": "success"}, "outputs": {}}) is None
     assert history_failure("p1", {}) is None
+
+
+# --- guidance: ControlNets and the hires fix ---------------------------------------------------------
+CANNY = ControlInput(
+    image="uploads/edges.png", type="canny", model="cn_canny", weight=0.6, start=0.1, end=0.8
+)
+DEPTH = ControlInput(image="uploads/depth.png", type="depth", model="cn_depth", weight=1.3)
+
+
+def test_each_control_steers_both_prompts_of_every_sampler_in_order() -> None:
+    spec = make_spec(controls=[CANNY, DEPTH], hires=HiresFix(scale=2.0, strength=0.35))
+    files = [
+        ControlFiles("kitty_control_a.png", "canny.pth"),
+        ControlFiles("kitty_control_b.png", "depth.pth"),
+    ]
+    graph = template_graph(spec, CKPT, controls=files)
+
+    first, second = control_nodes(0), control_nodes(1)
+    assert graph[first[0]] == {"class_type": "LoadImage", "inputs": {"image": "kitty_control_a.png"}}
+    assert first[1] not in graph, "the map was computed on our side: no Canny node"
+    assert graph[first[2]] == {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "canny.pth"}}
+    assert graph[first[3]] == {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "control_net": [first[2], 0],
+            "image": [first[0], 0],
+            "strength": 0.6,
+            "start_percent": 0.1,
+            "end_percent": 0.8,
+        },
+    }
+    chained = graph[second[3]]["inputs"]
+    assert (chained["positive"], chained["negative"]) == ([first[3], 0], [first[3], 1])
+    assert (chained["strength"], chained["start_percent"], chained["end_percent"]) == (1.3, 0.0, 1.0)
+    for sampler in (SAMPLER_NODE, HIRES_SAMPLER_NODE):
+        inputs = graph[sampler]["inputs"]
+        assert (inputs["positive"], inputs["negative"]) == ([second[3], 0], [second[3], 1])
+    order = list(graph)
+    assert order.index(second[3]) < order.index(SAMPLER_NODE), "listed in the order they run"
+
+
+def test_hires_fix_resizes_the_first_pass_and_resamples_it_at_the_hires_strength() -> None:
+    spec = make_spec(width=64, height=48, steps=5, hires=HiresFix(scale=1.5, strength=0.35, steps=3))
+    graph = template_graph(spec, CKPT)
+    assert spec.output_size == (96, 72)
+    assert classes(graph) == {
+        **{node_id: kind for node_id, kind in classes(template_graph(make_spec(), CKPT)).items()},
+        "32": "ImageScale",
+        "33": "VAEEncode",
+        HIRES_SAMPLER_NODE: "KSampler",
+        "35": "VAEDecode",
+    }
+    assert graph["32"]["inputs"] == {
+        "image": ["8", 0],
+        "upscale_method": "lanczos",
+        "width": 96,
+        "height": 72,
+        "crop": "disabled",
+    }
+    second, first = graph[HIRES_SAMPLER_NODE]["inputs"], graph[SAMPLER_NODE]["inputs"]
+    assert (second["steps"], second["denoise"], second["latent_image"]) == (3, 0.35, ["33", 0])
+    assert (first["steps"], first["denoise"]) == (5, 1.0)
+    assert all(second[name] == first[name] for name in ("seed", "cfg", "sampler_name", "scheduler", "model"))
+    assert graph[SAVE_NODE]["inputs"]["images"] == ["35", 0]
+    assert template_steps(spec) == {SAMPLER_NODE: 0, HIRES_SAMPLER_NODE: 5} and hires_steps(spec) == 3
+    assert hires_steps(make_spec(hires=HiresFix())) == 5, "absent: the request's steps"
+
+
+def test_hires_fix_with_an_upscale_model_still_lands_on_the_output_size() -> None:
+    spec = make_spec(hires=HiresFix(scale=2.0, upscaler="RealESRGAN_x4plus"))
+    graph = template_graph(spec, CKPT, upscale_model="RealESRGAN_x4plus.pth")
+    assert graph["30"] == {
+        "class_type": "UpscaleModelLoader",
+        "inputs": {"model_name": "RealESRGAN_x4plus.pth"},
+    }
+    assert graph["31"]["inputs"] == {"upscale_model": ["30", 0], "image": ["8", 0]}
+    assert graph["32"]["inputs"]["image"] == ["31", 0]
+    assert (graph["32"]["inputs"]["width"], graph["32"]["inputs"]["height"]) == (128, 96)
+
+
+def test_a_graph_that_computes_edges_itself_adds_a_canny_node() -> None:
+    spec = make_spec(controls=[CANNY])
+    graph = template_graph(spec, CKPT, controls=[ControlFiles("edges.png", "cn_canny.safetensors", True)])
+    load, canny, _, apply = control_nodes(0)
+    assert graph[canny]["class_type"] == "Canny"
+    assert graph[canny]["inputs"]["image"] == [load, 0] and graph[apply]["inputs"]["image"] == [canny, 0]
+    assert 0.01 <= graph[canny]["inputs"]["low_threshold"] < graph[canny]["inputs"]["high_threshold"] <= 0.99
+
+
+def test_every_control_needs_its_files() -> None:
+    with pytest.raises(ValueError, match="2 controls"):
+        template_graph(make_spec(controls=[CANNY, DEPTH]), CKPT, controls=[ControlFiles("a.png", "c.pth")])
+
+
+def test_a_guided_graph_in_the_uis_format_links_every_input() -> None:
+    spec = make_spec(controls=[CANNY, DEPTH], hires=HiresFix(upscaler="x4"))
+    files = [ControlFiles("a.png", "c.pth", True), ControlFiles("b.png", "d.pth")]
+    graph = template_graph(spec, CKPT, controls=files, upscale_model="x4.pth")
+    workflow = ui_workflow(graph)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert len(nodes) == len(graph)
+    linked = sum(isinstance(value, list) for node in graph.values() for value in node["inputs"].values())
+    assert len(workflow["links"]) == linked
+    apply = nodes[int(control_nodes(0)[3])]
+    assert apply["widgets_values"] == [0.6, 0.1, 0.8]
+    assert [output["name"] for output in apply["outputs"]] == ["positive", "negative"]
+    assert nodes[int(control_nodes(0)[2])]["widgets_values"] == ["c.pth"]
+    assert nodes[int(HIRES_SAMPLER_NODE)]["pos"][0] > nodes[int(SAMPLER_NODE)]["pos"][0]
+
+
+def test_the_equivalent_graph_of_a_guided_render_names_its_pictures_and_models() -> None:
+    spec = make_spec(
+        engine="a1111",
+        model="dreamshaper_8",
+        scheduler="euler",
+        controls=[CANNY, DEPTH],
+        hires=HiresFix(scale=2.0, strength=0.4, upscaler="R-ESRGAN"),
+    )
+    result = RenderResult(images=[], device="http://a1111")
+    graph = equivalent_graph(spec, "a1111", result, RenderedImage(Image.new("RGB", (8, 8)), 9), None)
+    canny_load, canny, canny_loader, _ = control_nodes(0)
+    depth_load, depth_canny, depth_loader, _ = control_nodes(1)
+    assert graph[canny_load]["inputs"]["image"] == "edges.png" and graph[canny]["class_type"] == "Canny"
+    assert depth_canny not in graph, "a depth control's picture is the map"
+    assert graph[canny_loader]["inputs"]["control_net_name"] == "cn_canny.safetensors"
+    assert graph[depth_loader]["inputs"]["control_net_name"] == "cn_depth.safetensors"
+    assert graph["30"]["inputs"]["model_name"] == "R-ESRGAN.safetensors"
+    assert graph[HIRES_SAMPLER_NODE]["inputs"]["seed"] == 9
+    assert json.loads(json.dumps(ui_workflow(graph)))["nodes"]

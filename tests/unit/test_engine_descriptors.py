@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 import pytest
 
-from services.contracts import ENGINE_NAMES, GenerateRequest
+from services.contracts import ENGINE_NAMES, GenerateRequest, HiresFix
 from services.contracts.schema import EngineName
 from services.images_service.engines import make_engine
 from services.images_service.engines.descriptors import (
@@ -153,6 +153,33 @@ def test_an_input_image_goes_to_the_engines_that_declare_img2img(
     with pytest.raises(ValidationFailed, match="`image`: engine 'invokeai' does not take it") as caught:
         resolve_spec(request, registry, settings)
     assert "engines that do: a1111, comfyui, diffusers" in str(caught.value)
+
+
+def test_guided_generation_is_declared_engine_by_engine() -> None:
+    declared = {
+        name: {c: getattr(d.capabilities, c) for c in ("control", "reference", "upscale", "hires")}
+        for name, d in ENGINES.items()
+    }
+    server = {"control": True, "reference": False, "upscale": False, "hires": True}
+    assert declared == {
+        "diffusers": {"control": True, "reference": True, "upscale": True, "hires": True},
+        "comfyui": server,
+        "a1111": server,
+        "invokeai": server,
+    }
+
+
+def test_a_hires_fix_goes_to_the_engines_that_declare_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    registry, settings = ModelRegistry(tmp_path / "models.yaml"), make_settings()
+    request = GenerateRequest(
+        prompt="a cat", engine="invokeai", width=64, height=64, hires=HiresFix(scale=2.0)
+    )
+    assert resolve_spec(request, registry, settings).output_size == (128, 128)
+    with_capability(monkeypatch, "invokeai", hires=False)
+    with pytest.raises(ValidationFailed, match="`hires`: engine 'invokeai' does not take it"):
+        resolve_spec(request, registry, settings)
 
 
 def test_the_stack_starts_workers_for_local_selected_and_located_engines(clean_env: None) -> None:

@@ -1,6 +1,6 @@
 """The InvokeAI batch, without a server: the graphs `build_graph` makes for text-to-image,
-image-to-image and inpainting on SD1.x and SDXL models, scheduler names, the seeds of a batch, the
-choice of model, and what is read back from finished or failed queue items."""
+image-to-image, inpainting, ControlNets and the hires fix on SD1.x and SDXL models, scheduler names,
+the seeds of a batch, the choice of models, and what is read back from finished or failed queue items."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from services.contracts import MAX_SEED, RenderSpec
+from services.contracts import MAX_SEED, ControlInput, HiresFix, RenderSpec
 from services.images_service.engines.invokeai import (
+    ControlImage,
     InvokeModel,
     build_graph,
+    choose_controlnets,
     choose_model,
     invoke_scheduler,
     make_batch,
@@ -19,7 +21,13 @@ from services.images_service.engines.invokeai import (
     seed_data,
 )
 from services.images_service.engines.invokeai.client import failure_text, item_failure
-from services.images_service.engines.invokeai.graph import image_seeds, item_seed, output_image_name, slug
+from services.images_service.engines.invokeai.graph import (
+    image_seeds,
+    item_seed,
+    output_image_name,
+    output_node,
+    slug,
+)
 from services.images_service.errors import ModelNotFound, ValidationFailed
 
 SD15 = InvokeModel(key="k-sd15", hash="blake3:aa", name="Stable Diffusion v1.5", base="sd-1", type="main")
@@ -258,3 +266,116 @@ def test_versions_read_their_numeric_release() -> None:
     assert parse_version("v4.2") == (4, 2)
     with pytest.raises(ValueError, match="not a version"):
         parse_version("latest")
+
+
+# --- guidance: ControlNets and the hires fix -------------------------------------------------------
+CANNY_SD15 = InvokeModel(key="k-canny", hash="blake3:dd", name="canny", base="sd-1", type="controlnet")
+DEPTH_SD15 = InvokeModel(key="k-depth", hash="blake3:ee", name="Depth SD1.5", base="sd-1", type="controlnet")
+DEPTH_SDXL = InvokeModel(
+    key="k-depth-xl", hash="blake3:ff", name="depth-sdxl", base="sdxl", type="controlnet"
+)
+CANNY = ControlInput(image="uploads/a.png", type="canny", model="canny", weight=0.7, start=0.1, end=0.8)
+DEPTH = ControlInput(image="uploads/b.png", type="depth", model="k-depth", weight=1.2)
+
+
+def test_one_control_is_a_controlnet_node_feeding_the_denoise() -> None:
+    spec = make_spec(controls=[CANNY])
+    graph = build_graph(spec, SD15, "euler", controls=[ControlImage("map.png", CANNY_SD15)])
+    control = graph["nodes"]["control_0"]
+    assert {key: value for key, value in control.items() if key not in ("is_intermediate", "use_cache")} == {
+        "id": "control_0",
+        "type": "controlnet",
+        "image": {"image_name": "map.png"},
+        "control_model": CANNY_SD15.identifier,
+        "control_weight": 0.7,
+        "begin_step_percent": 0.1,
+        "end_step_percent": 0.8,
+        "control_mode": "balanced",
+        "resize_mode": "just_resize",
+    }
+    assert ("control_0", "control", "denoise", "control") in edges_of(graph)
+    assert "control_collect" not in graph["nodes"]
+    (recorded,) = graph["nodes"]["core_metadata"]["controlnets"]
+    assert recorded["image"] == {"image_name": "map.png"} and recorded["control_weight"] == 0.7
+
+
+def test_several_controls_are_collected_for_the_denoise_in_order() -> None:
+    spec = make_spec(controls=[CANNY, DEPTH])
+    files = [ControlImage("a.png", CANNY_SD15), ControlImage("b.png", DEPTH_SD15)]
+    graph = build_graph(spec, SD15, "euler", controls=files)
+    nodes = graph["nodes"]
+    assert nodes["control_collect"]["type"] == "collect"
+    items = [e for e in graph["edges"] if e["destination"]["node_id"] == "control_collect"]
+    assert [(e["source"]["node_id"], e["destination"]["field"]) for e in items] == [
+        ("control_0", "item"),
+        ("control_1", "item"),
+    ]
+    assert ("control_collect", "collection", "denoise", "control") in edges_of(graph)
+    assert (nodes["control_1"]["control_weight"], nodes["control_1"]["control_model"]["key"]) == (
+        1.2,
+        "k-depth",
+    )
+    with pytest.raises(ValueError, match="2 controls"):
+        build_graph(spec, SD15, "euler", controls=files[:1])
+
+
+def test_hires_fix_is_a_second_pass_over_the_resized_first() -> None:
+    spec = make_spec(width=96, height=64, steps=12, hires=HiresFix(scale=1.5, strength=0.4, steps=6))
+    graph = build_graph(spec, SD15, "euler", controls=[])
+    nodes = graph["nodes"]
+    assert spec.output_size == (144, 96)
+    assert (
+        nodes["hires_resize"]["type"],
+        nodes["hires_resize"]["width"],
+        nodes["hires_resize"]["height"],
+    ) == (
+        "img_resize",
+        144,
+        96,
+    )
+    assert nodes["hires_resize"]["resample_mode"] == "lanczos"
+    assert (nodes["hires_noise"]["width"], nodes["hires_noise"]["height"]) == (144, 96)
+    second = nodes["hires_denoise"]
+    assert (second["steps"], second["denoising_start"], second["scheduler"]) == (
+        6,
+        pytest.approx(0.6),
+        "euler",
+    )
+    assert (nodes["l2i"]["is_intermediate"], nodes["hires_l2i"]["is_intermediate"]) == (True, False)
+    assert output_node(spec, None) == "hires_l2i"
+    assert {
+        ("l2i", "image", "hires_resize", "image"),
+        ("hires_resize", "image", "hires_i2l", "image"),
+        ("hires_i2l", "latents", "hires_denoise", "latents"),
+        ("hires_noise", "noise", "hires_denoise", "noise"),
+        ("positive_prompt", "conditioning", "hires_denoise", "positive_conditioning"),
+        ("hires_denoise", "latents", "hires_l2i", "latents"),
+        ("core_metadata", "metadata", "hires_l2i", "metadata"),
+    } <= edges_of(graph)
+    assert nodes["core_metadata"]["hrf_enabled"] is True and nodes["core_metadata"]["hrf_strength"] == 0.4
+    assert seed_data(spec)[0][1] == {"node_path": "hires_noise", "field_name": "seed", "items": [1234]}
+
+
+def test_the_hires_pass_is_steered_by_the_controls_too() -> None:
+    spec = make_spec(controls=[CANNY], hires=HiresFix())
+    graph = build_graph(spec, SD15, "euler", controls=[ControlImage("a.png", CANNY_SD15)])
+    assert {
+        ("control_0", "control", "denoise", "control"),
+        ("control_0", "control", "hires_denoise", "control"),
+    } <= (edges_of(graph))
+    assert graph["nodes"]["hires_denoise"]["steps"] == 12, "absent: the request's steps"
+
+
+def test_controlnets_are_chosen_by_key_or_name_and_must_match_the_models_base() -> None:
+    models = [CANNY_SD15, DEPTH_SD15, DEPTH_SDXL]
+    assert choose_controlnets(models, ["canny", "k-depth", "depth-sd1.5"], SD15, URL) == [
+        CANNY_SD15,
+        DEPTH_SD15,
+        DEPTH_SD15,
+    ]
+    with pytest.raises(ModelNotFound, match="no ControlNet model 'lineart'"):
+        choose_controlnets(models, ["lineart"], SD15, URL)
+    with pytest.raises(ValidationFailed, match="is for sdxl models"):
+        choose_controlnets(models, ["depth-sdxl"], SD15, URL)
+    with pytest.raises(ValidationFailed, match="must name"):
+        choose_controlnets(models, [None], SD15, URL)

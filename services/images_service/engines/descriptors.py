@@ -43,8 +43,14 @@ class Capabilities:
     schedulers: bool
     """Maps the wire's scheduler names (`SCHEDULER_NAMES`) to its own samplers."""
     control: bool
+    """Steers a render with a request's `controls` (ControlNet maps): diffusers with models.yaml's
+    ControlNets, a server engine with its own (a control's `model` names the server's)."""
     reference: bool
+    """Takes after a request's `reference_image` (IP-Adapter)."""
     upscale: bool
+    """Runs upscale jobs (``POST /api/images/upscale``)."""
+    hires: bool
+    """Runs a request's `hires` fix: a second pass over the first, resized to the output size."""
     video: bool
 
 
@@ -152,21 +158,22 @@ IMAGES = Capabilities(
     refiner=False,
     raw_workflow=False,
     schedulers=True,
-    control=False,
+    control=True,
     reference=False,
     upscale=False,
+    hires=True,
     video=False,
 )
 """What every engine here renders: text-to-image, image-to-image and inpainting with our scheduler
-names (the A1111 and InvokeAI adapters: this; ComfyUI adds raw workflows; diffusers LoRA and the
-refiner)."""
+names, ControlNet guidance and the hires fix (the A1111 and InvokeAI adapters: this; ComfyUI adds
+raw workflows; diffusers LoRA, the refiner, reference images and upscale jobs)."""
 
 DESCRIPTORS = (
     EngineDescriptor(
         name="diffusers",
         class_path="services.images_service.engines.diffusers.engine:DiffusersEngine",
         kind="local",
-        capabilities=replace(IMAGES, lora=True, refiner=True),
+        capabilities=replace(IMAGES, lora=True, refiner=True, reference=True, upscale=True),
         construct=construct_local_engine,
     ),
     EngineDescriptor(

@@ -11,6 +11,13 @@ Behaviour reproduced from the real server, on purpose:
   partial images; an interrupt sent while idle is forgotten when the next render begins.
 - An unknown ``sd_model_checkpoint`` override silently falls back to the first checkpoint.
 - A failing render leaves ``current_task`` set (its ``finish_task`` is skipped).
+- The hires fix (``enable_hr``) makes ``int(side * hr_scale)`` images, or ``hr_resize_x``×``hr_resize_y``
+  when given, after a second sampling pass that doubles the job count.
+- The sd-webui-controlnet extension (``controlnet_models=None``: not installed) serves
+  ``/controlnet/version`` and ``/model_list``; without it ``alwayson_scripts.controlnet`` is refused
+  (422 "always on script controlnet not found"). A unit naming a model it lacks is skipped (the
+  extension's error is only logged) and the render goes on unguided. A unit's map steers the
+  fake's render: its bright pixels are painted white by the unit's weight.
 """
 
 from __future__ import annotations
@@ -47,6 +54,15 @@ CHECKPOINT_FILES = (
     "v1-5-pruned-emaonly.safetensors",
 )
 """Checkpoints in the fake's models/Stable-diffusion; the first is loaded at start."""
+
+CONTROLNET_MODELS = ("control_v11p_sd15_canny [d14c016b]", "control_v11f1p_sd15_depth [cfd03158]")
+"""The extension's ``/controlnet/model_list``: ``name [hash]`` of the files in models/ControlNet."""
+
+CONTROLNET_API_VERSION = 3
+"""``external_code.get_api_version()``."""
+
+CONTROLNET_MODULES = ("none", "canny", "depth_midas", "openpose", "scribble_hed")
+"""Preprocessors the fake knows (``module``); the real extension has dozens."""
 
 SAMPLERS: dict[str, list[str]] = {
     "DPM++ 2M": ["k_dpmpp_2m"],
@@ -100,9 +116,12 @@ class Txt2ImgRequest(BaseModel):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     enable_hr: bool | None = False
+    denoising_strength: float | None = None
     hr_scale: float | None = 2.0
     hr_upscaler: str | None = None
     hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
     force_task_id: str | None = None
     sampler_index: str | None = "Euler"
     script_name: str | None = None
@@ -129,6 +148,20 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res_padding: int | None = 0
     inpainting_mask_invert: int | None = 0
     include_init_images: bool | None = False
+
+
+@dataclass
+class ControlHint:
+    """One enabled ControlNet unit the fake applies: its decoded map and weight."""
+
+    image: Image.Image
+    weight: float
+
+    def paint(self, picture: Image.Image) -> Image.Image:
+        bright = self.image.convert("L").resize(picture.size, Image.Resampling.BILINEAR)
+        share = min(self.weight, 1.0)
+        white = Image.new("RGB", picture.size, (255, 255, 255))
+        return Image.composite(white, picture, bright.point([int(v * share) for v in range(256)]))
 
 
 @dataclass
@@ -260,6 +293,10 @@ class FakeA1111:
     interrupted_tasks: list[str | None] = field(default_factory=list)
     """The task each ``POST /sdapi/v1/interrupt`` hit (None: nothing was running)."""
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    controlnet_models: list[str] | None = field(default_factory=lambda: list(CONTROLNET_MODELS))
+    """None: the ControlNet extension is not installed."""
+    skipped_units: list[str] = field(default_factory=list)
+    """Models of units the extension skipped (not in its list), as its console would report them."""
 
     def __post_init__(self) -> None:
         self.queue_lock = threading.Lock()
@@ -276,6 +313,7 @@ class FakeA1111:
         """Also img2img's, with `inputs`."""
         task_id = request.force_task_id or f"task({secrets.token_hex(4)})"
         sampler, scheduler = self._sampler_and_scheduler(request)
+        hints = self._control_hints(request.alwayson_scripts or {})
         with self.state_lock:
             self.pending[task_id] = time.time()
         with self.queue_lock:
@@ -284,7 +322,7 @@ class FakeA1111:
                 self.current_task = task_id
                 self.pending.pop(task_id, None)
             try:
-                result = self._process(request, task_id, sampler, scheduler, inputs)
+                result = self._process(request, task_id, sampler, scheduler, inputs, hints)
                 with self.state_lock:
                     if self.current_task == task_id:
                         self.current_task = None
@@ -301,6 +339,7 @@ class FakeA1111:
         sampler: str,
         scheduler: str | None,
         inputs: Inputs | None,
+        hints: list[ControlHint],
     ) -> dict[str, Any]:
         if self.fail_with is not None:
             raise self.fail_with
@@ -315,29 +354,39 @@ class FakeA1111:
         # img2img samples only the part of the schedule the denoising strength asks for.
         sampled = int(steps * min(inputs.strength, 0.999)) + 1 if inputs else steps
         seed = request.seed if request.seed is not None and request.seed != -1 else random.randrange(2**32)
+        hires = bool(request.enable_hr) and inputs is None  # img2img has no hires fix
+        passes = [sampled]
+        if hires:
+            second = request.hr_second_pass_steps or steps
+            passes.append(int(second * min(request.denoising_strength or 0.0, 0.999)) + 1)
         with self.state_lock:
-            self.state.job_count, self.state.sampling_steps = n_iter, sampled
+            self.state.job_count = n_iter * len(passes)
         done = 0
-        for job_no in range(n_iter):
+        for job_no in range(n_iter * len(passes)):
+            pass_steps = passes[job_no % len(passes)]
             with self.state_lock:
-                self.state.job_no = job_no
-            for step in range(1, sampled + 1):
+                self.state.job_no, self.state.sampling_steps = job_no, pass_steps
+            for step in range(1, pass_steps + 1):
                 if self.state.interrupted:
                     break
                 time.sleep(self.step_s)
                 with self.state_lock:
                     self.state.sampling_step = step
-                done = step
+                done += 1
             if self.state.interrupted:
                 break
         self.outcomes[task_id] = Outcome(steps_done=done, interrupted=self.state.interrupted)
 
         width, height = request.width or 512, request.height or 512
+        if hires:
+            width, height = self._hires_size(request, width, height)
         seeds = [seed + i for i in range(batch * n_iter)]
         infotexts = [
             self._infotext(request, sampler, scheduler, s, model, width, height, steps) for s in seeds
         ]
-        images = [_png(width, height, s, text, inputs) for s, text in zip(seeds, infotexts, strict=True)]
+        images = [
+            _png(width, height, s, text, inputs, hints) for s, text in zip(seeds, infotexts, strict=True)
+        ]
         prompt, negative = request.prompt or "", request.negative_prompt or ""
         info = {
             "prompt": prompt,
@@ -378,6 +427,44 @@ class FakeA1111:
             "parameters": request.model_dump(),
             "info": json.dumps(info),
         }
+
+    @staticmethod
+    def _hires_size(request: Txt2ImgRequest, width: int, height: int) -> tuple[int, int]:
+        """processing.py's ``calculate_target_resolution``: the scale, or the resize when given
+        (both sides given: scaled to cover, then cropped to it)."""
+        resize_x, resize_y = request.hr_resize_x or 0, request.hr_resize_y or 0
+        if resize_x == 0 and resize_y == 0:
+            scale = request.hr_scale or 2.0
+            return int(width * scale), int(height * scale)
+        if resize_y == 0:
+            return resize_x, resize_x * height // width
+        if resize_x == 0:
+            return resize_y * width // height, resize_y
+        return resize_x, resize_y
+
+    def _control_hints(self, scripts: dict[str, Any]) -> list[ControlHint]:
+        """The ControlNet units of ``alwayson_scripts``, as the extension takes them: a script the
+        server lacks is a 422 (modules/api/api.py), a unit naming a model it lacks is skipped."""
+        hints: list[ControlHint] = []
+        for name, value in scripts.items():
+            if name.lower() != "controlnet" or self.controlnet_models is None:
+                raise HTTPException(status_code=422, detail=f"always on script {name} not found")
+            for unit in (value or {}).get("args") or []:
+                if not isinstance(unit, dict) or not unit.get("enabled", False):
+                    continue
+                module = unit.get("module", "none")
+                if module not in CONTROLNET_MODULES:
+                    raise ValueError(f"module({module}) not found in supported modules.")
+                weight = float(unit.get("weight", 1.0))
+                start, end = float(unit.get("guidance_start", 0.0)), float(unit.get("guidance_end", 1.0))
+                if not (0 <= weight <= 2 and 0 <= start <= end <= 1):
+                    raise ValueError(f"invalid unit: weight {weight}, guidance {start}..{end}")
+                model = str(unit.get("model", "None"))
+                if model not in self.controlnet_models:
+                    self.skipped_units.append(model)
+                    continue
+                hints.append(ControlHint(_decode_base64_image(unit["image"]), weight))
+        return hints
 
     def interrupt(self) -> None:
         with self.state_lock:
@@ -573,6 +660,19 @@ class FakeA1111:
             }
 
         app.include_router(api)
+
+        @app.get("/controlnet/version")
+        def controlnet_version() -> dict[str, Any]:
+            if self.controlnet_models is None:
+                raise HTTPException(status_code=404, detail="Not Found")
+            return {"version": CONTROLNET_API_VERSION}
+
+        @app.get("/controlnet/model_list")
+        def controlnet_model_list(update: bool = True) -> dict[str, Any]:
+            if self.controlnet_models is None:
+                raise HTTPException(status_code=404, detail="Not Found")
+            return {"model_list": list(self.controlnet_models)}
+
         if not self.nowebui:
 
             @app.post("/internal/progress")
@@ -600,11 +700,20 @@ class FakeA1111:
         return auth
 
 
-def _png(width: int, height: int, seed: int, parameters: str, inputs: Inputs | None = None) -> str:
-    """An image coloured by its seed (from the input, for img2img), with the infotext chunk, base64
-    like the real answer."""
+def _png(
+    width: int,
+    height: int,
+    seed: int,
+    parameters: str,
+    inputs: Inputs | None = None,
+    hints: list[ControlHint] | None = None,
+) -> str:
+    """An image coloured by its seed (from the input, for img2img), steered by `hints`, with the
+    infotext chunk, base64 like the real answer."""
     color = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
     image = inputs.render(width, height, color) if inputs else Image.new("RGB", (width, height), color)
+    for hint in hints or []:
+        image = hint.paint(image)
     info = PngInfo()
     info.add_text("parameters", parameters)
     buffer = io.BytesIO()

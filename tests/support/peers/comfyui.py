@@ -5,8 +5,12 @@ colour by ``denoise`` — carrying ComfyUI's ``prompt``/``workflow`` text chunks
 per-node cache. ``POST /upload/image`` keeps files in memory, where LoadImage finds them.
 
 Switches a test may flip at any time: `step_delay_s`, `node_delay_s` (every other node's run time),
-`checkpoints`, `paused` (hold the queue), `fail_node_type` (that node raises → ``execution_error``),
-`websocket_enabled`, `forget_uploads`.
+`checkpoints`, `controlnets`, `upscale_models`, `paused` (hold the queue), `fail_node_type` (that
+node raises → ``execution_error``), `websocket_enabled`, `forget_uploads`.
+
+Guidance: ControlNetApplyAdvanced adds its hint to the conditioning, and the KSampler paints each
+hint's bright pixels (edges) white over its colour, by the hint's strength — so a render shows the
+map it was steered by. ImageUpscaleWithModel scales by 4, as the common ESRGAN files do.
 
 Differences from the real server are found by tests/integration/test_comfyui_real.py, which runs
 the same scenarios against both."""
@@ -30,12 +34,16 @@ from urllib.parse import urlsplit
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 VERSION = "0.3.64"
 DEVICE_NAME = "cuda:0 NVIDIA H200 : cudaMallocAsync"
 DEFAULT_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors", "SDXL/sd_xl_base_1.0.safetensors")
+DEFAULT_CONTROLNETS = ("control_v11p_sd15_canny.pth", "SDXL/controlnet-depth-sdxl-1.0.safetensors")
+DEFAULT_UPSCALE_MODELS = ("RealESRGAN_x4plus.pth",)
+UPSCALE_MODEL_FACTOR = 4
+"""What ImageUpscaleWithModel multiplies sides by (the files above are 4x models)."""
 
 QUEUE_POLL_S = 0.005
 """How often the fake's executor looks for queued work."""
@@ -113,10 +121,47 @@ NODE_TYPES: dict[str, NodeType] = {
     ),
     "ImageScale": NodeType(("image", "upscale_method", "width", "height", "crop"), ("IMAGE",)),
     "ImageInvert": NodeType(("image",), ("IMAGE",)),
+    # nodes.py and comfy_extras (nodes_upscale_model.py, nodes_canny.py), v0.3.64
+    "ControlNetLoader": NodeType(("control_net_name",), ("CONTROL_NET",)),
+    "ControlNetApplyAdvanced": NodeType(
+        ("positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent"),
+        ("CONDITIONING", "CONDITIONING"),
+        optional=("vae",),
+    ),
+    "UpscaleModelLoader": NodeType(("model_name",), ("UPSCALE_MODEL",)),
+    "ImageUpscaleWithModel": NodeType(("upscale_model", "image"), ("IMAGE",)),
+    "Canny": NodeType(("image", "low_threshold", "high_threshold"), ("IMAGE",)),
 }
 """The nodes this fake knows (a real server has hundreds). An IMAGE is a list of Pillow images (a
 batch), a MASK one greyscale image (white = 1), a LATENT a dict of its size and batch, with the
 pixels it decodes to once encoded or sampled."""
+
+
+COMBO_FILES = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ControlNetLoader", "control_net_name"): "controlnets",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+}
+"""Loader inputs whose choices are the files of a models folder: (node, input) → the fake's list."""
+
+FLOAT_BOUNDS = {
+    ("ControlNetApplyAdvanced", "strength"): (0.0, 10.0),
+    ("ControlNetApplyAdvanced", "start_percent"): (0.0, 1.0),
+    ("ControlNetApplyAdvanced", "end_percent"): (0.0, 1.0),
+    ("KSampler", "denoise"): (0.0, 1.0),
+    ("Canny", "low_threshold"): (0.01, 0.99),
+    ("Canny", "high_threshold"): (0.01, 0.99),
+}
+"""FLOAT inputs' min and max (``value_smaller_than_min`` / ``value_bigger_than_max`` outside)."""
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """CONDITIONING: the prompt's text and the ControlNet hints applied to it, in order."""
+
+    text: str
+    hints: tuple[tuple[Image.Image, float, float, float], ...] = ()
+    """(hint, strength, start_percent, end_percent)."""
 
 
 class Interrupted(Exception):
@@ -186,6 +231,8 @@ class FakeComfyUI:
         self, *, checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS, step_delay_s: float = 0.01
     ) -> None:
         self.checkpoints = list(checkpoints)
+        self.controlnets = list(DEFAULT_CONTROLNETS)
+        self.upscale_models = list(DEFAULT_UPSCALE_MODELS)
         self.step_delay_s = step_delay_s
         self.node_delay_s = 0.0
         """How long each node but a sampler takes: a slow graph, to cancel while it runs."""
@@ -415,11 +462,9 @@ class FakeComfyUI:
     def _node_info(self, name: str) -> dict[str, Any]:
         node = NODE_TYPES[name]
         required: dict[str, Any] = {key: ["*", {}] for key in node.required}
-        if name == "CheckpointLoaderSimple":
-            required["ckpt_name"] = [
-                list(self.checkpoints),
-                {"tooltip": "The name of the checkpoint (model) to load."},
-            ]
+        for (node_class, input_name), files in COMBO_FILES.items():
+            if name == node_class:
+                required[input_name] = [list(getattr(self, files)), {}]
         if name in ("LoadImage", "LoadImageMask"):
             inputs = sorted(filename for kind, _, filename in self.files if kind == "input")
             required["image"] = [inputs, {"image_upload": True}]
@@ -540,17 +585,27 @@ class FakeComfyUI:
                         {"input_name": "image"},
                     )
                 )
-        if node["class_type"] == "CheckpointLoaderSimple" and "ckpt_name" in inputs:
-            value = inputs["ckpt_name"]
-            if value not in self.checkpoints:
-                errors.append(
-                    _error(
-                        "value_not_in_list",
-                        "Value not in list",
-                        f"ckpt_name: '{value}' not in {self.checkpoints}",
-                        {"input_name": "ckpt_name", "received_value": value},
+        for (node_class, input_name), files in COMBO_FILES.items():
+            if node["class_type"] == node_class and input_name in inputs:
+                value, choices = inputs[input_name], getattr(self, files)
+                if value not in choices:
+                    errors.append(
+                        _error(
+                            "value_not_in_list",
+                            "Value not in list",
+                            f"{input_name}: '{value}' not in {choices}",
+                            {"input_name": input_name, "received_value": value},
+                        )
                     )
+        for (node_class, input_name), (low, high) in FLOAT_BOUNDS.items():
+            value = inputs.get(input_name) if node["class_type"] == node_class else None
+            if isinstance(value, int | float) and not low <= value <= high:
+                kind, message = (
+                    ("value_smaller_than_min", f"Value {value} smaller than min of {low}")
+                    if value < low
+                    else ("value_bigger_than_max", f"Value {value} bigger than max of {high}")
                 )
+                errors.append(_error(kind, message, f"{input_name}", {"input_name": input_name}))
         return errors
 
     def _input_file(self, name: str) -> bytes | None:
@@ -747,7 +802,32 @@ class FakeComfyUI:
         if class_type == "CheckpointLoaderSimple":
             return (f"model:{inputs['ckpt_name']}", "clip", "vae"), None
         if class_type == "CLIPTextEncode":
-            return (str(inputs["text"]),), None
+            return (Conditioning(str(inputs["text"])),), None
+        if class_type in ("ControlNetLoader", "UpscaleModelLoader"):
+            return (f"{class_type}:{next(iter(inputs.values()))}",), None
+        if class_type == "ControlNetApplyAdvanced":
+            strength = float(inputs["strength"])
+            if strength == 0:  # as ComfyUI: the conditioning passes unchanged
+                return (inputs["positive"], inputs["negative"]), None
+            hint = (
+                inputs["image"][0],
+                strength,
+                float(inputs["start_percent"]),
+                float(inputs["end_percent"]),
+            )
+            return tuple(
+                Conditioning(cond.text, (*cond.hints, hint))
+                for cond in (inputs["positive"], inputs["negative"])
+            ), None
+        if class_type == "ImageUpscaleWithModel":
+            return (
+                [
+                    image.resize((image.width * UPSCALE_MODEL_FACTOR, image.height * UPSCALE_MODEL_FACTOR))
+                    for image in inputs["image"]
+                ],
+            ), None
+        if class_type == "Canny":
+            return ([self._edges(image) for image in inputs["image"]],), None
         if class_type == "EmptyLatentImage":
             return (
                 {"width": inputs["width"], "height": inputs["height"], "batch": inputs["batch_size"]},
@@ -761,7 +841,9 @@ class FakeComfyUI:
                 if step == 1:
                     await self._send(client, "", self._preview())
             return (
-                self._sample(inputs["latent_image"], int(inputs["seed"]), float(inputs["denoise"])),
+                self._sample(
+                    inputs["latent_image"], int(inputs["seed"]), float(inputs["denoise"]), inputs["positive"]
+                ),
             ), None
         if class_type == "VAEDecode":
             return (list(inputs["samples"]["pixels"]),), None
@@ -834,14 +916,30 @@ class FakeComfyUI:
         return [image.resize((width, height), method) for image in images]
 
     @staticmethod
-    def _sample(latent: dict[str, Any], seed: int, denoise: float) -> dict[str, Any]:
-        """KSampler's "render": each image a colour drawn from the seed; from a latent that has
-        pixels (an encoded picture), those moved towards the colour by `denoise`, and only inside
+    def _edges(image: Image.Image) -> Image.Image:
+        """Canny's output: white edges on black, as RGB."""
+        found = image.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v >= 64 else 0)
+        return found.convert("RGB")
+
+    @staticmethod
+    def _sample(
+        latent: dict[str, Any], seed: int, denoise: float, positive: Conditioning | None = None
+    ) -> dict[str, Any]:
+        """KSampler's "render": each image a colour drawn from the seed, with the bright pixels of
+        each ControlNet hint painted white over it by the hint's strength; from a latent that has
+        pixels (an encoded picture), those moved towards the drawing by `denoise`, and only inside
         its noise mask."""
         size = (latent["width"], latent["height"])
+        hints = positive.hints if isinstance(positive, Conditioning) else ()
         pixels = []
         for index in range(latent["batch"]):
             drawn = Image.new("RGB", size, _seed_color(seed, index))
+            for hint, strength, _, _ in hints:
+                # ComfyUI scales a hint to the latent's size (`set_cond_hint`, then `get_control`).
+                bright = hint.convert("L").resize(size, Image.Resampling.BILINEAR)
+                share = min(strength, 1.0)
+                weight = bright.point([int(v * share) for v in range(256)])
+                drawn = Image.composite(Image.new("RGB", size, (255, 255, 255)), drawn, weight)
             if "pixels" in latent:
                 start = latent["pixels"][index]
                 drawn = Image.blend(start, drawn, denoise)

@@ -22,6 +22,11 @@ What it reproduces, read from InvokeAI's source (``api/routers/session_queue.py`
   ``PUT .../cancel``, ``GET /api/v1/queue/{q}/list`` (cursor pages, for servers without ``item_ids``).
 - ``GET /api/v1/images/i/{name}/full``: an upload as sent, or a node's PNG with ``invokeai_metadata``,
   ``invokeai_graph`` (and ``invokeai_workflow`` when the batch carried a workflow).
+- Guidance (``controlnet.py``, ``graph.py``'s ``collect``, ``image.py``'s ``img_resize``): a
+  ``controlnet`` node's ``control`` reaches ``denoise_latents.control`` directly or through a
+  ``collect`` node (every ``item`` edge gathered, in order); the denoise paints each control image's
+  bright pixels white by its weight, so a render shows the map that steered it. A ControlNet of
+  another base than the main model fails the item, as InvokeAI's model check does.
 """
 
 from __future__ import annotations
@@ -129,12 +134,34 @@ NODE_TYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 "strength",
                 "init_image",
                 "vae",
+                "hrf_enabled",
+                "hrf_method",
+                "hrf_strength",
             }
         ),
         frozenset({"metadata"}),
     ),
     "l2i": (
         frozenset({"latents", "vae", "tiled", "tile_size", "fp32", "metadata", "board"}),
+        frozenset({"image", "width", "height"}),
+    ),
+    "controlnet": (
+        frozenset(
+            {
+                "image",
+                "control_model",
+                "control_weight",
+                "begin_step_percent",
+                "end_step_percent",
+                "control_mode",
+                "resize_mode",
+            }
+        ),
+        frozenset({"control"}),
+    ),
+    "collect": (frozenset({"item", "collection"}), frozenset({"collection"})),
+    "img_resize": (
+        frozenset({"image", "width", "height", "resample_mode", "metadata", "board"}),
         frozenset({"image", "width", "height"}),
     ),
 }
@@ -152,6 +179,8 @@ REQUIRED_CONNECTIONS: dict[str, tuple[str, ...]] = {
 
 REQUIRED_VALUES: dict[str, tuple[str, ...]] = {
     "i2l": ("image",),
+    "controlnet": ("image", "control_model"),
+    "img_resize": ("image",),
     "create_denoise_mask": ("mask",),
     "img_paste": ("base_image", "image"),
 }
@@ -159,6 +188,8 @@ REQUIRED_VALUES: dict[str, tuple[str, ...]] = {
 
 IMAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "i2l": ("image",),
+    "controlnet": ("image",),
+    "img_resize": ("image",),
     "create_denoise_mask": ("image", "mask"),
     "img_paste": ("base_image", "image", "mask"),
 }
@@ -177,6 +208,11 @@ GenerationMode = Literal[
 """``core_metadata.generation_mode`` (``GENERATION_MODES`` of SD and SDXL)."""
 
 ImageCategory = Literal["general", "mask", "control", "user", "other"]
+
+CONTROL_MODES = ("balanced", "more_prompt", "more_control", "unbalanced")
+CONTROL_RESIZE_MODES = ("just_resize", "crop_resize", "fill_resize", "just_resize_simple")
+RESAMPLING_MODES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+"""``CONTROLNET_MODE_VALUES``, ``CONTROLNET_RESIZE_VALUES`` and ``PIL_RESAMPLING_MODES``."""
 """``ImageCategory`` of an image record, which the upload route asks for."""
 
 VAE_KEPT_BITS = 0xF8
@@ -282,6 +318,8 @@ def default_models() -> list[dict[str, Any]]:
         record("5a4bb1c1-8c6e-4b8e-9c41-6d0c1d2f0a01", "stable-diffusion-v1-5", "sd-1"),
         record("9e0f3e55-2f4b-4c61-b0a7-0ab2a5d7c302", "Juggernaut XL v9", "sdxl"),
         record("1b9a7c2d-5d6e-4f70-8a91-b2c3d4e5f603", "sdxl-vae-fp16-fix", "sdxl", "vae"),
+        record("c0a1b2c3-d4e5-4f60-8a71-92b3c4d5e604", "canny", "sd-1", "controlnet"),
+        record("d1b2c3d4-e5f6-4071-9b82-a3c4d5e6f705", "depth-sdxl", "sdxl", "controlnet"),
     ]
 
 
@@ -368,6 +406,22 @@ def check_values(node_id: str, node: dict[str, Any]) -> None:
         for name in ("denoising_start", "denoising_end"):
             if not 0 <= node.get(name, 0) <= 1:
                 raise ValueError(f"{node_id}.{name} must be within [0, 1]")
+    if node_type == "controlnet":
+        model = node.get("control_model")
+        if not isinstance(model, dict) or not {"key", "hash", "name", "base", "type"} <= set(model):
+            raise ValueError(f"{node_id}.control_model must be a ModelIdentifierField")
+        weight = node.get("control_weight", 1.0)
+        if not -1 <= weight <= 2:
+            raise ValueError(f"{node_id}.control_weight must be within [-1, 2]")
+        begin, end = node.get("begin_step_percent", 0), node.get("end_step_percent", 1)
+        if not 0 <= begin <= 1 or not 0 <= end <= 1 or begin > end:
+            raise ValueError("Begin step percent must be less than or equal to end step percent")
+        if node.get("control_mode", "balanced") not in CONTROL_MODES:
+            raise ValueError(f"{node_id}.control_mode {node.get('control_mode')!r} is not a control mode")
+        if node.get("resize_mode", "just_resize") not in CONTROL_RESIZE_MODES:
+            raise ValueError(f"{node_id}.resize_mode {node.get('resize_mode')!r} is not a resize mode")
+    if node_type == "img_resize" and node.get("resample_mode", "bicubic") not in RESAMPLING_MODES:
+        raise ValueError(f"{node_id}.resample_mode {node.get('resample_mode')!r} is not a resampling mode")
     if node_type in ("main_model_loader", "sdxl_model_loader"):
         model = node.get("model")
         if not isinstance(model, dict) or not {"key", "hash", "name", "base", "type"} <= set(model):
@@ -599,11 +653,18 @@ class FakeInvokeAI:
             node = graph["nodes"][node_id]
             inputs = {name: value for name, value in node.items() if name not in COMMON_FIELDS}
             connected = set()
+            items = []
             for edge in graph["edges"]:
                 if edge["destination"]["node_id"] == node_id:
                     source = edge["source"]
-                    inputs[edge["destination"]["field"]] = outputs[source["node_id"]][source["field"]]
+                    value = outputs[source["node_id"]][source["field"]]
+                    if node["type"] == "collect" and edge["destination"]["field"] == "item":
+                        items.append(value)  # a collector gathers every item edge
+                        continue
+                    inputs[edge["destination"]["field"]] = value
                     connected.add(edge["destination"]["field"])
+            if node["type"] == "collect":
+                inputs["collection"] = [*inputs.get("collection", []), *items]
             for name in REQUIRED_CONNECTIONS.get(node["type"], ()):
                 if name not in connected:
                     raise NodeError(
@@ -650,7 +711,19 @@ class FakeInvokeAI:
             return {"denoise_mask": self._open(inputs["mask"]).convert("L")}
         if node_type == "denoise_latents":
             latents = denoise(inputs)
+            control = inputs.get("control")
+            for hint in control if isinstance(control, list) else [control] if control else []:
+                latents = self._steer(latents, hint, item)
             return {"latents": latents, "width": latents.width, "height": latents.height}
+        if node_type == "controlnet":
+            fields = {name: inputs.get(name) for name in NODE_TYPES[node_type][0]}
+            return {"control": {**fields, "control_weight": inputs.get("control_weight", 1.0)}}
+        if node_type == "collect":
+            return {"collection": list(inputs["collection"])}
+        if node_type == "img_resize":
+            target = (int(inputs.get("width", 512)), int(inputs.get("height", 512)))
+            resized = self._open(inputs["image"]).convert("RGB").resize(target, Image.Resampling.LANCZOS)
+            return self._save(item, node, resized, inputs.get("metadata"))
         if node_type == "core_metadata":
             return {"metadata": {**inputs, "app_version": self.version}}
         if node_type == "l2i":
@@ -658,6 +731,21 @@ class FakeInvokeAI:
         if node_type == "img_paste":
             return self._save(item, node, self._paste(inputs), inputs.get("metadata"))
         raise NodeError("NotImplementedError", f"the fake does not run {node_type}")
+
+    def _steer(self, latents: Image.Image, control: dict[str, Any], item: QueueItem) -> Image.Image:
+        """A ControlNet's effect in the fake: its image's bright pixels painted white by its weight.
+        The ControlNet must be installed and of the main model's base (InvokeAI's model check)."""
+        key = control["control_model"]["key"]
+        record = next((m for m in self.models if m["key"] == key and m["type"] == "controlnet"), None)
+        if record is None:
+            raise NodeError("UnknownModelException", f"Unknown model: {key}")
+        loaders = [n for n in item.graph["nodes"].values() if n["type"].endswith("model_loader")]
+        if loaders and loaders[0]["model"]["base"] != record["base"]:
+            raise NodeError("ValueError", f"ControlNet {record['name']} is incompatible with the main model")
+        bright = self._open(control["image"]).convert("L").resize(latents.size, Image.Resampling.BILINEAR)
+        share = min(float(control["control_weight"]), 1.0)
+        white = Image.new("RGB", latents.size, (255, 255, 255))
+        return Image.composite(white, latents, bright.point([int(v * share) for v in range(256)]))
 
     def _paste(self, inputs: dict[str, Any]) -> Image.Image:
         """``img_paste``: `image` over `base_image` at (x, y) on a transparent canvas big enough for

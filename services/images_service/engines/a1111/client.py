@@ -1,5 +1,6 @@
 """The AUTOMATIC1111 API over HTTP: its routes, its error bodies, its two progress views, its
-global interrupt, and the render's answer (base64 PNGs and an ``info`` JSON string).
+global interrupt, the ControlNet extension's models, and the render's answer (base64 PNGs and an
+``info`` JSON string).
 
 The render request (``POST /sdapi/v1/txt2img`` or ``img2img``) answers only once every image is
 done, so it runs in a background thread (`RenderCall`) while the caller polls the task's progress.
@@ -21,7 +22,7 @@ from PIL import UnidentifiedImageError
 
 from services.contracts import RenderSpec
 
-from ...errors import EngineError, ModelNotFound, Unauthorized
+from ...errors import EngineError, ModelNotFound, Unauthorized, ValidationFailed
 from ...metadata import PARAMETERS_CHUNK
 from ..base import RenderedImage
 from ..remote import HEALTH_TIMEOUT_S, SERVER_MESSAGE_CHARS, decode_image, png_text_chunks, server_message
@@ -37,6 +38,15 @@ TASK_PROGRESS = "/internal/progress"
 GLOBAL_PROGRESS = "/sdapi/v1/progress"
 INTERRUPT = "/sdapi/v1/interrupt"
 SD_MODELS = "/sdapi/v1/sd-models"
+CONTROLNET_VERSION = "/controlnet/version"
+CONTROLNET_MODELS = "/controlnet/model_list"
+"""Routes of the sd-webui-controlnet extension (its ``scripts/api.py``); absent (404) without it."""
+
+CONTROLNET_INSTALL = (
+    "Install the sd-webui-controlnet extension on the AUTOMATIC1111 server (Extensions → Available, "
+    "or git clone https://github.com/Mikubill/sd-webui-controlnet into its extensions folder), put "
+    "the ControlNet models in models/ControlNet, and restart it."
+)
 
 A1111_CHUNK = "a1111_parameters"
 """The server's own infotext is kept under this name: ``parameters`` is rewritten by the store path."""
@@ -175,6 +185,15 @@ def checkpoint_title(models: Any, model: str) -> str | None:
     return None
 
 
+def controlnet_name(names: list[str], model: str) -> str | None:
+    """The listed name (``control_v11p_sd15_canny [d14c016b]``) `model` names: exactly, or by its
+    name without the hash, in any case (the extension's own lookup is case-blind)."""
+    if model in names:
+        return model
+    found = [name for name in names if name.split(" [", 1)[0].lower() == model.lower()]
+    return found[0] if len(found) == 1 else None
+
+
 class A1111Client(ServerClient):
     """One AUTOMATIC1111 server started with ``--api`` (v1.6 or later)."""
 
@@ -209,6 +228,45 @@ class A1111Client(ServerClient):
                 "Or send no model to use the server's current checkpoint.",
             ],
         )
+
+    def controlnet_models(self, wanted: list[str | None]) -> list[str]:
+        """The ControlNet extension's exact name for each model in `wanted`
+        (``/controlnet/model_list``). The extension is asked first: without it A1111 refuses the
+        whole render, and with an unknown model the extension skips the unit and renders unguided."""
+        if any(model is None for model in wanted):
+            raise ValidationFailed(
+                f"a control on {SERVER_LABEL} must name the ControlNet extension's model in `model`",
+                remediation=["Send `model` with each control: the server's GET /controlnet/model_list."],
+            )
+        version = self.http.get(CONTROLNET_VERSION)
+        if version.status_code == 404:
+            raise EngineError(
+                f"{SERVER_LABEL} at {self.base_url} has no ControlNet extension ({CONTROLNET_VERSION}: "
+                "404), so it cannot render `controls`",
+                remediation=[
+                    CONTROLNET_INSTALL,
+                    "Or send the request without `controls`, or to another engine.",
+                ],
+            )
+        self.raise_for_status(version)
+        response = self.http.get(CONTROLNET_MODELS, params={"update": "true"})
+        self.raise_for_status(response)
+        try:
+            listed = response.json().get("model_list")
+        except (ValueError, AttributeError):
+            listed = None
+        names = [str(name) for name in listed] if isinstance(listed, list) else []
+        found = [controlnet_name(names, str(model)) for model in wanted]
+        for model, name in zip(wanted, found, strict=True):
+            if name is None:
+                raise ModelNotFound(
+                    f"{SERVER_LABEL} at {self.base_url} has no ControlNet model '{model}'",
+                    remediation=[
+                        f"Use one of: {', '.join(names[:20])}" if names else "The extension lists no models.",
+                        "Put the model in the server's models/ControlNet folder (no restart needed).",
+                    ],
+                )
+        return [name for name in found if name is not None]
 
     def start_render(self, route: str, payload: dict[str, Any], timeout: httpx.Timeout) -> RenderCall:
         call = RenderCall(self.http, route, payload, timeout)

@@ -1,4 +1,5 @@
-"""The AUTOMATIC1111 engine: checks the checkpoint, sends the render built by `payload`, follows
+"""The AUTOMATIC1111 engine: checks the checkpoint (and the ControlNet extension's models, for a job
+with controls, whose maps are made here), sends the render built by `payload`, follows
 the task's progress while the render's request runs (the progress callback is where cancels
 surface) and turns the answer into a `RenderResult`.
 
@@ -19,6 +20,7 @@ from services.contracts import RenderSpec
 from ...errors import EngineTimeout, Unauthorized
 from ...settings import Settings
 from ..base import EngineHealth, JobCanceled, ProgressFn, RenderResult
+from ..remote import job_input
 from ..server_base import JobClock, ServerEngine
 from .client import (
     AUTH_REMEDIATION,
@@ -32,7 +34,7 @@ from .client import (
     parse_api_auth,
     read_answer,
 )
-from .payload import render_request
+from .payload import ControlUnit, render_request
 
 log = logging.getLogger("kitty.images.engines.a1111")
 
@@ -77,11 +79,14 @@ class A1111Engine(ServerEngine[A1111Client]):
         if self._auth_problem:
             raise Unauthorized(self._auth_problem, remediation=[AUTH_REMEDIATION])
         clock = JobClock.start(self.settings)
-        task = Task(new_task_id(), spec.steps)
+        # The server's progress covers the hires fix's second pass too (its job count doubles).
+        second_pass = (spec.hires.steps or spec.steps) if spec.hires is not None else 0
+        task = Task(new_task_id(), spec.steps + second_pass)
         with self.api.speaking():
             checkpoint = self.api.checkpoint_title(spec.model) if spec.model else None
-            route, payload = render_request(spec, task.id, checkpoint, self._job_inputs(spec))
-            progress(0, spec.steps)
+            units = self._control_units(spec)
+            route, payload = render_request(spec, task.id, checkpoint, self._job_inputs(spec), units)
+            progress(0, task.steps)
             call = self.api.start_render(
                 route,
                 payload,
@@ -104,8 +109,25 @@ class A1111Engine(ServerEngine[A1111Client]):
             render_s = clock.elapsed_s()
             self.api.raise_for_status(response)
             result = self._result(read_answer(response, spec, task), task, render_s)
-        progress(spec.steps, spec.steps)
+        if units:
+            result.engine_info["controlnets"] = [unit.model for unit in units]
+        progress(task.steps, task.steps)
         return result
+
+    def _control_units(self, spec: RenderSpec) -> list[ControlUnit]:
+        """Each control's map (made here: `control_maps.control_map`) and the extension's name of
+        its model; none without controls, and then the extension is not asked for."""
+        if not spec.controls:
+            return []
+        models = self.api.controlnet_models([control.model for control in spec.controls])
+        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
+
+        size = (spec.width, spec.height)
+        pictures = [job_input(self._image_loader, c.image, "RGB", size, self.name) for c in spec.controls]
+        return [
+            ControlUnit(control, control_map(picture, control, size), model)
+            for control, picture, model in zip(spec.controls, pictures, models, strict=True)
+        ]
 
     def health(self) -> EngineHealth:
         if self._auth_problem:

@@ -1,5 +1,6 @@
 """The body of an AUTOMATIC1111 render, built from a `RenderSpec` alone: no I/O. txt2img, or
-img2img when the job has an input image (inpainting with its mask).
+img2img when the job has an input image (inpainting with its mask); the hires fix (txt2img's
+``enable_hr``); ControlNet units for the sd-webui-controlnet extension (``alwayson_scripts``).
 
 Inpainting asks for what our diffusers engine does: white repaints, the masked area starts from the
 original pixels (``inpainting_fill`` 1) at the whole picture's resolution, and A1111 pastes the
@@ -9,12 +10,15 @@ original back outside the mask.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from services.contracts import A1111_SAMPLERS, RenderSpec
+from services.contracts import A1111_SAMPLERS, ControlInput, RenderSpec
 
+from ...errors import ValidationFailed
 from ..remote import png_bytes
 from ..server_base import JobInputs
 
@@ -27,6 +31,35 @@ INPAINTING_FILL_ORIGINAL = 1
 RESIZE_JUST_RESIZE = 0
 """A1111's ``resize_mode``: the input is scaled to the job's size (which we derive from the input's
 own aspect ratio when the request gives none)."""
+
+CONTROLNET_SCRIPT = "controlnet"
+"""The sd-webui-controlnet extension's name among ``alwayson_scripts``."""
+
+CONTROL_MODULE = "none"
+"""The unit's preprocessor: none, since we send the finished map (`control_maps.control_map`)."""
+
+CONTROL_RESIZE_MODE = "Just Resize"
+"""The unit's ``resize_mode``: our map is at the job's size already; nothing is cropped."""
+
+CONTROL_MODE = "Balanced"
+"""The unit's ``control_mode`` (the extension's default): the prompt and the map weigh as usual."""
+
+HIRES_CONTROL = "Both"
+"""The unit's ``hr_option``: it steers the hires fix's second pass too, as in our other engines."""
+
+DEFAULT_HIRES_UPSCALER = "Lanczos"
+"""``hr_upscaler`` when `HiresFix.upscaler` is absent: the wire's "absent: Lanczos resampling"."""
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One of the spec's controls as the server takes it: its map and the extension's model name."""
+
+    control: ControlInput
+    picture: Image.Image
+    """The map, at the job's size."""
+    model: str
+    """The model as ``/controlnet/model_list`` lists it: ``control_v11p_sd15_canny [d14c016b]``."""
 
 
 def sampler_fields(scheduler: str | None) -> dict[str, str]:
@@ -67,14 +100,73 @@ def encode_png(picture: Image.Image) -> str:
     return base64.b64encode(png_bytes(picture)).decode("ascii")
 
 
+def control_args(units: Sequence[ControlUnit]) -> dict[str, Any]:
+    """``alwayson_scripts`` steering the render with `units` (the extension's ``ControlNetUnit``
+    fields, from its ``internal_controlnet/args.py``); empty without any."""
+    if not units:
+        return {}
+    args = [
+        {
+            "enabled": True,
+            "image": encode_png(unit.picture),
+            "module": CONTROL_MODULE,
+            "model": unit.model,
+            "weight": unit.control.weight,
+            "guidance_start": unit.control.start,
+            "guidance_end": unit.control.end,
+            "resize_mode": CONTROL_RESIZE_MODE,
+            "control_mode": CONTROL_MODE,
+            "pixel_perfect": False,
+            "processor_res": -1,
+            "threshold_a": -1,
+            "threshold_b": -1,
+            "hr_option": HIRES_CONTROL,
+        }
+        for unit in units
+    ]
+    return {"alwayson_scripts": {CONTROLNET_SCRIPT: {"args": args}}}
+
+
+def hires_fields(spec: RenderSpec) -> dict[str, Any]:
+    """txt2img's hires fix for ``spec.hires`` (empty without one). A1111 makes the second pass
+    ``int(side * hr_scale)`` big, where our output size rounds down to a multiple of 8: where the
+    two differ, ``hr_resize_x``/``hr_resize_y`` ask for our size exactly."""
+    hires = spec.hires
+    if hires is None:
+        return {}
+    fields: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": hires.scale,
+        "hr_upscaler": hires.upscaler or DEFAULT_HIRES_UPSCALER,
+        "denoising_strength": hires.strength,
+        "hr_second_pass_steps": hires.steps or 0,  # 0: the first pass's steps, as ours
+    }
+    width, height = spec.output_size
+    if (width, height) != (int(spec.width * hires.scale), int(spec.height * hires.scale)):
+        fields.update(hr_resize_x=width, hr_resize_y=height)
+    return fields
+
+
 def render_request(
-    spec: RenderSpec, task_id: str, checkpoint: str | None, inputs: JobInputs
+    spec: RenderSpec,
+    task_id: str,
+    checkpoint: str | None,
+    inputs: JobInputs,
+    controls: Sequence[ControlUnit] = (),
 ) -> tuple[str, dict[str, Any]]:
     """The route and body of the render: txt2img, or img2img with `inputs`, the job's picture and
-    mask already at the job's size (`read_job_inputs`)."""
-    payload = base_payload(spec, task_id, checkpoint)
+    mask already at the job's size (`read_job_inputs`); steered by `controls`, one per
+    ``spec.controls``."""
+    if len(controls) != len(spec.controls):
+        raise ValueError(f"the spec has {len(spec.controls)} controls; {len(controls)} units were given")
+    payload = base_payload(spec, task_id, checkpoint) | control_args(controls)
     if spec.image is None:
-        return TXT2IMG, payload
+        return TXT2IMG, payload | hires_fields(spec)
+    if spec.hires is not None:
+        raise ValidationFailed(
+            "AUTOMATIC1111 runs the hires fix on text-to-image only: img2img has none",
+            remediation=["Send the request without `hires`, or without `image`."],
+        )
     if inputs.image is None or (spec.mask is not None and inputs.mask is None):
         raise ValueError("an image-to-image spec needs its picture (and mask) in `inputs`")
     payload.update(

@@ -8,7 +8,7 @@ import json
 import logging
 import uuid
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -20,8 +20,7 @@ from ...errors import EngineError, KittyError, ValidationFailed
 from ..remote import HEALTH_TIMEOUT_S, png_bytes
 from ..server_base import InputRole, ServerClient
 from .graph import (
-    IMAGE_NODE,
-    MASK_NODE,
+    INPUT_NODES,
     OUTPUT_PREFIX,
     combo_options,
     describe_problems,
@@ -129,12 +128,17 @@ class ComfyUIClient(ServerClient):
 
     def checkpoints(self) -> list[str]:
         """The checkpoint names CheckpointLoaderSimple offers (its ``ckpt_name`` combo)."""
-        info = self.get_json("/object_info/CheckpointLoaderSimple")
-        node = info.get("CheckpointLoaderSimple") if isinstance(info, dict) else None
-        required = ((node or {}).get("input") or {}).get("required") or {}
-        return combo_options(required.get("ckpt_name"))
+        return self.model_files("CheckpointLoaderSimple", "ckpt_name")
 
-    def upload(self, picture: Image.Image, role: InputRole) -> str:
+    def model_files(self, node_class: str, input_name: str) -> list[str]:
+        """The files a loader node offers in its combo `input_name` (``ControlNetLoader``'s
+        ``control_net_name``: ComfyUI's models/controlnet); empty when the server lacks the node."""
+        info = self.get_json(f"/object_info/{node_class}")
+        node = info.get(node_class) if isinstance(info, dict) else None
+        required = ((node or {}).get("input") or {}).get("required") or {}
+        return combo_options(required.get(input_name))
+
+    def upload(self, picture: Image.Image, role: InputRole | Literal["control"]) -> str:
         """``POST /upload/image`` into ComfyUI's input folder, under a name of our own that is new
         each time (``overwrite``: ComfyUI keeps it as sent); answers the name LoadImage reads it by."""
         filename = f"{OUTPUT_PREFIX}_{role}_{uuid.uuid4().hex}.png"
@@ -207,7 +211,7 @@ class ComfyUIClient(ServerClient):
             if error.get("details"):
                 what += f" ({error['details']})"
         detail = {"error_type": error.get("type"), "node_errors": problems}
-        if is_template and any(p["node_id"] in (IMAGE_NODE, MASK_NODE) for p in problems):
+        if is_template and any(p["node_id"] in INPUT_NODES for p in problems):
             # Our own upload, gone by the time the prompt came: nothing in the request to fix.
             return EngineError(
                 f"{SERVER} at {self.base_url} no longer has the input uploaded for this job: {what}",

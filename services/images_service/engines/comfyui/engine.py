@@ -1,7 +1,7 @@
-"""The ComfyUI engine: the render's course — the checkpoint chosen, the inputs uploaded, the graph
-built (`graph`) and queued, the prompt followed on the event socket (``/history`` polled when it is
-unavailable) with progress reported, stopped when the job ends early, and its images fetched
-(`client`)."""
+"""The ComfyUI engine: the render's course — the checkpoint (and ControlNet and upscaler files)
+chosen, the inputs and control maps uploaded, the graph built (`graph`) and queued, the prompt
+followed on the event socket (``/history`` polled when it is unavailable) with progress reported,
+stopped when the job ends early, and its images fetched (`client`)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from functools import cached_property
 from typing import Any
 
 import httpx
+from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from services.contracts import RenderSpec
 
-from ...errors import EngineError, EngineOffline, EngineTimeout, ModelNotFound
+from ...errors import EngineError, EngineOffline, EngineTimeout, ModelNotFound, ValidationFailed
 from ...settings import Settings
 from ..base import EngineHealth, ProgressFn, RenderedImage, RenderResult
-from ..remote import decode_image, png_text_chunks
+from ..remote import decode_image, job_input, png_text_chunks
 from ..server_base import JobClock, ServerEngine, uploaded_inputs
 from .client import (
     FAILED_EVENTS,
@@ -36,15 +37,20 @@ from .client import (
 )
 from .graph import (
     KEPT_CHUNKS,
-    SAMPLER_NODE,
     SAVE_NODE,
+    ControlFiles,
     force_output_prefix,
     graph_settings,
+    hires_steps,
     match_checkpoint,
     raw_output_prefix,
     template_graph,
+    template_steps,
     ui_workflow,
 )
+
+CONTROLNET_FOLDER, UPSCALER_FOLDER = "models/controlnet", "models/upscale_models"
+"""Where ComfyUI reads the files ControlNetLoader and UpscaleModelLoader offer."""
 
 log = logging.getLogger("kitty.images.engines.comfyui")
 
@@ -60,8 +66,9 @@ class _Run:
     prompt_id: str
     report_to: ProgressFn
     clock: JobClock
-    sampler_node: str | None
-    """The template counts only its KSampler's steps (a tiled VAE decode sends progress too)."""
+    samplers: dict[str, int] | None
+    """The template's sampler nodes and the steps that run before each (the hires fix's pass comes
+    after the first): only theirs count (a tiled VAE decode sends progress too). None: a raw graph."""
     total: int
     step: int = 0
     finished_passes: int = 0
@@ -91,10 +98,11 @@ class _Run:
     def advance(self, data: dict[str, Any]) -> None:
         node = None if data.get("node") is None else str(data["node"])
         value, maximum = int(data.get("value", 0)), int(data.get("max", 0))
-        if self.sampler_node is not None:
-            if node is not None and node != self.sampler_node:
+        if self.samplers is not None:
+            if node is not None and node not in self.samplers:
                 return
-            step, total = value, max(maximum, self.total)
+            before = self.samplers.get(node or "", 0)
+            step, total = before + value, max(before + maximum, self.total)
         else:
             if self.pass_max and (node != self.pass_node or value < self.pass_value):
                 self.finished_passes += self.pass_max
@@ -127,6 +135,12 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
     from our store, resized here to the job's size and uploaded to ComfyUI's input folder
     (``POST /upload/image``) before the prompt is queued (see `template_graph`). ComfyUI offers no
     route to delete an input, so the uploads stay in that folder.
+
+    Each of ``spec.controls`` becomes a control map here (`control_maps.control_map`: Canny edges
+    computed on our side, other types sent as given), uploaded the same way; its ``model`` names a
+    file of the server's models/controlnet folder (by file name or stem, as checkpoints). With
+    ``spec.hires`` the template adds the second pass; ``hires.upscaler`` then names a file of its
+    models/upscale_models (absent: Lanczos). ComfyUI reports each pass's steps: progress counts both.
 
     Canceling (the progress callback raising `JobCanceled`) or running out of time deletes the
     prompt from ComfyUI's queue when it is still pending, or interrupts it when it is running.
@@ -182,13 +196,26 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
             }
             if is_template:
                 checkpoint = self._checkpoint(spec.model)
+                model_files = [self._model_file(c.model, "ControlNetLoader") for c in spec.controls]
+                upscaler = spec.hires.upscaler if spec.hires is not None else None
+                if upscaler is not None:
+                    upscaler = self._model_file(upscaler, "UpscaleModelLoader")
                 image, mask = self._upload_inputs(spec)
-                graph = template_graph(spec, checkpoint, image=image, mask=mask)
+                maps = [self.api.upload(picture, "control") for picture in self._control_maps(spec)]
+                controls = [ControlFiles(name, file) for name, file in zip(maps, model_files, strict=True)]
+                graph = template_graph(
+                    spec, checkpoint, image=image, mask=mask, controls=controls, upscale_model=upscaler
+                )
                 pnginfo: dict[str, Any] | None = {"workflow": ui_workflow(graph)}
                 engine_info["checkpoint"] = checkpoint
-                if image is not None:
+                if image is not None or maps:
                     # Their names in ComfyUI's input folder, where they stay (see the class docstring).
                     engine_info["inputs"] = {"image": image, "mask": mask}
+                if maps:
+                    engine_info["inputs"]["controls"] = maps
+                    engine_info["controlnets"] = model_files
+                if upscaler is not None:
+                    engine_info["upscaler"] = upscaler
             else:
                 # Saved under our own prefix, whatever the graph says (see `force_output_prefix`).
                 prefix = raw_output_prefix(prompt_id)
@@ -201,8 +228,8 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
                 prompt_id=prompt_id,
                 report_to=progress,
                 clock=clock,
-                sampler_node=SAMPLER_NODE if is_template else None,
-                total=spec.steps if is_template else 0,
+                samplers=template_steps(spec) if is_template else None,
+                total=spec.steps + hires_steps(spec) if is_template else 0,
             )
             run.report()
             with ExitStack() as stack:
@@ -256,6 +283,40 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
                 ],
             )
         return found
+
+    def _model_file(self, model: str | None, loader: str) -> str:
+        """The file `model` names among those `loader` (ControlNetLoader, UpscaleModelLoader)
+        offers: a server engine's ControlNet or upscaler is the server's own file."""
+        if model is None:
+            raise ValidationFailed(
+                f"a control on the {self.name} engine must name {SERVER}'s ControlNet file in `model`",
+                remediation=[f"Send `model` with each control: a file of ComfyUI's {CONTROLNET_FOLDER}."],
+            )
+        input_name, folder = {
+            "ControlNetLoader": ("control_net_name", CONTROLNET_FOLDER),
+            "UpscaleModelLoader": ("model_name", UPSCALER_FOLDER),
+        }[loader]
+        available = self.api.model_files(loader, input_name)
+        found = match_checkpoint(model, available)
+        if found is None:
+            listed = f"Use one of: {', '.join(available[:20])}" if available else f"It has none in {folder}."
+            raise ModelNotFound(
+                f"{SERVER} has no {folder} file named '{model}'",
+                remediation=[listed, f"Or put '{model}' in ComfyUI's {folder} folder."],
+            )
+        return found
+
+    def _control_maps(self, spec: RenderSpec) -> list[Image.Image]:
+        """The map each of the spec's controls steers with, at the first pass's size."""
+        if not spec.controls:
+            return []
+        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
+
+        size = (spec.width, spec.height)
+        return [
+            control_map(job_input(self._image_loader, c.image, "RGB", size, self.name), c, size)
+            for c in spec.controls
+        ]
 
     def _upload_inputs(self, spec: RenderSpec) -> tuple[str | None, str | None]:
         """The names ComfyUI gave the job's picture and mask (None, None for txt2img), uploaded at

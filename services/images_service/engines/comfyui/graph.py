@@ -1,13 +1,17 @@
 """ComfyUI's graphs, pure: the built-in template in the API format (txt2img, image-to-image,
-inpainting), the same graph in the UI's format for the PNG's ``workflow`` chunk, the settings a raw
-graph renders with, checkpoint names, and what ComfyUI's ``node_errors`` and node failures say."""
+inpainting, ControlNet guidance, the hires fix), the same graph in the UI's format for the PNG's
+``workflow`` chunk, the settings a raw graph renders with, model file names, and what ComfyUI's
+``node_errors`` and node failures say."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from services.contracts import RenderSpec
+from services.contracts.schema import MAX_CONTROLS
 
 from ...uploads import DEFAULT_STRENGTH
 
@@ -47,6 +51,21 @@ CHECKPOINT_NODE, SAMPLER_NODE, SAVE_NODE = "4", "3", "9"
 
 IMAGE_NODE, MASK_NODE = "10", "13"
 """The image-to-image template's LoadImage and LoadImageMask: they read our uploaded files."""
+
+CONTROL_FIRST_NODE, CONTROL_NODE_COUNT = 20, 4
+"""Control i's nodes are ``20 + 4i`` (LoadImage of its map), ``+1`` (Canny, only in a graph that
+computes the edges itself), ``+2`` (ControlNetLoader) and ``+3`` (ControlNetApplyAdvanced)."""
+
+HIRES_SAMPLER_NODE = "34"
+"""The hires fix's second KSampler; ``30``-``35`` are that pass's nodes."""
+
+HIRES_SCALE_METHOD = "lanczos"
+"""ImageScale's method for the hires fix's resize (and the only one without an upscaler): Lanczos,
+as the wire promises when `HiresFix.upscaler` is absent."""
+
+CANNY_THRESHOLDS = (100 / 255, 200 / 255)
+"""The Canny node's (low, high) in a graph that computes edges itself (the equivalent graph of a
+`canny` control with `preprocess`): OpenCV's 100 and 200 on its 0-255 scale, ComfyUI's 0-1 one."""
 
 MASK_CHANNEL = "red"
 """LoadImageMask's channel for our masks, greyscale PNGs (white = repaint): "red" reads the grey
@@ -89,6 +108,29 @@ _UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
         (("IMAGE", "IMAGE"),),
         ("x", "y", "resize_source"),
     ),
+    "Canny": ((("image", "IMAGE"),), (("IMAGE", "IMAGE"),), ("low_threshold", "high_threshold")),
+    "ControlNetLoader": ((), (("CONTROL_NET", "CONTROL_NET"),), ("control_net_name",)),
+    "ControlNetApplyAdvanced": (
+        (
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("control_net", "CONTROL_NET"),
+            ("image", "IMAGE"),
+        ),
+        (("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
+        ("strength", "start_percent", "end_percent"),
+    ),
+    "UpscaleModelLoader": ((), (("UPSCALE_MODEL", "UPSCALE_MODEL"),), ("model_name",)),
+    "ImageUpscaleWithModel": (
+        (("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")),
+        (("IMAGE", "IMAGE"),),
+        (),
+    ),
+    "ImageScale": (
+        (("image", "IMAGE"),),
+        (("IMAGE", "IMAGE"),),
+        ("upscale_method", "width", "height", "crop"),
+    ),
 }
 """The template's node types as ComfyUI's UI describes them, to write a loadable ``workflow`` chunk."""
 
@@ -96,16 +138,74 @@ SAMPLER_SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "Sa
 """ComfyUI's core sampler nodes and the input that holds each one's seed."""
 
 LOADER_NODES = frozenset(
-    {"CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "VAELoader", "LoraLoader"}
+    {
+        "CheckpointLoaderSimple",
+        "CheckpointLoader",
+        "UNETLoader",
+        "VAELoader",
+        "LoraLoader",
+        "ControlNetLoader",
+        "UpscaleModelLoader",
+    }
 )
 """Nodes that read a model file: their failures are about the file, not about memory."""
 
 
+@dataclass(frozen=True)
+class ControlFiles:
+    """What the template's graph names for one of the spec's controls (same order)."""
+
+    image: str
+    """The picture LoadImage reads (a name in ComfyUI's input folder)."""
+    model: str
+    """The ControlNet file ControlNetLoader reads (a name in ComfyUI's models/controlnet)."""
+    detect_edges: bool = False
+    """`image` is a plain picture whose edges a Canny node computes; False: `image` is the map."""
+
+
+def control_nodes(index: int) -> tuple[str, str, str, str]:
+    """Control `index`'s node ids: LoadImage, Canny, ControlNetLoader, ControlNetApplyAdvanced."""
+    first = CONTROL_FIRST_NODE + CONTROL_NODE_COUNT * index
+    return str(first), str(first + 1), str(first + 2), str(first + 3)
+
+
+INPUT_NODES = frozenset({IMAGE_NODE, MASK_NODE, *(control_nodes(i)[0] for i in range(MAX_CONTROLS))})
+"""The template's nodes that read our uploads: their failing validation means an upload is gone."""
+
+
+def template_steps(spec: RenderSpec) -> dict[str, int]:
+    """The template's samplers and, for each, how many steps run before it: its progress adds on."""
+    samplers = {SAMPLER_NODE: 0}
+    if spec.hires is not None:
+        samplers[HIRES_SAMPLER_NODE] = spec.steps
+    return samplers
+
+
+def hires_steps(spec: RenderSpec) -> int:
+    """The hires fix's second pass's steps (0 without one): its own, or the request's."""
+    if spec.hires is None:
+        return 0
+    return spec.hires.steps or spec.steps
+
+
 def template_graph(
-    spec: RenderSpec, ckpt_name: str, *, image: str | None = None, mask: str | None = None
+    spec: RenderSpec,
+    ckpt_name: str,
+    *,
+    image: str | None = None,
+    mask: str | None = None,
+    controls: Sequence[ControlFiles] = (),
+    upscale_model: str | None = None,
 ) -> dict[str, Any]:
     """The built-in graph in ComfyUI's API format (links are ``[node_id, output_index]``): txt2img,
     or image-to-image from `image` (inpainting with `mask`), the names ComfyUI gave our uploads.
+
+    Each of `controls` (one per ``spec.controls``, in order) chains a ControlNetApplyAdvanced onto
+    both prompts before they reach a sampler, at the control's weight and step range. With
+    ``spec.hires`` a second pass follows: the first pass's pixels resized to ``spec.output_size``
+    (through `upscale_model`, a file of ComfyUI's models/upscale_models, then Lanczos to the exact
+    size; Lanczos alone without one), encoded again and resampled at the hires strength, with the
+    same seed and the same (controlled) prompts — A1111's hires fix.
 
     Image-to-image encodes the picture (VAEEncode) instead of starting from an empty latent, and
     the KSampler's ``denoise`` is the job's strength. A batch repeats that latent in the one prompt
@@ -124,6 +224,9 @@ def template_graph(
         },
     }
     # Nodes go in in the order they run: the UI workflow is laid out from that order.
+    if len(controls) != len(spec.controls):
+        raise ValueError(f"the spec has {len(spec.controls)} controls; {len(controls)} were named")
+    positive, negative = _apply_controls(graph, spec, controls)
     if image is None:
         graph["5"] = {
             "class_type": "EmptyLatentImage",
@@ -143,8 +246,8 @@ def template_graph(
             "scheduler": scheduler,
             "denoise": denoise,
             "model": [CHECKPOINT_NODE, 0],
-            "positive": ["6", 0],
-            "negative": ["7", 0],
+            "positive": positive,
+            "negative": negative,
             "latent_image": latent,
         },
     }
@@ -153,11 +256,89 @@ def template_graph(
         "inputs": {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
     }
     images = ["8", 0] if mask is None else _paste_over_original(graph, spec, ["8", 0])
+    if spec.hires is not None:
+        images = _hires_pass(graph, spec, images, upscale_model)
     graph[SAVE_NODE] = {
         "class_type": "SaveImage",
         "inputs": {"filename_prefix": OUTPUT_PREFIX, "images": images},
     }
     return graph
+
+
+def _apply_controls(
+    graph: dict[str, Any], spec: RenderSpec, controls: Sequence[ControlFiles]
+) -> tuple[list[Any], list[Any]]:
+    """Adds each control's nodes; returns the links to the (positive, negative) conditioning."""
+    positive: list[Any] = ["6", 0]
+    negative: list[Any] = ["7", 0]
+    for index, (control, files) in enumerate(zip(spec.controls, controls, strict=True)):
+        load, canny, loader, apply = control_nodes(index)
+        graph[load] = {"class_type": "LoadImage", "inputs": {"image": files.image}}
+        hint: list[Any] = [load, 0]
+        if files.detect_edges:
+            low, high = CANNY_THRESHOLDS
+            graph[canny] = {
+                "class_type": "Canny",
+                "inputs": {"image": hint, "low_threshold": round(low, 2), "high_threshold": round(high, 2)},
+            }
+            hint = [canny, 0]
+        graph[loader] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": files.model}}
+        graph[apply] = {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": positive,
+                "negative": negative,
+                "control_net": [loader, 0],
+                "image": hint,
+                "strength": control.weight,
+                "start_percent": control.start,
+                "end_percent": control.end,
+            },
+        }
+        positive, negative = [apply, 0], [apply, 1]
+    return positive, negative
+
+
+def _hires_pass(
+    graph: dict[str, Any], spec: RenderSpec, pixels: list[Any], upscale_model: str | None
+) -> list[Any]:
+    """Adds the hires fix's second pass over the first pass's `pixels`; returns the link to its
+    decoded images."""
+    assert spec.hires is not None
+    width, height = spec.output_size
+    if upscale_model is not None:
+        graph["30"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": upscale_model}}
+        graph["31"] = {
+            "class_type": "ImageUpscaleWithModel",
+            "inputs": {"upscale_model": ["30", 0], "image": pixels},
+        }
+        pixels = ["31", 0]
+    graph["32"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": pixels,
+            "upscale_method": HIRES_SCALE_METHOD,
+            "width": width,
+            "height": height,
+            "crop": "disabled",
+        },
+    }
+    graph["33"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["32", 0], "vae": [CHECKPOINT_NODE, 2]}}
+    first = graph[SAMPLER_NODE]["inputs"]
+    graph[HIRES_SAMPLER_NODE] = {
+        "class_type": "KSampler",
+        "inputs": {
+            **first,
+            "steps": hires_steps(spec),
+            "denoise": spec.hires.strength,
+            "latent_image": ["33", 0],
+        },
+    }
+    graph["35"] = {
+        "class_type": "VAEDecode",
+        "inputs": {"samples": [HIRES_SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]},
+    }
+    return ["35", 0]
 
 
 def _input_latent(graph: dict[str, Any], spec: RenderSpec, image: str, mask: str | None) -> list[Any]:
@@ -329,7 +510,8 @@ def combo_options(input_spec: Any) -> list[str]:
 
 def match_checkpoint(model: str, available: list[str]) -> str | None:
     """`model` as ComfyUI names it: exact, or by file name or stem (``sd_xl_base_1.0`` finds
-    ``SDXL/sd_xl_base_1.0.safetensors``); None when nothing or several match."""
+    ``SDXL/sd_xl_base_1.0.safetensors``); None when nothing or several match. Any model file
+    (ControlNets, upscalers) is matched the same way."""
     if model in available:
         return model
     paths = {name: PurePosixPath(name.replace("\\", "/")) for name in available}

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 from .client import InvokeAIClient, parse_version
 from .engine import InvokeAIEngine
-from .graph import InvokeModel, build_graph, choose_model, invoke_scheduler, make_batch, seed_data
+from .graph import (
+    ControlImage,
+    InvokeModel,
+    build_graph,
+    choose_controlnets,
+    choose_model,
+    invoke_scheduler,
+    make_batch,
+    seed_data,
+)
 
 __all__ = [
+    "ControlImage",
     "InvokeAIClient",
     "InvokeAIEngine",
     "InvokeModel",
     "build_graph",
+    "choose_controlnets",
     "choose_model",
     "invoke_scheduler",
     "make_batch",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from PIL import Image
@@ -49,8 +49,8 @@ LIST_MAX_PAGES = 200
 """Stop searching an older server's queue after this many pages (its queue holds at most 10,000)."""
 
 UPLOAD_ROUTE = "/api/v1/images/upload"
-IMAGE_CATEGORY, MASK_CATEGORY = "user", "mask"
-"""``image_category`` of our uploads (InvokeAI's ``ImageCategory``). Both go up as intermediates:
+IMAGE_CATEGORY, MASK_CATEGORY, CONTROL_CATEGORY = "user", "mask", "control"
+"""``image_category`` of our uploads (InvokeAI's ``ImageCategory``). All go up as intermediates:
 like the inputs InvokeAI's own canvas uploads, they stay out of its gallery until "Clear
 Intermediates" deletes them."""
 
@@ -119,18 +119,22 @@ class InvokeAIClient(ServerClient):
         return response.json()
 
     def main_models(self) -> list[InvokeModel]:
-        response = self.http.get(MODELS_ROUTE, params={"model_type": "main"})
+        return self.models("main")
+
+    def models(self, model_type: str) -> list[InvokeModel]:
+        """The installed models of `model_type` (``main``, ``controlnet``)."""
+        response = self.http.get(MODELS_ROUTE, params={"model_type": model_type})
         response.raise_for_status()
         return [
             InvokeModel.from_record(record)
             for record in response.json().get("models", [])
-            if record.get("type", "main") == "main"
+            if record.get("type", model_type) == model_type
         ]
 
-    def upload(self, picture: Image.Image, role: InputRole) -> str:
+    def upload(self, picture: Image.Image, role: InputRole | Literal["control"]) -> str:
         """``POST /api/v1/images/upload`` as a PNG; answers the name InvokeAI gave it (its own, new
         each time: the file name sent is not kept)."""
-        category = IMAGE_CATEGORY if role == "image" else MASK_CATEGORY
+        category = {"image": IMAGE_CATEGORY, "mask": MASK_CATEGORY, "control": CONTROL_CATEGORY}[role]
         response = self.http.post(
             UPLOAD_ROUTE,
             params={"image_category": category, "is_intermediate": "true"},

@@ -1,8 +1,9 @@
 """The InvokeAI engine: renders a `RenderSpec` on an InvokeAI 4+ server through its session queue.
 
-Owns the version gate, the checks InvokeAI's nodes would fail late (refiner, cfg, scheduler), and
-the render's course: the model chosen, the inputs uploaded, the batch enqueued (`graph`), its queue
-items polled and, when the job ends early, canceled, and the finished PNGs fetched (`client`).
+Owns the version gate, the checks InvokeAI's nodes would fail late (refiner, cfg, scheduler, a hires
+upscaler), and the render's course: the model (and ControlNet models) chosen, the inputs and control
+maps uploaded, the batch enqueued (`graph`), its queue items polled and, when the job ends early,
+canceled, and the finished PNGs fetched (`client`).
 
 Progress is coarse: a queue item shows no step progress until it is finished (InvokeAI reports
 steps only on its socket.io stream), so progress advances one whole image at a time, in units of
@@ -11,22 +12,27 @@ steps (image i of n done = ``i * steps`` of ``n * steps``).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
 import httpx
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from services.contracts import RenderSpec
 
 from ...errors import EngineError, EngineTimeout, ValidationFailed
 from ...settings import Settings
 from ..base import EngineHealth, JobCanceled, ProgressFn, RenderResult
+from ..remote import job_input
 from ..server_base import JobClock, ServerEngine, uploaded_inputs
 from .client import MIN_MAJOR_VERSION, TERMINAL, TOO_OLD_MESSAGE, InvokeAIClient, item_failure, parse_version
 from .graph import (
     ENGINE_LABEL,
+    ControlImage,
+    InvokeModel,
     build_graph,
+    choose_controlnets,
     choose_model,
     image_seeds,
     invoke_scheduler,
@@ -47,6 +53,11 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
     batch is queued (see `build_graph`), and deleted again once the job has ended, however it ended
     (``DELETE /api/v1/images/i/{name}``): the next job uploads its own. The mask goes up inverted,
     in InvokeAI's polarity (white keeps).
+
+    Each of ``spec.controls`` becomes a control map here (`control_maps.control_map`), uploaded the
+    same way (category "control") and deleted with them; its ``model`` names one of the server's
+    ControlNet models (``GET /api/v2/models/?model_type=controlnet``: key or name), of the main
+    model's base. ``spec.hires`` adds the graph's second pass (Lanczos only: an `upscaler` is refused).
 
     Its `_version` is the last one that passed the gate; a refused one is asked again next time, so
     an upgraded server is picked up without restarting the worker.
@@ -78,15 +89,30 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
                 f"InvokeAI needs cfg ≥ {MIN_CFG:g} (got {spec.cfg:g})",
                 remediation=[f"Send cfg of {MIN_CFG:g} or more."],
             )
+        if spec.hires is not None and spec.hires.upscaler is not None:
+            raise ValidationFailed(
+                "the invokeai engine's hires fix resizes with Lanczos; it takes no upscaler model",
+                remediation=["Send `hires` without `upscaler`, or use the comfyui or a1111 engine."],
+            )
         scheduler = invoke_scheduler(spec.scheduler)
         with self.api.speaking():
             version = self._checked_version()
             model = choose_model(self.api.main_models(), spec.model, self.url)
+            controlnets = self._controlnets(spec, model)
             inputs = self._job_inputs(spec)
             if inputs.mask is not None:
                 inputs = replace(inputs, mask=ImageOps.invert(inputs.mask))
-            with uploaded_inputs(inputs, self.api.upload, self.api.delete_image) as (image, mask):
-                graph = build_graph(spec, model, scheduler, image=image, mask=mask)
+            maps = self._control_maps(spec)
+            with (
+                uploaded_inputs(inputs, self.api.upload, self.api.delete_image) as (image, mask),
+                ExitStack() as uploads,
+            ):
+                controls = []
+                for picture, controlnet in zip(maps, controlnets, strict=True):
+                    name = self.api.upload(picture, "control")
+                    uploads.callback(self.api.delete_image, name)
+                    controls.append(ControlImage(name, controlnet))
+                graph = build_graph(spec, model, scheduler, image=image, mask=mask, controls=controls)
                 batch_id, item_ids = self.api.enqueue(make_batch(spec, graph))
                 if len(item_ids) != spec.num_images:
                     self.api.cancel(item_ids)
@@ -99,7 +125,7 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
                 render_s = clock.elapsed_s()
                 fallback_seeds = image_seeds(spec)
                 images = [
-                    self.api.fetch(item, output_node(mask), item_seed(item, fallback_seeds[index]))
+                    self.api.fetch(item, output_node(spec, mask), item_seed(item, fallback_seeds[index]))
                     for index, item in enumerate(items)
                 ]
         engine_info: dict[str, Any] = {
@@ -110,9 +136,12 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
             "item_ids": item_ids,
             "batch_id": batch_id,
         }
-        if image is not None:
+        if image is not None or controls:
             # Their names in InvokeAI's image store while the job ran (deleted afterwards).
             engine_info["inputs"] = {"image": image, "mask": mask}
+        if controls:
+            engine_info["inputs"]["controls"] = [control.image for control in controls]
+            engine_info["controlnets"] = [{"name": c.model.name, "key": c.model.key} for c in controls]
         return RenderResult(
             images=images,
             device=self.url,
@@ -139,6 +168,25 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
         return EngineHealth("ready", f"{ENGINE_LABEL} {version} at {self.url}", version)
 
     # --- steps of a render --------------------------------------------------------------------------
+    def _controlnets(self, spec: RenderSpec, model: InvokeModel) -> list[InvokeModel]:
+        """The server's ControlNet model for each control; the server is asked only when there are."""
+        if not spec.controls:
+            return []
+        wanted = [control.model for control in spec.controls]
+        return choose_controlnets(self.api.models("controlnet"), wanted, model, self.url)
+
+    def _control_maps(self, spec: RenderSpec) -> list[Image.Image]:
+        """The map each of the spec's controls steers with, at the job's size."""
+        if not spec.controls:
+            return []
+        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
+
+        size = (spec.width, spec.height)
+        return [
+            control_map(job_input(self._image_loader, c.image, "RGB", size, self.name), c, size)
+            for c in spec.controls
+        ]
+
     def _checked_version(self) -> str:
         if self._version is not None:
             return self._version

@@ -1,13 +1,15 @@
-"""The InvokeAI graph of a `RenderSpec`, built with no I/O: the choice of main model among the
-server's, the scheduler's name, the graphs of InvokeAI's own node types for SD1.x/SD2.x and SDXL
-(text-to-image, image-to-image, inpainting), the batch that gives each image its own seed, and where
-a finished queue item keeps our output node's image and seed.
+"""The InvokeAI graph of a `RenderSpec`, built with no I/O: the choice of main model (and of
+ControlNet models) among the server's, the scheduler's name, the graphs of InvokeAI's own node types
+for SD1.x/SD2.x and SDXL (text-to-image, image-to-image, inpainting, ControlNet guidance, the hires
+fix), the batch that gives each image its own seed, and where a finished queue item keeps our output
+node's image and seed.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,23 @@ DEFAULT_SCHEDULER = "euler"
 LOADER_NODE, POSITIVE_NODE, NEGATIVE_NODE = "model_loader", "positive_prompt", "negative_prompt"
 NOISE_NODE, DENOISE_NODE, METADATA_NODE, DECODE_NODE = "noise", "denoise", "core_metadata", "l2i"
 ENCODE_NODE, MASK_NODE, PASTE_NODE = "i2l", "denoise_mask", "paste_back"
+CONTROL_COLLECT_NODE = "control_collect"
+"""Gathers the ``controlnet`` nodes (``control_0``, ``control_1``, ...) for the denoise: one
+``collect`` node, as InvokeAI's own linear UI builds it."""
+HIRES_RESIZE_NODE, HIRES_ENCODE_NODE, HIRES_NOISE_NODE = "hires_resize", "hires_i2l", "hires_noise"
+HIRES_DENOISE_NODE, HIRES_DECODE_NODE = "hires_denoise", "hires_l2i"
+"""The hires fix's second pass: the first pass's image resized, encoded, noised and denoised again."""
+
+CONTROL_MODE, CONTROL_RESIZE_MODE = "balanced", "just_resize"
+"""``controlnet``'s ``control_mode`` and ``resize_mode``: the defaults; our maps come at the job's size."""
+
+HIRES_RESAMPLE = "lanczos"
+"""``img_resize``'s ``resample_mode`` for the hires fix: Lanczos, as the wire promises."""
+
+
+AddNode = Callable[..., None]
+AddEdge = Callable[[str, str, str, str], None]
+"""`build_graph`'s helpers: add a node (id, type, fields), add an edge (source, field, destination, field)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,15 @@ class InvokeModel:
         return self.base == SDXL_BASE
 
 
+@dataclass(frozen=True)
+class ControlImage:
+    """One of the spec's controls as the graph names it: its uploaded map and its ControlNet."""
+
+    image: str
+    """The name InvokeAI gave our upload of the map."""
+    model: InvokeModel
+
+
 def slug(name: str) -> str:
     """A model name as a request can spell it (requests allow only ``[A-Za-z0-9._-]``):
     ``"Juggernaut XL v9"`` and ``"juggernaut-xl-v9"`` compare equal."""
@@ -103,8 +131,11 @@ def image_seeds(spec: RenderSpec) -> list[int]:
     return [(spec.seed + i) % (MAX_SEED + 1) for i in range(spec.num_images)]
 
 
-def output_node(mask: str | None) -> str:
-    """The node whose image is the result: the paste-back when inpainting, else the decoder."""
+def output_node(spec: RenderSpec, mask: str | None) -> str:
+    """The node whose image is the result: the hires fix's decoder, the paste-back when inpainting,
+    else the decoder."""
+    if spec.hires is not None:
+        return HIRES_DECODE_NODE
     return DECODE_NODE if mask is None else PASTE_NODE
 
 
@@ -115,9 +146,16 @@ def build_graph(
     *,
     image: str | None = None,
     mask: str | None = None,
+    controls: Sequence[ControlImage] = (),
 ) -> dict[str, Any]:
     """The graph of InvokeAI's own linear UI for an SD1.x/SD2.x or an SDXL model: text-to-image, or
     image-to-image from `image` (inpainting with `mask`), the names InvokeAI gave our uploads.
+
+    Each of `controls` (one per ``spec.controls``) is a ``controlnet`` node at the control's weight
+    and step range, fed to the denoise's ``control`` (through a ``collect`` node when there are
+    several). ``spec.hires`` adds a second pass: the first pass's image resized to
+    ``spec.output_size`` (Lanczos), encoded, noised from the same seed and denoised again from
+    ``1 - strength`` of the schedule, with the same prompts and controls.
 
     Image-to-image starts the denoise from the picture's latents (``i2l``, the model's VAE) noised to
     ``denoising_start = 1 - strength`` of the schedule, as InvokeAI's UI does: the first
@@ -134,8 +172,10 @@ def build_graph(
     Every node but the output is an intermediate; the output skips the invocation cache so each
     run saves a fresh image instead of pointing at one that may have been deleted since.
     """
+    if len(controls) != len(spec.controls):
+        raise ValueError(f"the spec has {len(spec.controls)} controls; {len(controls)} were named")
     strength = spec.strength if spec.strength is not None else DEFAULT_STRENGTH
-    output = output_node(mask)
+    output = output_node(spec, mask)
     final = {"is_intermediate": False, "use_cache": False}
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, Any]] = []
@@ -206,6 +246,24 @@ def build_graph(
         model=model.identifier,
         **from_picture,
     )
+    if controls:
+        metadata = nodes[METADATA_NODE]
+        metadata["controlnets"] = [
+            {
+                "image": {"image_name": files.image},
+                "control_model": files.model.identifier,
+                "control_weight": control.weight,
+                "begin_step_percent": control.start,
+                "end_step_percent": control.end,
+                "control_mode": CONTROL_MODE,
+                "resize_mode": CONTROL_RESIZE_MODE,
+            }
+            for control, files in zip(spec.controls, controls, strict=True)
+        ]
+    if spec.hires is not None:
+        nodes[METADATA_NODE].update(
+            hrf_enabled=True, hrf_method=HIRES_RESAMPLE, hrf_strength=spec.hires.strength
+        )
     node(DECODE_NODE, "l2i", **(final if output == DECODE_NODE else {}))
     edge(LOADER_NODE, "unet", DENOISE_NODE, "unet")
     edge(POSITIVE_NODE, "conditioning", DENOISE_NODE, "positive_conditioning")
@@ -214,6 +272,11 @@ def build_graph(
     edge(DENOISE_NODE, "latents", DECODE_NODE, "latents")
     edge(LOADER_NODE, "vae", DECODE_NODE, "vae")
     edge(METADATA_NODE, "metadata", output, "metadata")
+    control_source = _add_controls(spec, controls, node, edge)
+    if control_source is not None:
+        edge(*control_source, DENOISE_NODE, "control")
+    if spec.hires is not None:
+        _add_hires_pass(spec, scheduler, node, edge, control_source)
     if image is not None:
         picture = {"image_name": image}
         node(ENCODE_NODE, "i2l", image=picture)
@@ -229,6 +292,67 @@ def build_graph(
     return {"id": f"kitty-{uuid.uuid4().hex[:12]}", "nodes": nodes, "edges": edges}
 
 
+def _add_controls(
+    spec: RenderSpec, controls: Sequence[ControlImage], node: AddNode, edge: AddEdge
+) -> tuple[str, str] | None:
+    """Adds a ``controlnet`` node per control (and the ``collect`` node of several); the (node,
+    field) the denoise reads its ``control`` from, or None without controls."""
+    ids = [f"control_{index}" for index in range(len(controls))]
+    for node_id, control, files in zip(ids, spec.controls, controls, strict=True):
+        node(
+            node_id,
+            "controlnet",
+            image={"image_name": files.image},
+            control_model=files.model.identifier,
+            control_weight=control.weight,
+            begin_step_percent=control.start,
+            end_step_percent=control.end,
+            control_mode=CONTROL_MODE,
+            resize_mode=CONTROL_RESIZE_MODE,
+        )
+    if len(ids) == 1:
+        return ids[0], "control"
+    if not ids:
+        return None
+    node(CONTROL_COLLECT_NODE, "collect")
+    for node_id in ids:
+        edge(node_id, "control", CONTROL_COLLECT_NODE, "item")
+    return CONTROL_COLLECT_NODE, "collection"
+
+
+def _add_hires_pass(
+    spec: RenderSpec, scheduler: str, node: AddNode, edge: AddEdge, control_source: tuple[str, str] | None
+) -> None:
+    """Adds the hires fix's second pass after the first pass's decoder; its decoder is the output."""
+    assert spec.hires is not None
+    width, height = spec.output_size
+    node(HIRES_RESIZE_NODE, "img_resize", width=width, height=height, resample_mode=HIRES_RESAMPLE)
+    node(HIRES_ENCODE_NODE, "i2l")
+    node(HIRES_NOISE_NODE, "noise", seed=image_seeds(spec)[0], width=width, height=height, use_cpu=True)
+    node(
+        HIRES_DENOISE_NODE,
+        "denoise_latents",
+        steps=spec.hires.steps or spec.steps,
+        cfg_scale=spec.cfg,
+        scheduler=scheduler,
+        denoising_start=1 - spec.hires.strength,
+        denoising_end=1.0,
+    )
+    node(HIRES_DECODE_NODE, "l2i", is_intermediate=False, use_cache=False)
+    edge(DECODE_NODE, "image", HIRES_RESIZE_NODE, "image")
+    edge(HIRES_RESIZE_NODE, "image", HIRES_ENCODE_NODE, "image")
+    edge(LOADER_NODE, "vae", HIRES_ENCODE_NODE, "vae")
+    edge(HIRES_ENCODE_NODE, "latents", HIRES_DENOISE_NODE, "latents")
+    edge(HIRES_NOISE_NODE, "noise", HIRES_DENOISE_NODE, "noise")
+    edge(LOADER_NODE, "unet", HIRES_DENOISE_NODE, "unet")
+    edge(POSITIVE_NODE, "conditioning", HIRES_DENOISE_NODE, "positive_conditioning")
+    edge(NEGATIVE_NODE, "conditioning", HIRES_DENOISE_NODE, "negative_conditioning")
+    if control_source is not None:
+        edge(*control_source, HIRES_DENOISE_NODE, "control")
+    edge(HIRES_DENOISE_NODE, "latents", HIRES_DECODE_NODE, "latents")
+    edge(LOADER_NODE, "vae", HIRES_DECODE_NODE, "vae")
+
+
 def seed_data(spec: RenderSpec) -> list[list[dict[str, Any]]]:
     """Batch data giving run i the seed ``seed + i``.
 
@@ -237,9 +361,10 @@ def seed_data(spec: RenderSpec) -> list[list[dict[str, Any]]]:
     and the metadata node agreeing on each seed (``runs: n`` would make n² of them).
     """
     seeds = image_seeds(spec)
+    noises = [NOISE_NODE] if spec.hires is None else [NOISE_NODE, HIRES_NOISE_NODE]
     return [
         [
-            {"node_path": NOISE_NODE, "field_name": "seed", "items": seeds},
+            *({"node_path": noise, "field_name": "seed", "items": seeds} for noise in noises),
             {"node_path": METADATA_NODE, "field_name": "seed", "items": seeds},
         ]
     ]
@@ -301,6 +426,37 @@ def choose_model(models: list[InvokeModel], wanted: str | None, url: str) -> Inv
             remediation=[f"Choose one of: {names}"],
         )
     return usable[0]
+
+
+def choose_controlnets(
+    models: list[InvokeModel], wanted: Sequence[str | None], main: InvokeModel, url: str
+) -> list[InvokeModel]:
+    """The ControlNet model each of `wanted` names among `models` (the server's), by key, name or
+    slug; each must be of `main`'s base (an SD1.x ControlNet cannot steer an SDXL model)."""
+    names = ", ".join(f"{m.name} ({m.base})" for m in models) or "none"
+    chosen: list[InvokeModel] = []
+    for model in wanted:
+        if model is None:
+            raise ValidationFailed(
+                f"a control on {ENGINE_LABEL} must name one of its ControlNet models in `model`",
+                remediation=[f"Name one by its key or name: {names}"],
+            )
+        matches = [m for m in models if model in (m.name, m.key)] or [
+            m for m in models if slug(m.name) == slug(model)
+        ]
+        if not matches:
+            raise ModelNotFound(
+                f"{ENGINE_LABEL} at {url} has no ControlNet model '{model}' (it has: {names})",
+                remediation=["Install one in InvokeAI's model manager (Models tab), then retry."],
+            )
+        usable = [m for m in matches if m.base == main.base]
+        if not usable:
+            raise ValidationFailed(
+                f"ControlNet '{model}' is for {matches[0].base} models; '{main.name}' is {main.base}",
+                remediation=[f"Name a {main.base} ControlNet: {names}"],
+            )
+        chosen.append(usable[0])
+    return chosen
 
 
 def make_batch(spec: RenderSpec, graph: dict[str, Any]) -> dict[str, Any]:
