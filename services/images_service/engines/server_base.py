@@ -38,6 +38,17 @@ class JobInputs:
     mask: Image.Image | None = None
 
 
+def read_control_maps(loader: ImageLoader | None, spec: RenderSpec, engine: str) -> list[Image.Image]:
+    """The map each of the spec's controls steers with, at the first pass's size, made on our side
+    (`control_maps.control_map`: canny edges, or the picture as the ready map); none without controls."""
+    if not spec.controls:
+        return []
+    from ..control_maps import control_map  # OpenCV: imported only for a job with controls
+
+    size = (spec.width, spec.height)
+    return [control_map(job_input(loader, c.image, "RGB", size, engine), c, size) for c in spec.controls]
+
+
 def read_job_inputs(loader: ImageLoader | None, spec: RenderSpec, engine: str) -> JobInputs:
     """Both inputs are read before anything is sent, so a missing mask never strands an upload."""
     if spec.image is None:

@@ -20,8 +20,7 @@ from services.contracts import RenderSpec
 from ...errors import EngineTimeout, Unauthorized
 from ...settings import Settings
 from ..base import EngineHealth, JobCanceled, ProgressFn, RenderResult
-from ..remote import job_input
-from ..server_base import JobClock, ServerEngine
+from ..server_base import JobClock, ServerEngine, read_control_maps
 from .client import (
     AUTH_REMEDIATION,
     SERVER_LABEL,
@@ -120,13 +119,10 @@ class A1111Engine(ServerEngine[A1111Client]):
         if not spec.controls:
             return []
         models = self.api.controlnet_models([control.model for control in spec.controls])
-        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
-
-        size = (spec.width, spec.height)
-        pictures = [job_input(self._image_loader, c.image, "RGB", size, self.name) for c in spec.controls]
+        maps = read_control_maps(self._image_loader, spec, self.name)
         return [
-            ControlUnit(control, control_map(picture, control, size), model)
-            for control, picture, model in zip(spec.controls, pictures, models, strict=True)
+            ControlUnit(control, picture, model)
+            for control, picture, model in zip(spec.controls, maps, models, strict=True)
         ]
 
     def health(self) -> EngineHealth:

@@ -23,8 +23,8 @@ from services.contracts import RenderSpec
 from ...errors import EngineError, EngineOffline, EngineTimeout, ModelNotFound, ValidationFailed
 from ...settings import Settings
 from ..base import EngineHealth, ProgressFn, RenderedImage, RenderResult
-from ..remote import decode_image, job_input, png_text_chunks
-from ..server_base import JobClock, ServerEngine, uploaded_inputs
+from ..remote import decode_image, png_text_chunks
+from ..server_base import JobClock, ServerEngine, read_control_maps, uploaded_inputs
 from .client import (
     FAILED_EVENTS,
     SERVER,
@@ -307,16 +307,7 @@ class ComfyUIEngine(ServerEngine[ComfyUIClient]):
         return found
 
     def _control_maps(self, spec: RenderSpec) -> list[Image.Image]:
-        """The map each of the spec's controls steers with, at the first pass's size."""
-        if not spec.controls:
-            return []
-        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
-
-        size = (spec.width, spec.height)
-        return [
-            control_map(job_input(self._image_loader, c.image, "RGB", size, self.name), c, size)
-            for c in spec.controls
-        ]
+        return read_control_maps(self._image_loader, spec, self.name)
 
     def _upload_inputs(self, spec: RenderSpec) -> tuple[str | None, str | None]:
         """The names ComfyUI gave the job's picture and mask (None, None for txt2img), uploaded at

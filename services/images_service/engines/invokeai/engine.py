@@ -24,8 +24,7 @@ from services.contracts import RenderSpec
 from ...errors import EngineError, EngineTimeout, ValidationFailed
 from ...settings import Settings
 from ..base import EngineHealth, JobCanceled, ProgressFn, RenderResult
-from ..remote import job_input
-from ..server_base import JobClock, ServerEngine, uploaded_inputs
+from ..server_base import JobClock, ServerEngine, read_control_maps, uploaded_inputs
 from .client import MIN_MAJOR_VERSION, TERMINAL, TOO_OLD_MESSAGE, InvokeAIClient, item_failure, parse_version
 from .graph import (
     ENGINE_LABEL,
@@ -176,16 +175,7 @@ class InvokeAIEngine(ServerEngine[InvokeAIClient]):
         return choose_controlnets(self.api.models("controlnet"), wanted, model, self.url)
 
     def _control_maps(self, spec: RenderSpec) -> list[Image.Image]:
-        """The map each of the spec's controls steers with, at the job's size."""
-        if not spec.controls:
-            return []
-        from ...control_maps import control_map  # OpenCV: imported only for a job with controls
-
-        size = (spec.width, spec.height)
-        return [
-            control_map(job_input(self._image_loader, c.image, "RGB", size, self.name), c, size)
-            for c in spec.controls
-        ]
+        return read_control_maps(self._image_loader, spec, self.name)
 
     def _checked_version(self) -> str:
         if self._version is not None:
