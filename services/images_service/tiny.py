@@ -1,9 +1,10 @@
 """Tiny random-weight diffusers pipelines built locally (no hub), for demos and tests.
 
 Owns `build_tiny_models`: SD1.5-, SDXL- and SDXL-refiner-shaped pipelines small enough to build in a
-few seconds and render 64x64 in a fraction of a second on a CPU, and a LoRA for the SD1.5 one, all
-registered in models.yaml. The images are noise; what they prove is that the whole path (load,
-schedule, render, store; image-to-image, inpainting, LoRA) works.
+few seconds and render 64x64 in a fraction of a second on a CPU, a LoRA for the SD1.5 one, and the
+guided-generation add-ons (ControlNets for both families, an IP-Adapter for SD1.5), all registered in
+models.yaml. The images are noise; what they prove is that the whole path (load, schedule, render,
+store; image-to-image, inpainting, LoRA, ControlNet, IP-Adapter) works.
 torch/diffusers/transformers are imported inside the functions so `kitty-images` stays light.
 """
 
@@ -13,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .models import register_lora, register_model
+from .models import register_addon, register_lora, register_model
 
 logger = logging.getLogger("kitty.images.tiny")
 
@@ -22,6 +23,31 @@ TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER = "tiny-sd15", "tiny-sdxl", "tiny-sdxl-r
 
 TINY_LORA = "tiny-lora"
 """Name of the tiny SD1.5 LoRA (registered under ``loras:``)."""
+
+TINY_CANNY, TINY_DEPTH, TINY_SDXL_CANNY = "tiny-canny", "tiny-depth", "tiny-sdxl-canny"
+"""Names of the tiny ControlNets (registered under ``controlnets:``): two for SD1.5, one for SDXL."""
+
+TINY_IP_ADAPTER = "tiny-ip"
+"""Name of the tiny SD1.5 IP-Adapter (registered under ``ip_adapters:``)."""
+
+TINY_IP_ADAPTER_FILE = "ip-adapter_tiny.safetensors"
+TINY_IMAGE_ENCODER = "image_encoder"
+"""The IP-Adapter's weight file and its CLIP vision encoder's folder, as h94/IP-Adapter lays them out."""
+
+CONTROL_EMBEDDING_CHANNELS = (16, 32)
+"""The ControlNet's conditioning-image encoder: one downsampling per step after the first, so two
+entries halve the picture once, as the tiny VAE (two blocks) does; SD's four entries match its 8x VAE."""
+
+TINY_CONTROL_INIT_STD = 0.05
+"""Std of the random weights given to a tiny ControlNet's zero convolutions: a trained ControlNet's
+are non-zero; left at zero, the control would add nothing and no test could see it."""
+
+VISION_HIDDEN, VISION_IMAGE_SIZE, VISION_PATCH = 32, 32, 8
+"""CLIP vision encoder shape of the tiny IP-Adapter: 16 patches of a 32x32 picture."""
+
+IP_ADAPTER_TOKENS = 4
+"""Image tokens the (non-Plus) IP-Adapter projects a CLIP embedding to; diffusers infers the
+adapter kind from the keys and assumes 4 for this one."""
 
 TINY_LORA_RANK, TINY_LORA_ALPHA = 4, 16
 """LoRA rank and alpha: a scale of alpha/rank = 4 makes the random update visible in the pixels."""
@@ -347,12 +373,122 @@ def build_tiny_lora(sd15_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:
-    """Build the tiny pipelines and the tiny LoRA under `out_dir/<name>` and register them in
-    `models_yaml`.
+def build_tiny_controlnet(model_dir: Path, out_dir: Path) -> Path:
+    """A ControlNet for the tiny pipeline saved at `model_dir` (SD1.5 or SDXL): its UNet's encoder
+    copied as diffusers' `ControlNetModel.from_unet` does, with seeded random zero convolutions so
+    it visibly steers a render; saved as a diffusers folder at `out_dir`, which is returned."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
-    A folder that already holds a ``model_index.json`` (the LoRA: its weights file) is kept unless
-    `force`. Returns the names registered, base models first, the LoRA last.
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=CONTROL_EMBEDDING_CHANNELS
+    )
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    zero_convs.append(controlnet.controlnet_cond_embedding.conv_out)
+    generator = torch.Generator().manual_seed(TINY_SEED)
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * TINY_CONTROL_INIT_STD)
+    controlnet.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_tiny_ip_adapter(model_dir: Path, out_dir: Path) -> Path:
+    """An IP-Adapter for the tiny pipeline saved at `model_dir`: a tiny CLIP vision encoder under
+    `out_dir/image_encoder` and the adapter's weights in `out_dir/ip-adapter_tiny.safetensors`, keyed
+    as h94/IP-Adapter's files are (``image_proj.proj``/``image_proj.norm``, then ``ip_adapter.N.
+    to_k_ip``/``to_v_ip`` for the Nth attention processor, cross-attention ones odd). Returns the
+    weight file."""
+    import math
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    out_dir = Path(out_dir)
+    vision_config = CLIPVisionConfig(
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=TEXT_INTERMEDIATE,
+        num_attention_heads=TEXT_HEADS,
+        num_hidden_layers=TEXT_LAYERS,
+        image_size=VISION_IMAGE_SIZE,
+        patch_size=VISION_PATCH,
+        projection_dim=VISION_HIDDEN,
+    )
+    _seeded(CLIPVisionModelWithProjection, vision_config).save_pretrained(out_dir / TINY_IMAGE_ENCODER)
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    cross_dim = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(TINY_SEED)
+
+    def random(rows: int, cols: int) -> Any:
+        # nn.Linear's scale: the adapter's attention adds about as much as the text's does.
+        return torch.randn(rows, cols, generator=generator) / math.sqrt(cols)
+
+    weights: dict[str, Any] = {
+        "image_proj.proj.weight": random(IP_ADAPTER_TOKENS * cross_dim, VISION_HIDDEN),
+        "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross_dim),
+        "image_proj.norm.weight": torch.ones(cross_dim),
+        "image_proj.norm.bias": torch.zeros(cross_dim),
+    }
+    blocks = unet.config.block_out_channels
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):  # self-attention: no image tokens
+            continue
+        block = int(name.split(".")[1]) if not name.startswith("mid_block") else -1
+        hidden = (
+            blocks[-1] if block < 0 else (blocks[block] if name.startswith("down") else blocks[::-1][block])
+        )
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = random(hidden, cross_dim)
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = random(hidden, cross_dim)
+        key_id += 2
+    weight_file = out_dir / TINY_IP_ADAPTER_FILE
+    save_file({key: value.contiguous() for key, value in weights.items()}, str(weight_file))
+    return weight_file
+
+
+def _build_tiny_addons(out_dir: Path, models_yaml: Path, *, force: bool) -> list[str]:
+    """The tiny ControlNets and IP-Adapter, built beside the tiny pipelines and registered."""
+    note = "tiny random {what} for {model} (kitty-images models tiny): for demos and tests"
+    controlnets = (
+        (TINY_CANNY, TINY_SD15, "sd15", "canny"),
+        (TINY_DEPTH, TINY_SD15, "sd15", "depth"),
+        (TINY_SDXL_CANNY, TINY_SDXL, "sdxl", "canny"),
+    )
+    for name, model, base, control_type in controlnets:
+        folder = out_dir / name
+        if force or not (folder / "config.json").is_file():
+            build_tiny_controlnet(out_dir / model, folder)
+        entry = {"path": str(folder), "base": base, "type": control_type}
+        register_addon(
+            models_yaml,
+            "controlnets",
+            name,
+            {**entry, "description": note.format(what="ControlNet", model=model)},
+        )
+    ip_dir = out_dir / TINY_IP_ADAPTER
+    if force or not (ip_dir / TINY_IP_ADAPTER_FILE).is_file():
+        build_tiny_ip_adapter(out_dir / TINY_SD15, ip_dir)
+    ip_entry = {
+        "path": str(ip_dir / TINY_IP_ADAPTER_FILE),
+        "base": "sd15",
+        "image_encoder": str(ip_dir / TINY_IMAGE_ENCODER),
+        "description": note.format(what="IP-Adapter", model=TINY_SD15),
+    }
+    register_addon(models_yaml, "ip_adapters", TINY_IP_ADAPTER, ip_entry)
+    return [*(name for name, *_ in controlnets), TINY_IP_ADAPTER]
+
+
+def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:
+    """Build the tiny pipelines, the tiny LoRA and the tiny guided-generation add-ons under
+    `out_dir/<name>` and register them in `models_yaml`.
+
+    A folder that already holds a ``model_index.json`` (the LoRA, ControlNets, IP-Adapter: their
+    weights) is kept unless `force`. Returns the names registered: base models first, then the
+    LoRA, the ControlNets and the IP-Adapter.
     """
     import importlib.util
     import time
@@ -382,14 +518,26 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
 
     note = "tiny random weights (kitty-images models tiny): renders noise, for demos and tests"
     entries: dict[str, dict[str, Any]] = {
-        TINY_SD15: {"path": str(sd15_dir), "defaults": dict(TINY_DEFAULTS), "description": note},
+        # `family` lets the API pick each model's own add-ons (tiny-canny vs tiny-sdxl-canny).
+        TINY_SD15: {
+            "path": str(sd15_dir),
+            "family": "sd15",
+            "defaults": dict(TINY_DEFAULTS),
+            "description": note,
+        },
         TINY_SDXL: {
             "path": str(sdxl_dir),
+            "family": "sdxl",
             "refiner": TINY_SDXL_REFINER,
             "defaults": dict(TINY_DEFAULTS),
             "description": note,
         },
-        TINY_SDXL_REFINER: {"path": str(refiner_dir), "defaults": dict(TINY_DEFAULTS), "description": note},
+        TINY_SDXL_REFINER: {
+            "path": str(refiner_dir),
+            "family": "sdxl",
+            "defaults": dict(TINY_DEFAULTS),
+            "description": note,
+        },
     }
     for name, entry in entries.items():
         register_model(Path(models_yaml), name, entry)
@@ -404,6 +552,7 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
         names.append(TINY_LORA)
     else:
         logger.warning("%s not built: LoRAs need peft (make install)", TINY_LORA)
+    names.extend(_build_tiny_addons(out_dir, Path(models_yaml), force=force))
     logger.info(
         "tiny models ready in %s (%.2f s): %s", out_dir, time.perf_counter() - started, ", ".join(names)
     )

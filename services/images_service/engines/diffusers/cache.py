@@ -1,7 +1,7 @@
 """The models resident on a worker: pipelines loaded from models.yaml entries (the loading code
 every model goes through, tiny or real), an LRU of IMAGES_MODEL_CACHE_SIZE text-to-image pipelines
-with their refiner and the image-to-image/inpainting pipelines derived from them, and the memory
-handed back when one leaves."""
+with their refiner, the image-to-image/inpainting pipelines derived from them and the add-ons
+(ControlNets, IP-Adapter encoders) loaded for them, and the memory handed back when one leaves."""
 
 from __future__ import annotations
 
@@ -23,12 +23,20 @@ from ...models import ModelEntry
 from ...worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from ..acceleration import accelerate, attention_processors, denoiser
 from .device import DTYPE_KWARG, dtype_name, free_memory, is_out_of_memory, short_error
-from .validation import IMG2IMG, INPAINT, scheduler_choice
+from .validation import IMG2IMG, INPAINT, TXT2IMG, scheduler_choice
 
 logger = logging.getLogger("kitty.images.engines.diffusers")
 
 DERIVED_PIPELINES: dict[str, Any] = {IMG2IMG: AutoPipelineForImage2Image, INPAINT: AutoPipelineForInpainting}
 """Mode → the auto class whose ``from_pipe`` builds that pipeline from the resident text-to-image one."""
+
+CONTROLLED_PIPELINES: dict[str, Any] = {TXT2IMG: AutoPipelineForText2Image, **DERIVED_PIPELINES}
+"""Mode → the auto class whose ``from_pipe(..., controlnet=...)`` builds its ControlNet pipeline."""
+
+
+ADDON_CACHE_SIZE = 4
+"""Add-ons (ControlNets, IP-Adapters) kept loaded per resident model: a job with two controls and a
+reference reuses all three; a real SD1.5 ControlNet holds ~0.7 GB in half precision."""
 
 
 @dataclass
@@ -48,6 +56,9 @@ class Resident:
     refiner: Resident | None = field(default=None)
     derived: dict[str, Resident] = field(default_factory=dict)
     """Image-to-image and inpainting pipelines made from this one (same components, no reload)."""
+    addons: OrderedDict[tuple[str, str], Any] = field(default_factory=OrderedDict)
+    """Add-ons loaded for this model by (kind, name): ControlNets, IP-Adapters (`ADDON_CACHE_SIZE`
+    of them, least recently used evicted first); they leave with it."""
 
     @property
     def pipeline_class(self) -> str:
@@ -165,19 +176,54 @@ class ModelCache:
                     remediation=["Use an SD 1.5, SDXL, SD3 or Flux model for image-to-image and inpainting."],
                 ) from exc
             pipe.set_progress_bar_config(disable=True)
-            derived = Resident(
-                name=base.name,
-                source=base.source,
-                pipe=pipe,
-                scheduler_class=base.scheduler_class,
-                scheduler_config=base.scheduler_config,
-                call_params=frozenset(inspect.signature(pipe.__call__).parameters),
-                optimizations=base.optimizations,
-                attention=base.attention,
-            )
+            derived = self._derive(base, pipe)
             base.derived[mode] = derived
             logger.info("derived %s pipeline %s from model %s", mode, type(pipe).__name__, base.name)
         return derived
+
+    @staticmethod
+    def _derive(base: Resident, pipe: Any) -> Resident:
+        """`pipe`, made from `base`'s components, with `base`'s scheduler and load facts."""
+        return Resident(
+            name=base.name,
+            source=base.source,
+            pipe=pipe,
+            scheduler_class=base.scheduler_class,
+            scheduler_config=base.scheduler_config,
+            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+            optimizations=base.optimizations,
+            attention=base.attention,
+        )
+
+    def controlled(self, base: Resident, mode: str, controlnets: list[Any]) -> Resident:
+        """`base`'s ControlNet pipeline for `mode` with `controlnets` (several: diffusers' multi-
+        ControlNet), made from its components for one job; nothing of `base` changes."""
+        controlnet: Any = controlnets[0] if len(controlnets) == 1 else list(controlnets)
+        try:
+            pipe = CONTROLLED_PIPELINES[mode].from_pipe(base.pipe, controlnet=controlnet)
+        except ValueError as exc:  # no ControlNet pipeline for this model's family
+            raise ValidationFailed(
+                f"model '{base.name}' ({base.pipeline_class}) has no {mode} ControlNet pipeline in diffusers",
+                remediation=["Use an SD 1.5 or SDXL model with ControlNets."],
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return self._derive(base, pipe)
+
+    def addon(self, base: Resident, kind: str, name: str, path: str, load: Any) -> Any:
+        """The add-on `name` of `kind` loaded from `path` for `base`: the one kept from an earlier job,
+        or ``load()``'s, kept for the next (up to `ADDON_CACHE_SIZE`, least recently used out)."""
+        key = (kind, name)
+        kept = base.addons.get(key)
+        if kept is not None and kept[0] == path:
+            base.addons.move_to_end(key)
+            return kept[1]
+        base.addons.pop(key, None)
+        loaded = load()
+        while len(base.addons) >= ADDON_CACHE_SIZE:
+            base.addons.popitem(last=False)
+            self.free_memory()
+        base.addons[key] = (path, loaded)
+        return loaded
 
     def refiner(self, base: Resident, entry: ModelEntry) -> Resident:
         """`entry`'s image-to-image pipeline, kept as `base`'s refiner."""

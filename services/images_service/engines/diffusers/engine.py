@@ -1,6 +1,7 @@
 """`DiffusersEngine`: the in-process engine a worker renders with. Glues validation, the model
-cache, LoRAs and rendering together under one lock (one render at a time; a load never races a
-render), warms a model at worker start and reports its health."""
+cache, LoRAs, guides (ControlNets, IP-Adapter, hires fix) and rendering together under one lock
+(one render at a time; a load never races a render), warms a model at worker start and reports its
+health."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ from ...refiner import refiner_of
 from ..acceleration import compile_mode
 from ..base import EngineHealth, ImageLoader, ProgressFn, RenderResult
 from .cache import ModelCache
+from .controlnet import CONTROLNETS, controlnets_for
 from .device import pick_device, pick_dtype
-from .render import PreparedJob, make_result, read_inputs, render_job
-from .validation import TXT2IMG, check_refiner_handover, check_spec
+from .ip_adapter import IP_ADAPTERS, loaded_adapter
+from .render import Guides, PreparedJob, make_result, read_guides, read_inputs, render_job
+from .validation import IMG2IMG, TXT2IMG, active_controls, check_refiner_handover, check_spec, is_referenced
+
+UPSCALERS = "upscalers"
+"""models.yaml's section of upscalers (the hires fix's `upscaler`)."""
 
 logger = logging.getLogger("kitty.images.engines.diffusers")
 
@@ -129,6 +135,7 @@ class DiffusersEngine:
             job, load_s = self._prepare(spec, mode)
             if mode != TXT2IMG:
                 job.inputs = read_inputs(spec, self._image_loader)
+            read_guides(spec, job.guides, self._image_loader)
             images, render_timings = render_job(job, progress, self._cache)
             return make_result(
                 job,
@@ -158,16 +165,48 @@ class DiffusersEngine:
         entry = self._registry.get(spec.model)
         loras = [(self._registry.lora(ref.name), ref.weight) for ref in spec.loras]
         refiner_name = refiner_of(entry, spec.model) if spec.refiner else None
+        controls = [
+            (control, self._registry.addon(CONTROLNETS, str(control.model)))
+            for control in active_controls(spec)
+        ]
+        reference = (
+            self._registry.addon(IP_ADAPTERS, str(spec.reference_model)) if is_referenced(spec) else None
+        )
+        upscaler_name = spec.hires.upscaler if spec.hires is not None else None
+        upscaler = self._registry.addon(UPSCALERS, upscaler_name) if upscaler_name else None
         started = time.perf_counter()
         base = self._cache.base(entry)
+        guides = Guides(controls=controls, reference_entry=reference)
+        if reference is not None:
+            guides.reference = loaded_adapter(self._cache, base, reference)
+        controlnets = controlnets_for(self._cache, base, controls) if controls else []
+        if controlnets:
+            pipeline = self._cache.controlled(base, mode, controlnets)
+        else:
+            pipeline = base if mode == TXT2IMG else self._cache.derived(base, mode)
         refiner = None
         if refiner_name is not None:
             check_refiner_handover(
-                spec.model, base.pipeline_class, takes_denoising_end=base.accepts("denoising_end")
+                spec.model, pipeline.pipeline_class, takes_denoising_end=pipeline.accepts("denoising_end")
             )
             refiner = self._cache.refiner(base, self._registry.get(refiner_name))
-        pipeline = base if mode == TXT2IMG else self._cache.derived(base, mode)
+        hires = None
+        if spec.hires is not None:
+            hires = (
+                self._cache.controlled(base, IMG2IMG, controlnets)
+                if controlnets
+                else self._cache.derived(base, IMG2IMG)
+            )
         job = PreparedJob(
-            spec=spec, mode=mode, base=base, pipeline=pipeline, refiner=refiner, loras=loras, inputs=None
+            spec=spec,
+            mode=mode,
+            base=base,
+            pipeline=pipeline,
+            refiner=refiner,
+            loras=loras,
+            inputs=None,
+            guides=guides,
+            hires=hires,
+            upscaler=upscaler,
         )
         return job, time.perf_counter() - started

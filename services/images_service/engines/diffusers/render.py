@@ -1,6 +1,7 @@
-"""One render on resident pipelines: the job's input pictures, the pipeline calls (base, then the
-refiner), progress as one monotonic step count that a cancel interrupts, the timings, torch's
-failures turned into the service's errors, and the `RenderResult` with its `engine_info`."""
+"""One render on resident pipelines: the job's input pictures and guides (control maps, reference
+image), the pipeline calls (base, then the refiner, then the hires fix), progress as one monotonic
+step count that a cancel interrupts, the timings, torch's failures turned into the service's
+errors, and the `RenderResult` with its `engine_info`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,14 +17,19 @@ from PIL import Image
 
 from services.contracts import RenderSpec
 
+from ...control_maps import control_map
 from ...errors import EngineError, KittyError
+from ...models import AddonEntry
 from ...refiner import REFINER_SPLIT, base_steps
 from ..acceleration import set_vae_tiling
 from ..base import ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
 from .cache import ModelCache, Resident
+from .controlnet import GuidedControls, control_kwargs, controls_info
 from .device import dtype_name, is_out_of_memory, short_error
+from .hires import hires_info, hires_steps, upscaled
+from .ip_adapter import LoadedAdapter, reference_applied
 from .lora import WeightedLoras, loras_applied
-from .validation import TXT2IMG, denoise_steps, pipeline_strength
+from .validation import IMG2IMG, TXT2IMG, denoise_steps, pipeline_strength
 
 logger = logging.getLogger("kitty.images.engines.diffusers")
 
@@ -34,6 +40,19 @@ class JobInputs:
 
     image: Image.Image
     mask: Image.Image | None = None
+
+
+@dataclass
+class Guides:
+    """What steers a job beside its prompt: the controls that act with their maps at the first
+    pass's size (and at the output size, for the hires pass), and the IP-Adapter's reference."""
+
+    controls: GuidedControls = field(default_factory=list)
+    maps: list[Image.Image] = field(default_factory=list)
+    hires_maps: list[Image.Image] = field(default_factory=list)
+    reference: LoadedAdapter | None = None
+    reference_entry: AddonEntry | None = None
+    reference_image: Image.Image | None = None
 
 
 @dataclass
@@ -50,6 +69,16 @@ class PreparedJob:
     loras: WeightedLoras
     inputs: JobInputs | None
     """The job's pictures; None for text-to-image."""
+    guides: Guides = field(default_factory=Guides)
+    hires: Resident | None = None
+    """The hires fix's image-to-image pipeline (with the job's ControlNets, if any)."""
+    upscaler: AddonEntry | None = None
+    """The hires fix's registered upscaler; None: Lanczos resampling."""
+
+    @property
+    def rendering(self) -> list[Resident]:
+        """The pipelines of `base`'s components this job calls (the refiner has its own)."""
+        return [self.pipeline] if self.hires is None else [self.pipeline, self.hires]
 
 
 class StepReporter:
@@ -82,31 +111,59 @@ class StepReporter:
 def read_inputs(spec: RenderSpec, image_loader: ImageLoader | None) -> JobInputs:
     """The job's image (RGB) and mask (L, white = repaint), read by key and resized to the output
     size: the pipelines then render exactly width × height."""
+    load = stored_images(image_loader)
+    size = (spec.width, spec.height)
+    assert spec.image is not None
+    image = load(spec.image).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    mask = None
+    if spec.mask is not None:
+        mask = load(spec.mask).convert("L").resize(size, Image.Resampling.LANCZOS)
+    return JobInputs(image=image, mask=mask)
+
+
+def read_guides(spec: RenderSpec, guides: Guides, image_loader: ImageLoader | None) -> None:
+    """Fill `guides` with the control maps (at the first pass's size and at the output size) and
+    the reference picture (RGB, as sent: the IP-Adapter's feature extractor sizes it)."""
+    if not guides.controls and guides.reference is None:
+        return
+    load = stored_images(image_loader)
+    for control, _ in guides.controls:
+        picture = load(control.image)
+        guides.maps.append(control_map(picture, control, (spec.width, spec.height)))
+        if spec.hires is not None:
+            guides.hires_maps.append(control_map(picture, control, spec.output_size))
+    if guides.reference is not None:
+        assert spec.reference_image is not None
+        guides.reference_image = load(spec.reference_image).convert("RGB")
+
+
+def stored_images(image_loader: ImageLoader | None) -> ImageLoader:
     if image_loader is None:
         raise EngineError(
             "this diffusers engine was built without access to stored images",
-            remediation=["Run image-to-image jobs on an images-worker (it reads uploads from the store)."],
+            remediation=[
+                "Run image-to-image and guided jobs on an images-worker (it reads uploads from the store)."
+            ],
         )
-    size = (spec.width, spec.height)
-    assert spec.image is not None
-    image = image_loader(spec.image).convert("RGB").resize(size, Image.Resampling.LANCZOS)
-    mask = None
-    if spec.mask is not None:
-        mask = image_loader(spec.mask).convert("L").resize(size, Image.Resampling.LANCZOS)
-    return JobInputs(image=image, mask=mask)
+    return image_loader
 
 
 def render_job(
     job: PreparedJob, progress: ProgressFn, cache: ModelCache
 ) -> tuple[list[Any], dict[str, float]]:
-    """The job's images, with its LoRAs applied for the render, and the seconds it took:
-    ``render_s`` (LoRAs included) and, with LoRAs, ``lora_s`` (putting them in)."""
+    """The job's images, with its LoRAs and IP-Adapter applied for the render, and the seconds it
+    took: ``render_s`` (LoRAs included) and, with LoRAs, ``lora_s`` (putting them in)."""
     started = time.perf_counter()
     try:
         with ExitStack() as stack:
             if job.loras:
                 stack.enter_context(loras_applied(cache, job.base, job.pipeline, job.loras))
             lora_s = time.perf_counter() - started
+            if job.guides.reference is not None:
+                weight = job.spec.reference_weight
+                stack.enter_context(
+                    reference_applied(cache, job.base, job.rendering, job.guides.reference, weight)
+                )
             images = run_pipelines(job, progress, cache.device)
     except (JobCanceled, KittyError):
         raise
@@ -120,30 +177,60 @@ def render_job(
 
 def run_pipelines(job: PreparedJob, progress: ProgressFn, device: torch.device) -> list[Any]:
     """Render with the job's pipeline (text-to-image, or image-to-image/inpainting when it has
-    inputs), then its refiner if any."""
-    spec, pipeline, refiner, inputs = job.spec, job.pipeline, job.refiner, job.inputs
-    strength = spec.strength if spec.strength is not None else 1.0
-    total = spec.steps if inputs is None else denoise_steps(spec.steps, strength)
-    reporter = StepReporter(progress, total)
+    inputs), then its refiner if any, then its hires fix if any."""
+    first = first_pass_steps(job)
+    reporter = StepReporter(progress, first + hires_steps(job.spec))
     reporter.report(0)
-    if inputs is not None and total == 0:
-        # Strength 0 keeps the picture: no pass can run without a denoising step.
-        reporter.report(total)
-        return [inputs.image.copy() for _ in range(spec.num_images)]
-    pipeline.set_scheduler(spec.scheduler)
+    images = first_pass(job, reporter, first, device)
+    if job.hires is not None:
+        images = hires_pass(job, images, reporter, first, device)
+    reporter.report(reporter.total)
+    return images
+
+
+def first_pass_steps(job: PreparedJob) -> int:
+    """The denoising steps of the render at width × height (refiner included)."""
+    if job.inputs is None:
+        return job.spec.steps
+    strength = job.spec.strength if job.spec.strength is not None else 1.0
+    return denoise_steps(job.spec.steps, strength)
+
+
+def make_generators(spec: RenderSpec) -> list[torch.Generator]:
     # One CPU generator per image: the same spec gives the same pixels on a device, and image i
     # of a batch is re-rendered alone from seed+i (up to batched float rounding).
-    generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)]
+    return [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)]
+
+
+def guide_kwargs(job: PreparedJob, mode: str, maps: list[Image.Image]) -> dict[str, Any]:
+    """The pipeline arguments of the job's guides: its controls' maps and ranges, its reference."""
+    kwargs: dict[str, Any] = {}
+    if job.guides.controls:
+        kwargs.update(control_kwargs(mode, job.guides.controls, maps))
+    if job.guides.reference_image is not None:
+        kwargs["ip_adapter_image"] = job.guides.reference_image
+    return kwargs
+
+
+def first_pass(job: PreparedJob, reporter: StepReporter, total: int, device: torch.device) -> list[Any]:
+    """The images at width × height: the job's pipeline, then its refiner."""
+    spec, pipeline, refiner, inputs = job.spec, job.pipeline, job.refiner, job.inputs
+    strength = spec.strength if spec.strength is not None else 1.0
+    if inputs is not None and total == 0:
+        # Strength 0 keeps the picture: no pass can run without a denoising step.
+        return [inputs.image.copy() for _ in range(spec.num_images)]
+    pipeline.set_scheduler(spec.scheduler)
     common = {
         "prompt": spec.prompt,
         "negative_prompt": spec.negative_prompt or None,
         "num_inference_steps": spec.steps,
         "guidance_scale": spec.cfg,
         "num_images_per_prompt": spec.num_images,
-        "generator": generators,
+        "generator": make_generators(spec),
     }
     base_share = spec.steps if refiner is None else base_steps(spec.steps)
     base_kwargs: dict[str, Any] = {**common, "width": spec.width, "height": spec.height}
+    base_kwargs.update(guide_kwargs(job, job.mode, job.guides.maps))
     if inputs is not None:
         base_kwargs.update(
             image=inputs.image, mask_image=inputs.mask, strength=pipeline_strength(spec.steps, strength)
@@ -162,11 +249,44 @@ def run_pipelines(job: PreparedJob, progress: ProgressFn, device: torch.device) 
             refiner_kwargs = {**common, "image": images, "denoising_start": REFINER_SPLIT}
             callback = reporter.callback(base_share, spec.steps - base_share)
             images = refiner.pipe(**accepted(refiner, refiner_kwargs, callback)).images
-    reporter.report(total)
     if inputs is not None and inputs.mask is not None:
         # Outside the mask the picture is kept as sent, not as the VAE redraws it (A1111's overlay).
         return [Image.composite(image, inputs.image, inputs.mask) for image in images]
     return list(images)
+
+
+def hires_pass(
+    job: PreparedJob, images: list[Any], reporter: StepReporter, offset: int, device: torch.device
+) -> list[Any]:
+    """The hires fix: `images` upscaled to the output size, then redrawn by image-to-image at the
+    hires strength, from the same seeds (with the job's controls at the output size, its reference)."""
+    spec, hires = job.spec, job.hires
+    assert hires is not None and spec.hires is not None
+    size = spec.output_size
+    upscaled_images = [upscaled(image, spec.hires.scale, size, job.upscaler, device) for image in images]
+    steps = spec.hires.steps or spec.steps
+    if denoise_steps(steps, spec.hires.strength) == 0:
+        return upscaled_images  # strength 0 keeps the upscaled picture
+    hires.set_scheduler(spec.scheduler)
+    set_vae_tiling(hires.pipe, device, *size)
+    count = len(upscaled_images)
+    # One prompt per picture: a batch of pictures with one prompt is not what img2img batches.
+    kwargs: dict[str, Any] = {
+        "prompt": [spec.prompt] * count,
+        "negative_prompt": [spec.negative_prompt] * count if spec.negative_prompt else None,
+        "num_inference_steps": steps,
+        "guidance_scale": spec.cfg,
+        "num_images_per_prompt": 1,
+        "generator": make_generators(spec)[:count],
+        "image": upscaled_images,
+        "strength": pipeline_strength(steps, spec.hires.strength),
+        "width": size[0],
+        "height": size[1],
+        **guide_kwargs(job, IMG2IMG, job.guides.hires_maps),
+    }
+    callback = reporter.callback(offset, reporter.total - offset)
+    with torch.inference_mode():
+        return list(hires.pipe(**accepted(hires, kwargs, callback)).images)
 
 
 def accepted(resident: Resident, kwargs: dict[str, Any], callback: Callable[..., Any]) -> dict[str, Any]:
@@ -224,6 +344,15 @@ def make_result(
         engine_info["denoise_steps"] = denoise_steps(spec.steps, spec.strength)
     if job.loras:
         engine_info["loras"] = [{"name": lora.name, "weight": weight} for lora, weight in job.loras]
+    if job.guides.controls:
+        engine_info["controls"] = controls_info(job.guides.controls)
+    if job.guides.reference_entry is not None:
+        engine_info["ip_adapter"] = {
+            "model": job.guides.reference_entry.name,
+            "weight": spec.reference_weight,
+        }
+    if job.hires is not None:
+        engine_info["hires"] = hires_info(job.spec, job.hires, job.upscaler)
     return RenderResult(
         images=[RenderedImage(image=image, seed=spec.seed + i) for i, image in enumerate(images)],
         device=str(device),

@@ -1,14 +1,15 @@
 """What a render spec may ask of a diffusers model: a model name, the job's mode from its inputs,
-the steps a strength runs, the refiner hand-over, a scheduler that fits the model and LoRAs made
-for its family. Pure: no torch, no diffusers; where an answer needs a loaded pipeline, the caller
-passes what it read from it (its class name, whether its call takes a parameter)."""
+the steps a strength runs, the refiner hand-over, a scheduler that fits the model, LoRAs and
+guided-generation add-ons (ControlNets, IP-Adapters) made for its family, and which guides act.
+Pure: no torch, no diffusers; where an answer needs a loaded pipeline, the caller passes what it
+read from it (its class name, whether its call takes a parameter)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from services.contracts import RenderSpec
+from services.contracts import ControlInput, RenderSpec
 
 from ...errors import ValidationFailed
 from ...models import LoraEntry
@@ -58,6 +59,10 @@ LORA_FAMILIES = (
 """Pipeline class-name prefix → the model family a LoRA's `base` names (first match wins)."""
 
 
+GUIDED_FAMILIES = ("sd15", "sdxl")
+"""Model families whose pipelines take a `ControlNetModel` and an IP-Adapter in diffusers here."""
+
+
 def check_spec(spec: RenderSpec) -> str:
     """The job's mode, once the spec names a model and asks for nothing its inputs rule out."""
     if spec.model is None:  # the API always resolves one; a hand-made job may not
@@ -65,7 +70,29 @@ def check_spec(spec: RenderSpec) -> str:
     mode = job_mode(spec)
     if spec.refiner:
         check_refiner_follows(mode == TXT2IMG)
+    for control in active_controls(spec):
+        if control.model is None:  # the API resolves one per control; a hand-made job may not
+            raise ValidationFailed(
+                f"the {control.type} control names no ControlNet",
+                remediation=["Set the control's `model` to a models.yaml `controlnets:` entry."],
+            )
+    if is_referenced(spec) and spec.reference_model is None:
+        raise ValidationFailed(
+            "the reference image names no IP-Adapter",
+            remediation=["Set `reference_model` to a models.yaml `ip_adapters:` entry."],
+        )
     return mode
+
+
+def active_controls(spec: RenderSpec) -> list[ControlInput]:
+    """The controls that steer the render: a weight of 0 renders as if the control were absent,
+    so it is left out altogether (no ControlNet pipeline, the very same pixels)."""
+    return [control for control in spec.controls if control.weight > 0]
+
+
+def is_referenced(spec: RenderSpec) -> bool:
+    """Whether an IP-Adapter reference image acts (weight 0 renders as if none were sent)."""
+    return spec.reference_image is not None and spec.reference_weight > 0
 
 
 def job_mode(spec: RenderSpec) -> str:
@@ -127,8 +154,23 @@ def model_family(pipeline_class: str) -> str | None:
 def check_lora_bases(loras: Iterable[LoraEntry], model: str, family: str | None) -> None:
     """Every LoRA whose `base` is declared was made for `family` (a model of unknown family takes any)."""
     for lora in loras:
-        if lora.base and family and lora.base != family:
-            raise ValidationFailed(
-                f"LoRA '{lora.name}' is for {lora.base} models; model '{model}' is {family}",
-                remediation=[f"Use it with a {lora.base} model, or pick a LoRA made for {family}."],
-            )
+        check_base("LoRA", lora.name, lora.base, model, family)
+
+
+def check_base(what: str, name: str, base: str | None, model: str, family: str | None) -> None:
+    """An add-on (`what` names its kind: LoRA, ControlNet, IP-Adapter) whose `base` is declared was
+    made for `family`; a model of unknown family takes any."""
+    if base and family and base != family:
+        raise ValidationFailed(
+            f"{what} '{name}' is for {base} models; model '{model}' is {family}",
+            remediation=[f"Use it with a {base} model, or pick a {what} made for {family}."],
+        )
+
+
+def check_guided_family(what: str, model: str, family: str | None) -> None:
+    """ControlNets and IP-Adapters run here on SD1.5 and SDXL models only."""
+    if family not in GUIDED_FAMILIES:
+        raise ValidationFailed(
+            f"model '{model}' ({family or 'unknown family'}) cannot take a {what} on the diffusers engine",
+            remediation=[f"Use an {' or '.join(GUIDED_FAMILIES)} model for {what}s, or leave it out."],
+        )
