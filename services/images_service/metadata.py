@@ -68,6 +68,17 @@ def infotext(
     if spec.upscale is not None:
         fields["Postprocess upscale by"] = spec.upscale.scale
         fields["Postprocess upscaler"] = spec.upscale.model or "Lanczos"
+    if spec.hires is not None:  # as A1111 writes its hires fix: Size stays the first pass's
+        fields["Denoising strength"] = _a1111_number(spec.hires.strength)
+        fields["Hires upscale"] = _a1111_number(spec.hires.scale)
+        fields["Hires steps"] = spec.hires.steps
+        fields["Hires upscaler"] = spec.hires.upscaler or "Lanczos"
+    for index, control in enumerate(spec.controls):  # as the ControlNet extension writes its units
+        module = "canny" if control.type == "canny" and control.preprocess else "none"
+        fields[f"ControlNet {index}"] = (
+            f"Module: {module}, Model: {control.model}, Weight: {_a1111_number(control.weight)}, "
+            f"Guidance Start: {_a1111_number(control.start)}, Guidance End: {_a1111_number(control.end)}"
+        )
     settings_line = ", ".join(
         f"{name}: {_quote(value)}" for name, value in fields.items() if value not in (None, "")
     )

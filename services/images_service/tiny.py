@@ -28,6 +28,8 @@ TINY_CANNY, TINY_DEPTH, TINY_SDXL_CANNY = "tiny-canny", "tiny-depth", "tiny-sdxl
 """Names of the tiny ControlNets (registered under ``controlnets:``): two for SD1.5, one for SDXL."""
 
 TINY_IP_ADAPTER = "tiny-ip"
+TINY_UPSCALERS = {"tiny-x2": 2, "tiny-x4": 4}
+"""Tiny random Real-ESRGAN RRDBNets (`engines/upscaling.build_tiny_upscaler`), by name → factor."""
 """Name of the tiny SD1.5 IP-Adapter (registered under ``ip_adapters:``)."""
 
 TINY_IP_ADAPTER_FILE = "ip-adapter_tiny.safetensors"
@@ -479,7 +481,17 @@ def _build_tiny_addons(out_dir: Path, models_yaml: Path, *, force: bool) -> list
         "description": note.format(what="IP-Adapter", model=TINY_SD15),
     }
     register_addon(models_yaml, "ip_adapters", TINY_IP_ADAPTER, ip_entry)
-    return [*(name for name, *_ in controlnets), TINY_IP_ADAPTER]
+    from .engines.upscaling import build_tiny_upscaler
+
+    for name, scale in TINY_UPSCALERS.items():
+        path = out_dir / name / f"{name}.safetensors"
+        if force or not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_tiny_upscaler(path, scale)
+        description = note.format(what="upscaler", model="any image")
+        entry = {"path": str(path), "scale": scale, "description": description}
+        register_addon(models_yaml, "upscalers", name, entry)
+    return [*(name for name, *_ in controlnets), TINY_IP_ADAPTER, *TINY_UPSCALERS]
 
 
 def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) -> list[str]:

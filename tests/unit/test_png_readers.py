@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -218,3 +219,26 @@ def test_invokeai(scheduler: str | None, used: str, sampler: str, schedule: str 
     assert_reads_back(png, spec, 123, sampler, schedule)
     assert sidecar["comfyui_workflow"]["4"]["inputs"]["ckpt_name"] == "sd-1.5.safetensors"
     assert_comfyui_reads_graph(png, spec, 123, sidecar["comfyui_workflow"]["3"]["inputs"]["sampler_name"])
+
+
+def test_a_guided_render_writes_a1111s_hires_and_controlnet_fields() -> None:
+    """A hires fix and ControlNet units read back as A1111 and its ControlNet extension write them:
+    Size is the first pass's, `Hires upscale`/`Denoising strength` say the rest."""
+    control = {"image": "uploads/x.png", "type": "canny", "model": "tiny-canny", "weight": 0.5, "end": 0.8}
+    spec = spec_of(scheduler="euler", hires={"scale": 2.0, "strength": 0.45}, controls=[control])
+    ((png, _),) = render_pngs("diffusers", spec, {"scheduler_class": "Whatever"})
+    assert_reads_back(png, spec, 123, "Euler")  # sd-parsers still reads the sampler line
+    metadata = read_a1111(png).metadata
+    assert (metadata["Hires upscale"], metadata["Denoising strength"]) == ("2", "0.45")
+    assert metadata["Hires upscaler"] == "Lanczos"
+    # A unit is one quoted value (sd-parsers splits inside quotes; A1111's own reader does not).
+    settings_line = read_png_text(png)["parameters"].splitlines()[-1]
+    fields = {key: value for key, value in A1111_FIELD.findall(settings_line)}
+    assert json.loads(fields["ControlNet 0"]) == (
+        "Module: canny, Model: tiny-canny, Weight: 0.5, Guidance Start: 0, Guidance End: 0.8"
+    )
+    assert fields["Size"] == "64x96"
+
+
+A1111_FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+"""How A1111's infotext reader splits ``key: value, …`` (a quoted value may hold commas)."""
