@@ -8,11 +8,11 @@ import click
 from .catalog import engines, models, presets
 from .context import EXIT_FAILED, EXIT_INTERRUPTED
 from .gallery import delete, latest, select
-from .jobs import cancel, generate, jobs, rerun, retry
+from .jobs import cancel, generate, jobs, rerun, retry, upscale
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "images"]
 
-COMMANDS = (generate, rerun, latest, select, jobs, retry, cancel, models, presets, engines, delete)
+COMMANDS = (generate, rerun, upscale, latest, select, jobs, retry, cancel, models, presets, engines, delete)
 """Every images command, registered on the root group as ``images.NAME``."""
 
 GROUP_PREFIX = "images."
@@ -32,6 +32,7 @@ def images() -> None:
       kitty-cli images latest --limit 5
       kitty-cli images select 1
       kitty-cli images rerun 1 --new-seed
+      kitty-cli images upscale 1 --scale 4
     """
 
 

@@ -1,5 +1,5 @@
-"""Job commands: `images.generate` and `images.rerun` (queue, follow the event stream with a progress
-line, download with ``--out``), `images.jobs` and `images.cancel`."""
+"""Job commands: `images.generate`, `images.rerun` and `images.upscale` (queue, follow the event stream
+with a progress line, download with ``--out``), `images.jobs` and `images.cancel`."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ from services.contracts import (
     JobView,
     LoraRef,
 )
+from services.contracts.schema import UPSCALE_FACTORS
 
 from .completion import complete_image_ref, complete_model, complete_preset
 from .context import EXIT_FAILED, EXIT_INTERRUPTED, state_of
 from .gallery import resolve_key
+from .guide import OPTION_OF_FIELD, guide_fields, guide_options
+from .inputs import input_file, input_key
 from .render import ProgressLine, echo_json, format_size, image_keys, job_lines, print_error
 
 SCHEDULER_CHOICES = SCHEDULER_NAMES + tuple(
@@ -44,6 +47,15 @@ latter to ours."""
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
+INPUT_OPTIONS = ("image", "mask", "control_image", "reference_image")
+"""Options that name a picture by file, number or key; their files are uploaded in this order."""
+
+
+def option_of(location: tuple[int | str, ...]) -> str:
+    """What a refused field is called on the command line: a guide option's name, else the wire's."""
+    field = ".".join(str(part) for part in location) or "request"
+    return OPTION_OF_FIELD.get(field, field)
+
 
 def request_from_options(options: dict[str, Any]) -> GenerateRequest:
     """Validate here, so a bad flag is named before anything is queued."""
@@ -51,10 +63,7 @@ def request_from_options(options: dict[str, Any]) -> GenerateRequest:
     try:
         return GenerateRequest(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
-            for error in exc.errors()
-        )
+        problems = "; ".join(f"{option_of(error['loc'])}: {error['msg']}" for error in exc.errors())
         raise ApiError(
             400,
             ErrorInfo(
@@ -63,10 +72,6 @@ def request_from_options(options: dict[str, Any]) -> GenerateRequest:
                 remediation=["See `kitty-cli images.generate --help` for each option's range."],
             ),
         ) from exc
-
-
-UPLOAD_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-"""Local files `--image`/`--mask` upload, by extension: what the service's uploads route takes."""
 
 
 def parse_lora(value: str) -> LoraRef:
@@ -78,45 +83,6 @@ def parse_lora(value: str) -> LoraRef:
         raise click.BadParameter(
             f"'{value}' is not NAME or NAME:WEIGHT with a weight in -2..2", param_hint="'--lora'"
         ) from exc
-
-
-def input_file(value: str, option: str) -> tuple[Path, str] | None:
-    """The local file (and its Content-Type) `--image`/`--mask` names, None when `value` is image N
-    or a stored key; refused here, before anything is uploaded, when it can be neither."""
-    path = Path(value).expanduser()
-    if path.is_file():
-        content_type = UPLOAD_TYPES.get(path.suffix.lower())
-        if content_type is None:
-            raise click.BadParameter(
-                f"'{value}' is not a PNG, JPEG or WebP file ({', '.join(UPLOAD_TYPES)})",
-                param_hint=f"'--{option}'",
-            )
-        return path, content_type
-    if value.isdigit() and option == "image":
-        return None
-    # Stored keys are relative paths with a folder (uploads/…, images/…): anything else meant a file.
-    if "/" not in value or value.startswith(("/", "./", "../", "~")):
-        raise click.BadParameter(
-            f"no such file '{value}' (a stored key looks like uploads/….png or images/….png)",
-            param_hint=f"'--{option}'",
-        )
-    return None
-
-
-def input_key(client: ImagesClient, value: str, option: str) -> str:
-    """The stored key `--image`/`--mask` name: a local file, uploaded now; image N of the latest
-    listing (``--image`` only); or a key as it is."""
-    found = input_file(value, option)
-    if found is None:
-        return resolve_key(client, value) if value.isdigit() else value
-    path, content_type = found
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
-    key = client.upload(data, content_type).key
-    click.echo(f"Uploaded {path} as {key}", err=True)
-    return key
 
 
 def failure_of(view: JobView) -> ErrorInfo:
@@ -200,13 +166,13 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     help="Model name from the service's models.yaml (its default when omitted).",
     shell_complete=complete_model,
 )
-@click.option("--width", type=int, help="Pixels, a multiple of 8 in 64-2048.")
-@click.option("--height", type=int, help="Pixels, a multiple of 8 in 64-2048.")
+@click.option("--width", type=int, help="Pixels, a multiple of 8 in 64-4096; your tier may allow less.")
+@click.option("--height", type=int, help="Pixels, a multiple of 8 in 64-4096; your tier may allow less.")
 @click.option("--steps", type=int, help="Denoising steps, 1-150.")
 @click.option("--cfg", type=float, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, help="Fixed seed for a reproducible image (random when omitted).")
 @click.option("--negative", "negative_prompt", help="Negative prompt: what the image should not show.")
-@click.option("--num-images", type=int, help="Images in this job, 1-4.")
+@click.option("--num-images", type=int, help="Images in this job, 1-8; your tier may allow fewer.")
 @click.option(
     "--engine", type=click.Choice(ENGINE_NAMES), help="Engine (the service's IMAGE_ENGINE when omitted)."
 )
@@ -248,6 +214,7 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     metavar="NAME[:WEIGHT]",
     help="Apply a LoRA registered in models.yaml (see images.models), weight 1 by default; repeatable.",
 )
+@guide_options
 @job_output_options
 @click.pass_context
 def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **options: Any) -> None:
@@ -264,20 +231,21 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images.generate "the same fox, in autumn" --image photo.jpg --strength 0.6
       kitty-cli images.generate "a red scarf" --image 1 --mask scarf-mask.png
       kitty-cli images.generate "a fox" --lora film_grain:0.8 --lora watercolor
+      kitty-cli images.generate "a dancer on a stage" --control-image pose.png --control-type pose
+      kitty-cli images.generate "her, as an astronaut" --reference-image me.jpg --consent --hires
       kitty-cli images.generate "a fox" --json | jq -r .result.png_key
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
     """
     check_output(out, wait)
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
-    # Every option is checked before a file is uploaded for --image or --mask (which stand in here).
-    request_from_options({**options, **{k: "pending" for k in ("image", "mask") if options[k] is not None}})
-    inputs = [option for option in ("image", "mask") if options[option] is not None]
-    for option in inputs:
-        input_file(options[option], option)  # both checked before either is uploaded
+    inputs = {name: options[name] for name in INPUT_OPTIONS if options[name] is not None}
+    # Every option is checked before a file is uploaded (a placeholder stands in for each input).
+    request_from_options(guide_fields({**options, **dict.fromkeys(inputs, "pending")}))
+    for name, value in inputs.items():
+        input_file(value, option_name(name))  # all checked before any is uploaded
     client = state_of(ctx).client()
-    for option in inputs:
-        options[option] = input_key(client, options[option], option)
-    request = request_from_options(options)
+    keys = {name: input_key(client, value, option_name(name)) for name, value in inputs.items()}
+    request = request_from_options(guide_fields({**options, **keys}))
     report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out)
 
 
@@ -319,6 +287,55 @@ def rerun(
         click.echo(f"Re-running #{which}: {key}", err=True)
     submitted = client.rerun(key, seed=seed, new_seed=new_seed)
     report(ctx, client, submitted, wait=wait, as_json=as_json, out=out)
+
+
+@click.command("images.upscale", short_help="Make image N (or KEY) 2 or 4 times larger, as a new image.")
+@click.argument("which", metavar="N|KEY", shell_complete=complete_image_ref)
+@click.option(
+    "--scale",
+    type=click.Choice([str(factor) for factor in UPSCALE_FACTORS]),
+    default=str(UPSCALE_FACTORS[0]),
+    show_default=True,
+    help="How many times wider and taller the new image is.",
+)
+@click.option(
+    "--model",
+    metavar="NAME",
+    help="An upscaler registered in models.yaml (upscalers:); when omitted, the first one registered "
+    "for this scale, else plain Lanczos resampling.",
+)
+@job_output_options
+@click.pass_context
+def upscale(
+    ctx: click.Context,
+    which: str,
+    scale: str,
+    model: str | None,
+    wait: bool,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Queue image N of `images.latest` (1 = newest), or the image with storage KEY, made --scale times
+    larger as a new image (the original stays); prints the new image's key like images.generate.
+
+    \b
+    Examples:
+      kitty-cli images.upscale 1                   # ×2; waits, prints the new key
+      kitty-cli images upscale 3 --scale 4 --out big.png
+      kitty-cli images.upscale images/20261121_101500_1a2b3c4d.png --no-wait
+    """
+    check_output(out, wait)
+    client = state_of(ctx).client()
+    key = resolve_key(client, which)
+    if key != which:
+        click.echo(f"Upscaling #{which}: {key}", err=True)
+    submitted = client.upscale(key, scale=int(scale), model=model)
+    report(ctx, client, submitted, wait=wait, as_json=as_json, out=out)
+
+
+def option_name(name: str) -> str:
+    """The command-line spelling of option parameter `name`: control_image → control-image."""
+    return name.replace("_", "-")
 
 
 def check_output(out: Path | None, wait: bool) -> None:

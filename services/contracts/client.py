@@ -23,6 +23,7 @@ from .schema import (
     PresetsView,
     SelectView,
     UploadView,
+    UpscaleRequest,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -183,6 +184,13 @@ class ImagesClient:
         else:
             body = request
         return GenerateView.model_validate(self._call("POST", "/api/images/generate", json=body))
+
+    def upscale(self, key: str, scale: int = 2, model: str | None = None) -> GenerateView:
+        """Queue stored image `key` made `scale` (2 or 4) times larger as a new image
+        (``POST /api/images/upscale``), with upscaler `model` (the service's choice when None)."""
+        request = UpscaleRequest(key=key, scale=scale, model=model)
+        body = request.model_dump(mode="json", exclude_none=True)
+        return GenerateView.model_validate(self._call("POST", "/api/images/upscale", json=body))
 
     def rerun(self, key: str, *, seed: int | None = None, new_seed: bool = False) -> GenerateView:
         """Enqueue the request stored with image `key` again: its own seed (the same pixels), `seed`,

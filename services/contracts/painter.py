@@ -28,7 +28,6 @@ RANDOM_SEED = -1
 """HIP-35's "pick a seed for me"; the seed actually used is in each image of the response."""
 
 
-
 class PainterRequest(BaseModel):
     """``POST /api/painter/generate``. Absent `width`, `height`, `steps` and `cfg_scale` take the
     model's (or the style's) defaults: HIP-35's 1024×1024 and cfg 7.0 are what the SDXL entries
@@ -48,11 +47,18 @@ class PainterRequest(BaseModel):
     style: str | None = Field(default=None, min_length=1, max_length=100)
     """A preset's name (GET /api/images/presets)."""
     num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
-    reference_image: str | None = Field(default=None, max_length=1024)
-    """IP-Adapter reference (an upload's key): refused until guided generation lands."""
-    control_image: str | None = Field(default=None, max_length=1024)
+    reference_image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """A picture whose look (or face) the images take after (IP-Adapter): an upload's key
+    (``POST /api/images/uploads``) or a stored image's; `reference_image` of /api/images/generate."""
+    consent: bool = False
+    """The caller states that the person in `reference_image` agreed to its use; the identity_lock
+    style refuses without it (CONSENT_MISSING)."""
+    control_image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """A picture that steers the composition (ControlNet): an upload's or a stored image's key; needs
+    `control_type`. Sent as the one entry of /api/images/generate's `controls`."""
     control_type: Literal[CONTROL_TYPES] | None = None  # type: ignore[valid-type]
-    """With `control_image`: refused until guided generation lands."""
+    """What `control_image` is: canny (edges, computed from a plain picture), depth, pose or scribble;
+    only with `control_image`."""
 
     _prompt_not_blank = field_validator("prompt")(prompt_not_blank)
 

@@ -1,6 +1,7 @@
 """HIP-35's Painter API over the images queue (real Redis, a fake engine in a real worker): a Painter
-request answers the images' URLs, seeds and usage; it is refused like a generate (400
-VALIDATION_ERROR), and its job belongs to the key that made it."""
+request answers the images' URLs, seeds and usage; its control and reference pictures become the
+job's `controls` and `reference_image`; it is refused like a generate (400 VALIDATION_ERROR), and its
+job belongs to the key that made it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
+from services.contracts import CONTROL_TYPES, RenderSpec
+from services.contracts.schema import MAX_IMAGES
 from services.images_service.api.painter import DEFAULT_NEGATIVE_PROMPT
 from services.images_service.errors import EngineError
+from services.images_service.models import register_addon
 from services.images_service.presets import PRESETS
 from tests.support.fakes import FakeEngine
 from tests.support.guide_models import write_guide_models
 from tests.support.harness import Harness
+from tests.support.pictures import left_half, two_tone, upload_picture
 from tests.support.workers import idle_worker
 
 PRO_KEY = "pro-0f3e6a8b2c4d4e11"
@@ -158,33 +163,113 @@ def test_a_job_still_running_answers_202_then_polls_to_the_painter_response(pain
     assert done.json()["images"][0]["workflow_id"] == job_id
 
 
+@pytest.fixture
+def guided_painter(harness_with: Callable[..., Harness], tmp_path: Path) -> Harness:
+    """A Painter service whose models.yaml registers a ControlNet of each type and an IP-Adapter."""
+    models_yaml = write_guide_models(tmp_path)
+    for control_type in CONTROL_TYPES:
+        register_addon(
+            models_yaml,
+            "controlnets",
+            f"{control_type}-xl",
+            {"path": f"cn/{control_type}", "type": control_type},
+        )
+    register_addon(
+        models_yaml, "ip_adapters", "ip-xl", {"path": "ip/ip.safetensors", "image_encoder": "ip/encoder"}
+    )
+    return harness_with(models_yaml=models_yaml)
+
+
+def stored_spec(harness: Harness, job_id: str) -> RenderSpec:
+    """What the queue holds for the job: the spec the worker renders and the sidecar records."""
+    queue = harness.client.app.state.queue
+    spec: RenderSpec = queue.spec_of(queue.fetch(job_id))
+    return spec
+
+
+def test_a_control_image_and_type_become_the_jobs_control_and_a_reference_its_reference(
+    guided_painter: Harness,
+) -> None:
+    edges = upload_picture(guided_painter.client, left_half().convert("RGB"))
+    face = upload_picture(guided_painter.client, two_tone())
+    body = {
+        "prompt": "a fox",
+        "control_image": edges,
+        "control_type": "scribble",
+        "reference_image": face,
+        "consent": True,
+    }
+
+    response = guided_painter.client.post("/api/painter/generate", json=body, params={"wait": 0})
+
+    assert response.status_code == 202, response.text
+    spec = stored_spec(guided_painter, response.json()["job_id"])
+    assert [(c.image, c.type, c.model, c.weight, c.start, c.end) for c in spec.controls] == [
+        (edges, "scribble", "scribble-xl", 1.0, 0.0, 1.0)  # the wire's defaults, its registered ControlNet
+    ]
+    assert (spec.reference_image, spec.reference_model, spec.consent) == (face, "ip-xl", True)
+
+
+def test_the_identity_lock_style_takes_the_reference_with_consent_and_refuses_it_without(
+    guided_painter: Harness,
+) -> None:
+    face = upload_picture(guided_painter.client, two_tone())
+    body = {"prompt": "as an astronaut", "style": "identity_lock", "reference_image": face}
+
+    refused = guided_painter.client.post("/api/painter/generate", json=body)
+    accepted = guided_painter.client.post(
+        "/api/painter/generate", json={**body, "consent": True}, params={"wait": 0}
+    )
+
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "CONSENT_MISSING"
+    assert accepted.status_code == 202, accepted.text
+    spec = stored_spec(guided_painter, accepted.json()["job_id"])
+    assert (spec.preset, spec.reference_image, spec.consent) == ("identity_lock", face, True)
+
+
 @pytest.mark.parametrize(
-    ("extra", "says"),
+    ("extra", "given", "missing"),
     [
-        ({"reference_image": "uploads/ref.png"}, "reference_image"),
-        ({"control_image": "uploads/edges.png", "control_type": "canny"}, "control_image, control_type"),
-        ({"control_type": "depth"}, "control_type"),
+        ({"control_image": "uploads/edges.png"}, "control_image", "control_type"),
+        ({"control_type": "depth"}, "control_type", "control_image"),
     ],
 )
-def test_guided_generation_is_refused_until_it_lands(
-    painter: Harness, extra: dict[str, Any], says: str
+def test_half_a_control_is_a_400_naming_the_missing_field(
+    painter: Harness, extra: dict[str, Any], given: str, missing: str
 ) -> None:
     response = painter.client.post("/api/painter/generate", json={"prompt": "a fox", **extra})
+
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["code"] == "VALIDATION_ERROR" and says in error["message"]
-    assert error["remediation"][0] == "guided generation is not available yet"
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["message"].startswith(f"`{given}` needs `{missing}`")
+    assert [problem["field"] for problem in error["detail"]] == [missing]
+    assert "control_type" in error["remediation"][0] and "canny" in error["remediation"][0]
     assert painter.engine.calls == []
+
+
+def test_a_control_image_that_was_never_uploaded_is_refused_before_queueing(guided_painter: Harness) -> None:
+    never_uploaded = "uploads/2026/12/07/0123456789abcdef0123456789abcdef.png"
+    body = {"prompt": "a fox", "control_image": never_uploaded, "control_type": "canny"}
+
+    response = guided_painter.client.post("/api/painter/generate", json=body)
+
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["code"] == "KEY_NOT_FOUND" and error["message"].startswith("`controls[0].image`")
+    assert guided_painter.client.get("/api/images/jobs").json()["jobs"] == []
 
 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"prompt": "x", "seed": -2}, "seed"),
-        ({"prompt": "x", "num_images": 5}, "num_images"),
+        ({"prompt": "x", "num_images": MAX_IMAGES + 1}, "num_images"),
         ({"prompt": "x", "cfg": 7}, "cfg"),
         ({"prompt": "x", "width": 1001}, "width"),
         ({"prompt": "x", "control_type": "sketch"}, "control_type"),
+        ({"prompt": "x", "control_image": ""}, "control_image"),
+        ({"prompt": "x", "reference_image": ""}, "reference_image"),
         ({"prompt": " "}, "prompt"),
     ],
 )

@@ -195,7 +195,7 @@ class FakeApi:
         path = request.url.path
         if request.url.host == DOWNLOAD_HOST:
             return httpx.Response(200, content=png_bytes(path.lstrip("/")))
-        if path in ("/api/images/generate", "/api/images/rerun"):
+        if path in ("/api/images/generate", "/api/images/rerun", "/api/images/upscale"):
             return httpx.Response(202, json={"job_id": "job-1", "status": "queued"})
         if path == "/api/images/jobs/job-1":
             return httpx.Response(200, json=self.next_view())
@@ -533,6 +533,172 @@ def test_generate_rejects_bad_options_before_queueing() -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("Error [VALIDATION_ERROR]: width")
     assert api.requests == []
+
+
+# --- guided generation and upscaling --------------------------------------------------------------
+def test_generate_sends_a_control_a_reference_with_consent_and_the_hires_fix(tmp_path: Path) -> None:
+    pose, face = tmp_path / "pose.png", tmp_path / "face.webp"
+    pose.write_bytes(b"skeleton png")
+    face.write_bytes(b"face webp")
+    api = FakeApi()
+    args = ["--control-image", str(pose), "--control-type", "pose", "--control-weight", "0.8"]
+    args += ["--control-start", "0.1", "--control-end", "0.9"]
+    args += ["--reference-image", str(face), "--reference-weight", "0.7", "--consent"]
+    args += ["--hires-scale", "1.5", "--hires-strength", "0.4"]
+
+    result = run(["images.generate", "a dancer on a stage", "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    uploads = [r for r in api.requests if r.url.path == "/api/images/uploads"]
+    assert [(r.headers["content-type"], r.content) for r in uploads] == [
+        ("image/png", b"skeleton png"),
+        ("image/webp", b"face webp"),
+    ]
+    assert api.bodies("/api/images/generate") == [
+        {
+            "prompt": "a dancer on a stage",
+            "controls": [
+                {
+                    "image": "uploads/20240501_130000_00000001.png",
+                    "type": "pose",
+                    "weight": 0.8,
+                    "start": 0.1,
+                    "end": 0.9,
+                }
+            ],
+            "reference_image": "uploads/20240501_130000_00000002.webp",
+            "reference_weight": 0.7,
+            "consent": True,
+            "hires": {"scale": 1.5, "strength": 0.4},
+        }
+    ]
+    assert f"Uploaded {pose} as uploads/" in result.stderr and f"Uploaded {face} as uploads/" in result.stderr
+
+
+def test_generate_guide_inputs_take_keys_and_numbers_and_leave_defaults_to_the_service() -> None:
+    api = FakeApi()
+    args = ["--control-image", "uploads/edges.png", "--control-type", "canny"]
+    args += ["--reference-image", "2", "--hires"]
+
+    result = run(["images.generate", "a fox", "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    assert api.bodies("/api/images/generate") == [
+        {
+            "prompt": "a fox",
+            "controls": [{"image": "uploads/edges.png", "type": "canny"}],  # weight, start, end: defaults
+            "reference_image": IMAGE_KEYS[1],  # image 2 of images.latest
+            "hires": {},  # the service's scale 2 and strength 0.5
+        }
+    ]
+    assert "/api/images/uploads" not in api.paths()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ["--control-image", "edges.png"],
+            "--control-image needs --control-type: one of canny, depth, pose, scribble",
+        ),
+        (["--control-type", "depth"], "--control-type needs --control-image"),
+        (["--control-weight", "0.5"], "--control-weight needs --control-image"),
+        (["--reference-weight", "0.5"], "--reference-weight needs --reference-image"),
+        (["--control-image", "edges.png", "--control-type", "sketch"], "'sketch' is not one of"),
+        (
+            ["--control-image", "edges.png", "--control-type", "canny", "--control-weight", "3"],
+            "--control-weight: Input should be less than or equal to 2",
+        ),
+        (
+            [
+                "--control-image",
+                "edges.png",
+                "--control-type",
+                "canny",
+                "--control-start",
+                "0.8",
+                "--control-end",
+                "0.2",
+            ],
+            "must be below `end`",
+        ),
+        (["--reference-image", "face.gif"], "not a PNG, JPEG or WebP"),
+        (["--reference-image", "missing.png"], "no such file 'missing.png'"),
+        (["--hires-scale", "8"], "--hires-scale: Input should be less than or equal to 4"),
+    ],
+)
+def test_generate_refuses_bad_guide_options_before_uploading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("edges.png", "face.gif"):
+        (tmp_path / name).write_bytes(b"bytes")
+    api = FakeApi()
+
+    result = run(["images.generate", "a fox", *args], api)
+
+    assert result.exit_code != 0
+    assert words in result.output
+    assert api.requests == []
+    assert_no_traceback(result)
+
+
+def test_upscale_by_number_queues_the_key_follows_the_job_and_prints_the_new_key() -> None:
+    api = FakeApi(list(PROGRESSING))
+
+    result = run(["images.upscale", "2", "--scale", "4"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == IMAGE_KEYS
+    assert f"Upscaling #2: {LATEST['items'][1]['key']}" in result.stderr
+    assert "started  [##############################] 3/3 100%" in result.stderr
+    assert api.bodies("/api/images/upscale") == [{"key": LATEST["items"][1]["key"], "scale": 4}]
+    assert api.paths()[-1] == "/api/images/jobs/job-1/events"
+
+
+def test_upscale_by_key_with_a_model_no_wait_prints_the_job_id() -> None:
+    api = FakeApi()
+
+    result = run(["images", "upscale", IMAGE_KEYS[0], "--model", "realesrgan_x2", "--no-wait"], api)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "job-1\n" and result.stderr == ""
+    assert api.bodies("/api/images/upscale") == [{"key": IMAGE_KEYS[0], "scale": 2, "model": "realesrgan_x2"}]
+    assert api.paths() == ["/api/images/upscale"]
+
+
+def test_upscale_out_saves_the_new_image_and_a_bad_scale_queues_nothing(tmp_path: Path) -> None:
+    api = FakeApi()
+    out = tmp_path / "big.png"
+
+    saved = run(["images.upscale", IMAGE_KEYS[0], "--out", str(out)], api)
+    refused = run(["images.upscale", IMAGE_KEYS[0], "--scale", "3"], api)
+
+    assert saved.exit_code == 0, saved.output
+    assert out.read_bytes() == png_bytes(IMAGE_KEYS[0])
+    assert refused.exit_code == 2 and "'3' is not one of '2', '4'" in refused.stderr
+    assert len(api.bodies("/api/images/upscale")) == 1
+
+
+def test_upscale_refusal_is_one_clear_line() -> None:
+    def refusing(request: httpx.Request) -> httpx.Response:
+        body = error_body("KEY_NOT_FOUND", "no image 'images/gone.png'", ["List images with images.latest."])
+        return httpx.Response(404, json=body)
+
+    result = run(["images.upscale", "images/gone.png"], refusing)
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error [KEY_NOT_FOUND]: no image 'images/gone.png'")
+    assert_no_traceback(result)
+
+
+def test_client_upscale_posts_the_request_and_answers_the_job() -> None:
+    api = FakeApi()
+    with ImagesClient(GATEWAY, transport=httpx.MockTransport(api)) as client:
+        view = client.upscale("images/a.png", scale=4)
+
+    assert (view.job_id, view.status.value) == ("job-1", "queued")
+    assert api.bodies("/api/images/upscale") == [{"key": "images/a.png", "scale": 4}]
 
 
 def test_api_error_from_the_gateway_is_one_clear_line() -> None:
@@ -1029,6 +1195,7 @@ def test_delete_of_a_missing_key_is_one_clear_line() -> None:
 IMAGE_COMMANDS = [
     "generate",
     "rerun",
+    "upscale",
     "latest",
     "select",
     "jobs",

@@ -1,12 +1,14 @@
 // The generate form and the jobs it starts: models, their defaults and the LoRAs from
 // `GET /api/images/models`, presets and quality levels from `GET /api/images/presets`, size choices,
 // a starting picture (a file, uploaded on submit, or a gallery image) with its strength and mask,
-// submit to `POST /api/images/generate` (or `/rerun` for an image of the gallery), live progress of
+// the guide (guide.js: control and reference pictures, hires fix), submit to
+// `POST /api/images/generate` (or `/rerun` or `/upscale` for an image of the gallery), live progress of
 // each job in a panel (this tab's, and those of other clients that history.js finds), Retry for a
 // failed or canceled one (`POST /api/images/jobs/{id}/retry`).
 
 import { api, isTerminal, upload, watchJob } from "./api.js";
 import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
+import { createGuide } from "./guide.js";
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
 const SIZE_PRESETS = [
@@ -88,6 +90,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
   let galleryImage = null; // the LatestItem chosen with "Use as input", when no file is
   let previewUrl = ""; // the object URL of the chosen file's preview, revoked when it changes
   const panels = new Map(); // job id -> its panel, while one shows: a job never gets two
+  const guide = createGuide({ form, uploadFile });
 
   function selectedModel() {
     return models.get(fields.model.value) || null;
@@ -370,13 +373,19 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
   }
 
   function submit(request) {
-    return start(routes.generate, () => withPicture(request), request);
+    return start(routes.generate, async () => guide.addTo(await withPicture(request)), request);
   }
 
   /** Render a stored image again from its stored request: its own seed, or a fresh one. */
   function rerun(item, { newSeed = false } = {}) {
     const body = newSeed ? { key: item.key, new_seed: true } : { key: item.key };
     return start(routes.rerun, () => body, { prompt: item.prompt || item.key, steps: item.steps });
+  }
+
+  /** Queue a stored image made `scale` (2 or 4) times larger; the new image joins the grid. */
+  function upscale(item, scale) {
+    const shown = { prompt: `Upscale ×${scale} · ${item.prompt || item.key}` };
+    return start(routes.upscale, () => ({ key: item.key, scale }), shown);
   }
 
   /**
@@ -394,6 +403,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     } catch (error) {
       showError(errorBox, error);
       markInvalid(error);
+      guide.markInvalid(error);
       errorBox.scrollIntoView({ block: "nearest" });
     } finally {
       submitButton.disabled = false;
@@ -555,6 +565,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     prefill,
     submit,
     rerun,
+    upscale,
     retryJob,
     /** Follow a job this tab did not submit (history.js found it queued or running). */
     track: (view) => trackJob(view.job_id, view.request || {}, view),

@@ -19,6 +19,7 @@ const ROUTES = {
   presets: "/api/images/presets",
   generate: "/api/images/generate",
   rerun: "/api/images/rerun",
+  upscale: "/api/images/upscale",
   uploads: "/api/images/uploads",
   jobs: "/api/images/jobs",
   job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
@@ -95,6 +96,7 @@ const viewer = createViewer({
     composer.prefill(item);
     composer.focus();
   },
+  onUpscale: (item, scale) => composer.upscale(item, scale),
   onUseAsInput: (item) => {
     composer.useImage(item);
     composer.focusPicture();

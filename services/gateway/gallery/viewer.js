@@ -1,7 +1,7 @@
 // The image dialog: the full PNG through a fresh `select` downloadUrl (the thumbnail, upscaled, until
 // it has loaded), every setting, and the actions: Select (the imageRef, copyable), Re-run (the same
-// seed, or a new one), Edit, Use as input (the form's starting picture), Download, Delete with a
-// confirmation.
+// seed, or a new one), Edit, Use as input (the form's starting picture), Upscale ×2 or ×4 (a new
+// image, followed in a job panel), Download, Delete with a confirmation.
 
 import { api } from "./api.js";
 import { clearError, formatSize, h, parseTime, safeUrl, showError } from "./dom.js";
@@ -12,7 +12,7 @@ const COPIED_NOTE_MS = 2_500;
 /** An image shown this many times its own size or more is drawn with crisp pixels, not smeared. */
 const UPSCALE_PIXELATED = 3;
 
-export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, onDeleted, onStatus }) {
+export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, onUpscale, onDeleted, onStatus }) {
   const $ = (selector) => dialog.querySelector(selector);
   const preview = $("#viewer-preview");
   const full = $("#viewer-full");
@@ -180,6 +180,14 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
     close();
     onUseAsInput(item);
   });
+
+  for (const button of dialog.querySelectorAll("[data-scale]")) {
+    button.addEventListener("click", () => {
+      const item = current;
+      close();
+      onUpscale(item, Number(button.dataset.scale));
+    });
+  }
 
   $("#viewer-delete").addEventListener("click", () => {
     confirm.hidden = false;

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError as PydanticValidationError
 
 from services.common.api_keys import ApiKey
-from services.contracts import ErrorBody, GenerateRequest, JobStatus, JobView
+from services.contracts import CONTROL_TYPES, ControlInput, ErrorBody, GenerateRequest, JobStatus, JobView
 from services.contracts.painter import RANDOM_SEED, PainterImage, PainterRequest, PainterUsage, PainterView
 
 from ..audit import audit_submission
@@ -46,10 +46,6 @@ gateway's 30 s upstream timeout, so a slow render answers 202 rather than a gate
 PAINTER_POLL_S = 0.1
 """How often a waiting Painter call looks at its job (a Redis read; a render step takes longer)."""
 
-GUIDED_REMEDIATION = [
-    "guided generation is not available yet",
-    "Send the request without reference_image, control_image and control_type.",
-]
 
 router = APIRouter(
     prefix="/api/painter",
@@ -58,20 +54,34 @@ router = APIRouter(
 )
 
 
+def controls_of(body: PainterRequest) -> list[ControlInput]:
+    """The one ControlNet input a Painter request may carry: `control_image` of `control_type`,
+    with the wire's defaults (weight 1 over every step; canny's edge map computed). Either field
+    alone is refused: neither says what to do without the other."""
+    if body.control_image is None and body.control_type is None:
+        return []
+    if body.control_image is None or body.control_type is None:
+        given, missing = (
+            ("control_image", "control_type")
+            if body.control_type is None
+            else ("control_type", "control_image")
+        )
+        raise ValidationFailed(
+            f"`{given}` needs `{missing}`: a control is a picture and what kind of map it is",
+            remediation=[
+                f"Send both: `control_image` (an upload's key, POST /api/images/uploads) and "
+                f"`control_type` ({', '.join(CONTROL_TYPES)}); or neither.",
+            ],
+            detail=[{"field": missing, "message": f"required with `{given}`"}],
+        )
+    return [ControlInput(image=body.control_image, type=body.control_type)]
+
+
 def to_generate_request(body: PainterRequest) -> GenerateRequest:
     """HIP-35's fields in our names: `cfg_scale` → `cfg`, seed −1 → a random one, `style` → `preset`,
-    no negative prompt → the quality negatives. Guided generation (issue 17) is refused here."""
-    guided = [
-        name
-        for name in ("reference_image", "control_image", "control_type")
-        if getattr(body, name) is not None
-    ]
-    if guided:
-        raise ValidationFailed(
-            f"{', '.join(guided)}: guided generation is not available yet",
-            remediation=GUIDED_REMEDIATION,
-            detail={"fields": guided},
-        )
+    no negative prompt → the quality negatives, `control_image` + `control_type` → `controls`
+    (`reference_image` and `consent` keep their names)."""
+    controls = controls_of(body)
     if body.style is not None and body.style not in PRESETS:
         raise ValidationFailed(
             f"unknown style '{body.style}'; the styles are: {', '.join(PRESETS)}",
@@ -95,6 +105,9 @@ def to_generate_request(body: PainterRequest) -> GenerateRequest:
             seed=None if body.seed == RANDOM_SEED else body.seed,
             preset=body.style,
             num_images=body.num_images,
+            controls=controls,
+            reference_image=body.reference_image,
+            consent=body.consent,
         )
     except PydanticValidationError as exc:  # the two schemas share their bounds; this is a backstop
         raise ValidationFailed(f"invalid Painter request: {exc.errors()[0]['msg']}") from exc
