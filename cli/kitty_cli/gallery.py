@@ -90,8 +90,17 @@ def latest(ctx: click.Context, limit: int, as_json: bool) -> None:
 
 @click.command("images.select", short_help="Print the imageRef of image N (or KEY).")
 @click.argument("which", metavar="N|KEY", shell_complete=complete_image_ref)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["png", "jpeg", "webp"]),
+    default="png",
+    show_default=True,
+    help="png is the stored original; jpeg and webp link a converted copy (infotext kept in EXIF).",
+)
+@click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality (default 90).")
 @click.pass_context
-def select(ctx: click.Context, which: str) -> None:
+def select(ctx: click.Context, which: str, format_: str, quality: int | None) -> None:
     """Print the imageRef of image N of `images.latest` (1 = newest), or of the image with storage KEY:
     ``{"imageRef": {"downloadUrl", "storageUri"}}`` on stdout, for the tool that consumes it.
 
@@ -99,13 +108,14 @@ def select(ctx: click.Context, which: str) -> None:
     Examples:
       kitty-cli images.select 1
       kitty-cli images select images/20261121_101500_1a2b3c4d.png
+      kitty-cli images.select 1 --format webp --quality 80
       curl -o out.png "$(kitty-cli images.select 1 | jq -r .imageRef.downloadUrl)"
     """
     client = state_of(ctx).client()
     key = resolve_key(client, which)
     if key != which:
         click.echo(f"Selected #{which}: {key}", err=True)
-    echo_json(client.select(key).model_dump(mode="json"))
+    echo_json(client.select(key, format_, quality).model_dump(mode="json"))
 
 
 @click.command("images.delete", short_help="Delete image N (or KEY) with its sidecar and thumbnail.")

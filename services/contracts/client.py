@@ -277,8 +277,14 @@ class ImagesClient:
     def engines(self) -> EnginesView:
         return EnginesView.model_validate(self._call("GET", "/api/images/engines"))
 
-    def select(self, key: str) -> SelectView:
-        return SelectView.model_validate(self._call("POST", "/api/images/select", json={"key": key}))
+    def select(self, key: str, format: str = "png", quality: int | None = None) -> SelectView:  # noqa: A002
+        """The imageRef of `key`; `format` jpeg or webp (at `quality`) names a converted copy."""
+        body: dict[str, object] = {"key": key}
+        if format != "png":
+            body["format"] = format
+        if quality is not None:
+            body["quality"] = quality
+        return SelectView.model_validate(self._call("POST", "/api/images/select", json=body))
 
     def upload(self, data: bytes, content_type: str) -> UploadView:
         """Store an input image (PNG, JPEG or WebP, the raw file); its `key` goes in `image`/`mask`."""

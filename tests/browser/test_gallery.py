@@ -786,3 +786,33 @@ def test_a_refused_upload_shows_its_code_and_remediation_and_queues_nothing(
     assert [url for url in gallery.requests if "/api/images/uploads" in url]
     assert not [url for url in gallery.requests if "/api/images/generate" in url]
     assert latest(stack, 1)[0]["key"] == newest
+
+
+def test_the_dialogs_format_picks_what_select_and_download_give(gallery: Gallery, stack: Stack) -> None:
+    """PNG is the stored original; WebP and JPEG are the copies the service converts once, for the
+    download link and for the imageRef that Select prints."""
+    page = gallery.page
+    prompt = "a lantern on a jetty, to be delivered as webp"
+    (key,) = generate(stack, prompt=prompt, steps=4)
+    gallery.open()
+    gallery.card(prompt).click()
+    download = page.locator("#viewer-download")
+    expect(download).to_be_visible()  # hidden until its link is made
+    expect(download).to_have_text("Download PNG")
+    assert httpx.get(download.get_attribute("href") or "").content == make_store(stack.settings).get(key)
+
+    page.select_option("#viewer-format", "webp")
+    expect(download).to_have_text("Download WebP")
+    expect(download).to_be_visible()
+    expect(download).to_have_attribute("download", re.compile(r"\.webp$"))
+    webp = httpx.get(download.get_attribute("href") or "").content
+    assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"
+    page.locator("#viewer").get_by_role("button", name="Select", exact=True).click()
+    expect(page.locator("#image-ref")).to_contain_text(".webp")
+    ref = json.loads(page.locator("#image-ref").text_content() or "")["imageRef"]
+    assert ref["storageUri"].endswith(".webp") and key.removesuffix(".png") in ref["storageUri"]
+
+    page.select_option("#viewer-format", "jpeg")
+    expect(download).to_have_text("Download JPEG")
+    expect(download).to_be_visible()
+    assert httpx.get(download.get_attribute("href") or "").content[:2] == b"\xff\xd8"

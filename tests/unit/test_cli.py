@@ -822,6 +822,20 @@ def test_select_by_key_skips_the_listing() -> None:
     assert json.loads(result.stdout)["imageRef"]["storageUri"] == f"s3://kitty/{key}"
 
 
+def test_select_asks_for_a_delivery_format_only_when_one_is_chosen() -> None:
+    api = FakeApi()
+    key = "images/20240501_120100_aaaaaaaa.png"
+
+    assert run(["images.select", key, "--format", "webp", "--quality", "80"], api).exit_code == 0
+    assert run(["images.select", key, "--format", "jpeg"], api).exit_code == 0
+    assert api.bodies("/api/images/select") == [
+        {"key": key, "format": "webp", "quality": 80},
+        {"key": key, "format": "jpeg"},
+    ]
+    refused = run(["images.select", key, "--format", "gif"], api)
+    assert refused.exit_code == 2 and "gif" in refused.output
+
+
 def test_select_past_the_end_of_the_listing_exits_1() -> None:
     result = run(["images.select", "9"], FakeApi())
 

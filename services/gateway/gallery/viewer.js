@@ -21,6 +21,7 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
   const prompt = $("#viewer-prompt");
   const settings = $("#viewer-settings");
   const download = $("#viewer-download");
+  const formatPick = $("#viewer-format");
   const refPanel = $("#image-ref-panel");
   const refText = $("#image-ref");
   const copyButton = $("#copy-ref");
@@ -53,18 +54,34 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
     );
   }
 
-  async function selectRef(key) {
-    return api(routes.select, { method: "POST", body: { key } });
+  const FORMAT_EXTENSIONS = { png: "png", jpeg: "jpg", webp: "webp" };
+  const FORMAT_LABELS = { png: "PNG", jpeg: "JPEG", webp: "WebP" };
+
+  async function selectRef(key, format = formatPick.value) {
+    const body = format === "png" ? { key } : { key, format };
+    return api(routes.select, { method: "POST", body });
+  }
+
+  // Download gives the chosen format: the stored PNG, or a converted copy the service makes once.
+  async function pointDownload(item) {
+    const format = formatPick.value;
+    const selected = format === "png" ? await selectRef(item.key, "png") : await selectRef(item.key);
+    if (current !== item || formatPick.value !== format) return;
+    const url = safeUrl(selected.imageRef.downloadUrl);
+    const stem = item.key.split("/").pop().replace(/\.png$/, "");
+    download.href = url;
+    download.download = `${stem}.${FORMAT_EXTENSIONS[format]}`;
+    download.textContent = `Download ${FORMAT_LABELS[format]}`;
+    download.hidden = !url;
   }
 
   async function loadFull(item) {
     try {
-      const selected = await selectRef(item.key);
+      const selected = await selectRef(item.key, "png");
       if (current !== item) return;
       const url = safeUrl(selected.imageRef.downloadUrl);
-      download.href = url;
-      download.hidden = !url;
       full.src = url;
+      await pointDownload(item);
     } catch (error) {
       if (current !== item) return;
       loading.hidden = true;
@@ -110,6 +127,18 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
   full.addEventListener("error", () => {
     if (!full.getAttribute("src")) return;
     loading.textContent = "The full image could not be loaded.";
+  });
+
+  formatPick.addEventListener("change", async () => {
+    const item = current;
+    if (!item) return;
+    clearError(errorBox);
+    download.hidden = true;
+    try {
+      await pointDownload(item);
+    } catch (error) {
+      if (current === item) showError(errorBox, error);
+    }
   });
 
   dialog.addEventListener("close", () => {
