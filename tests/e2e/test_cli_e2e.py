@@ -202,3 +202,50 @@ def test_generate_from_a_local_picture_with_a_mask_and_a_lora(stack: Stack, tmp_
     assert request["loras"] == [{"name": "tiny-lora", "weight": 0.5}]
     with Image.open(out) as result:
         assert result.size == (96, 64)
+
+
+def test_guided_generation_and_upscaling_from_the_command_line(stack: Stack, tmp_path: Path) -> None:
+    """What issue 17 promises a CLI user: a canny map from a plain local picture, a reference picture
+    (identity lock, with consent), the hires fix, then the result upscaled ×2 and ×4 as new images."""
+    picture, face = tmp_path / "square.png", tmp_path / "face.jpg"
+    drawing = Image.new("RGB", (64, 64), "black")
+    drawing.paste((255, 255, 255), (16, 16, 48, 48))
+    drawing.save(picture)
+    Image.new("RGB", (80, 80), (200, 150, 120)).save(face, format="JPEG")
+    out = tmp_path / "guided.png"
+
+    refused = kitty(
+        stack, "images.generate", "a portrait", "--model", "tiny-sd15", "--steps", "3",
+        "--preset", "identity_lock", "--reference-image", str(face),
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "CONSENT_MISSING" in refused.output and "consent" in refused.output
+
+    generated = kitty(
+        stack, "images.generate", "a portrait", "--model", "tiny-sd15", "--steps", "3",
+        "--width", "64", "--height", "64", "--control-image", str(picture), "--control-type", "canny",
+        "--control-weight", "0.8", "--preset", "identity_lock", "--reference-image", str(face),
+        "--consent", "--hires", "--hires-scale", "2", "--out", str(out),
+    )  # fmt: skip
+    assert generated.exit_code == 0, generated.output
+    (key,) = generated.stdout.split()
+    store = make_store(stack.settings)
+    sidecar = json.loads(store.get(key.removesuffix(".png") + ".json"))
+    request = sidecar["request"]
+    [control] = request["controls"]
+    assert (control["type"], control["weight"], control["model"]) == ("canny", 0.8, "tiny-canny")
+    assert control["image"].startswith("uploads/")
+    assert request["reference_image"].startswith("uploads/") and request["reference_model"] == "tiny-ip"
+    assert request["consent"] is True and request["hires"]["scale"] == 2
+    with Image.open(out) as result:
+        assert result.size == (128, 128)
+
+    for scale, side in (("2", 256), ("4", 512)):
+        upscaled_out = tmp_path / f"x{scale}.png"
+        upscaled = kitty(stack, "images.upscale", key, "--scale", scale, "--out", str(upscaled_out))
+        assert upscaled.exit_code == 0, upscaled.output
+        (new_key,) = upscaled.stdout.split()
+        assert new_key != key
+        assert json.loads(store.get(new_key.removesuffix(".png") + ".json"))["source"] == key
+        with Image.open(upscaled_out) as result:
+            assert result.size == (side, side)
