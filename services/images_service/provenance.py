@@ -19,8 +19,10 @@ from services.contracts import A1111_SAMPLERS, RenderSpec
 
 from .engines.base import RenderedImage, RenderResult
 from .engines.comfyui.graph import (
+    CHECKPOINT_NODE,
     COMFYUI_SAMPLERS,
     DEFAULT_SAMPLER,
+    SAMPLER_NODE,
     ControlFiles,
     template_graph,
     template_steps,
@@ -28,6 +30,7 @@ from .engines.comfyui.graph import (
 )
 from .engines.invokeai.graph import DEFAULT_SCHEDULER as INVOKEAI_DEFAULT
 from .engines.invokeai.graph import SCHEDULERS as INVOKEAI_SCHEDULERS
+from .refiner import base_steps
 
 CKPT_SUFFIX = ".safetensors"
 """The equivalent graph's ``ckpt_name`` is the model's name plus this: ComfyUI lists checkpoints by
@@ -156,8 +159,10 @@ def equivalent_graph(
     ran. Uploaded inputs are named by file name (put them in ComfyUI's input folder); so are the
     controls' pictures, whose edges a Canny node computes where ours were computed from a plain
     picture (`canny` with `preprocess`), and their ControlNets and the hires upscaler (by the model's
-    name plus `CKPT_SUFFIX`, as the checkpoint). LoRAs, the SDXL refiner pass and a reference image
-    are not in the template, so a render with them opens without them."""
+    name plus `CKPT_SUFFIX`, as the checkpoint). LoRAs become LoraLoader nodes between the checkpoint
+    and its users (`_with_loras`), the SDXL refiner pass two KSamplerAdvanced split where ours is
+    (`_with_refiner`). A reference image (IP-Adapter) has no core ComfyUI node: the graph opens
+    without it."""
     single = spec.model_copy(
         update={"seed": rendered.seed if rendered.seed is not None else spec.seed, "num_images": 1}
     )
@@ -184,7 +189,110 @@ def equivalent_graph(
         sampler_name, schedule = sampler.comfyui
         for node_id in template_steps(spec):
             graph[node_id]["inputs"].update(sampler_name=sampler_name, scheduler=schedule)
+    _with_loras(graph, spec)
+    refiner = result.engine_info.get("refiner")
+    if spec.refiner and isinstance(refiner, str):
+        _with_refiner(graph, spec, refiner + CKPT_SUFFIX)
     return graph
+
+
+LORA_FIRST_NODE = 40
+"""LoraLoader node ids: 40, 41, … (ComfyUI's UI wants numeric ids; the template's stay below 30)."""
+REFINER_NODES = ("50", "51", "52", "53")
+"""The refiner's checkpoint loader, its two text encodes and its KSamplerAdvanced."""
+
+
+def _insert_after(graph: dict[str, Any], anchor: str, nodes: dict[str, Any]) -> None:
+    """Put `nodes` right after `anchor` in `graph`'s order (the UI workflow is laid out from it)."""
+    items = list(graph.items())
+    at = next(index for index, (node_id, _) in enumerate(items) if node_id == anchor) + 1
+    graph.clear()
+    graph.update(items[:at] + list(nodes.items()) + items[at:])
+
+
+def _relink(graph: dict[str, Any], old: list[Any], new: list[Any], *, skip: set[str]) -> None:
+    """Point every input linked to `old` at `new` (but in the nodes of `skip`)."""
+    for node_id, node in graph.items():
+        if node_id in skip:
+            continue
+        for name, value in node["inputs"].items():
+            if value == old:
+                node["inputs"][name] = list(new)
+
+
+def _with_loras(graph: dict[str, Any], spec: RenderSpec) -> None:
+    """Each of ``spec.loras`` as a LoraLoader (the file by its name plus `CKPT_SUFFIX`, its weight on
+    both the model and the text encoder, as diffusers applies it), chained after the checkpoint."""
+    model: list[Any] = [CHECKPOINT_NODE, 0]
+    clip: list[Any] = [CHECKPOINT_NODE, 1]
+    added: dict[str, Any] = {}
+    for index, lora in enumerate(spec.loras):
+        node_id = str(LORA_FIRST_NODE + index)
+        added[node_id] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": model,
+                "clip": clip,
+                "lora_name": lora.name + CKPT_SUFFIX,
+                "strength_model": lora.weight,
+                "strength_clip": lora.weight,
+            },
+        }
+        model, clip = [node_id, 0], [node_id, 1]
+    if added:
+        _relink(graph, [CHECKPOINT_NODE, 0], model, skip=set(added))
+        _relink(graph, [CHECKPOINT_NODE, 1], clip, skip=set(added))
+        _insert_after(graph, CHECKPOINT_NODE, added)
+
+
+def _with_refiner(graph: dict[str, Any], spec: RenderSpec, refiner_ckpt: str) -> None:
+    """The SDXL refiner pass as ComfyUI's own SDXL workflow runs it: the base's KSampler becomes a
+    KSamplerAdvanced that stops at `REFINER_SPLIT` of the steps and keeps its leftover noise, and
+    the refiner checkpoint's KSamplerAdvanced finishes from there with its own text encodes."""
+    base = graph[SAMPLER_NODE]["inputs"]
+    split = base_steps(spec.steps)
+    ckpt, positive, negative, sampler = REFINER_NODES
+    graph[SAMPLER_NODE] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            "add_noise": "enable",
+            "noise_seed": base["seed"],
+            "steps": spec.steps,
+            "cfg": base["cfg"],
+            "sampler_name": base["sampler_name"],
+            "scheduler": base["scheduler"],
+            "start_at_step": 0,
+            "end_at_step": split,
+            "return_with_leftover_noise": "enable",
+            "model": base["model"],
+            "positive": base["positive"],
+            "negative": base["negative"],
+            "latent_image": base["latent_image"],
+        },
+    }
+    refiner: dict[str, Any] = {
+        ckpt: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": refiner_ckpt}},
+        **{
+            node_id: {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": [ckpt, 1]}}
+            for node_id, text in ((positive, spec.prompt), (negative, spec.negative_prompt))
+        },
+    }
+    refiner[sampler] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            **graph[SAMPLER_NODE]["inputs"],
+            "add_noise": "disable",
+            "start_at_step": split,
+            "end_at_step": spec.steps,
+            "return_with_leftover_noise": "disable",
+            "model": [ckpt, 0],
+            "positive": [positive, 0],
+            "negative": [negative, 0],
+            "latent_image": [SAMPLER_NODE, 0],
+        },
+    }
+    _relink(graph, [SAMPLER_NODE, 0], [sampler, 0], skip=set())
+    _insert_after(graph, SAMPLER_NODE, refiner)
 
 
 def _ckpt_stem(spec: RenderSpec, engine: str, result: RenderResult) -> str:

@@ -242,3 +242,43 @@ def test_a_guided_render_writes_a1111s_hires_and_controlnet_fields() -> None:
 
 A1111_FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 """How A1111's infotext reader splits ``key: value, …`` (a quoted value may hold commas)."""
+
+
+def test_loras_and_the_refiner_pass_are_in_the_graph_as_comfyui_runs_them() -> None:
+    spec = spec_of(
+        scheduler="euler",
+        steps=10,
+        refiner=True,
+        loras=[{"name": "film_grain", "weight": 0.7}, {"name": "tiny-lora", "weight": -0.5}],
+    )
+    info = {"scheduler_class": "Whatever", "refiner": "sdxl_refiner"}
+    ((png, sidecar),) = render_pngs("diffusers", spec, info)
+    graph = sidecar["comfyui_workflow"]
+    assert json.loads(read_png_text(png)["prompt"]) == graph
+
+    first, second = graph["40"]["inputs"], graph["41"]["inputs"]
+    assert (first["lora_name"], first["strength_model"], first["strength_clip"]) == (
+        "film_grain.safetensors", 0.7, 0.7
+    )
+    assert (first["model"], first["clip"]) == (["4", 0], ["4", 1])
+    assert (second["model"], second["clip"], second["strength_model"]) == (["40", 0], ["40", 1], -0.5)
+    # Every user of the checkpoint's model and text encoder now takes the last LoRA's.
+    for node_id in ("6", "7"):
+        assert graph[node_id]["inputs"]["clip"] == ["41", 1]
+
+    base, refiner = graph["3"], graph["53"]
+    assert base["class_type"] == refiner["class_type"] == "KSamplerAdvanced"
+    assert base["inputs"]["model"] == ["41", 0]
+    assert (base["inputs"]["start_at_step"], base["inputs"]["end_at_step"]) == (0, 8)
+    assert base["inputs"]["return_with_leftover_noise"] == "enable"
+    assert (refiner["inputs"]["start_at_step"], refiner["inputs"]["end_at_step"]) == (8, 10)
+    assert refiner["inputs"]["add_noise"] == "disable" and refiner["inputs"]["latent_image"] == ["3", 0]
+    assert graph["50"]["inputs"]["ckpt_name"] == "sdxl_refiner.safetensors"
+    assert refiner["inputs"]["model"] == ["50", 0]
+    assert graph["8"]["inputs"]["samples"] == ["53", 0]
+    # What ComfyUI's reader makes of it: both samplers, each with the prompt and the seed.
+    info_read = COMFYUI_READER.parse(Image.open(io.BytesIO(png)))
+    assert info_read is not None and len(info_read.samplers) == 2
+    for used in info_read.samplers:
+        assert used.name == "euler" and used.parameters["noise_seed"] == 123
+        assert [prompt.value for prompt in used.prompts] == [spec.prompt]

@@ -131,6 +131,33 @@ _UI_NODE_SHAPES: dict[str, tuple[_Ports, _Ports, tuple[str, ...]]] = {
         (("IMAGE", "IMAGE"),),
         ("upscale_method", "width", "height", "crop"),
     ),
+    # The equivalent graphs of other engines' renders also use these (services/images_service/provenance.py).
+    "LoraLoader": (
+        (("model", "MODEL"), ("clip", "CLIP")),
+        (("MODEL", "MODEL"), ("CLIP", "CLIP")),
+        ("lora_name", "strength_model", "strength_clip"),
+    ),
+    "KSamplerAdvanced": (
+        (
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ),
+        (("LATENT", "LATENT"),),
+        (
+            "add_noise",
+            "noise_seed",
+            "control_after_generate",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "start_at_step",
+            "end_at_step",
+            "return_with_leftover_noise",
+        ),
+    ),
 }
 """The template's node types as ComfyUI's UI describes them, to write a loadable ``workflow`` chunk."""
 
