@@ -196,6 +196,31 @@ class HiresFix(BaseModel):
     """A models.yaml ``upscalers:`` entry; absent: Lanczos resampling."""
 
 
+PIPELINE_STEP_KINDS = ("refine", "upscale", "postprocess")
+"""What may follow a pipeline's generate step: an img2img pass over the image at a low strength
+(`refine`), `upscale` (as POST /upscale), `postprocess` (grain, tone mapping, LUT, sharpen, denoise)."""
+MAX_PIPELINE_STEPS = 6
+
+
+class PipelineStep(BaseModel):
+    """One step after the generate step of a pipeline (a preset's ``steps``, or a request's
+    ``pipeline``); each runs as its own job on the queue, on the previous step's image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal[PIPELINE_STEP_KINDS]  # type: ignore[valid-type]
+    strength: float = Field(default=0.3, ge=0.0, le=1.0)
+    """refine: how much of the image is redrawn."""
+    scale: Literal[UPSCALE_FACTORS] = 2  # type: ignore[valid-type]
+    """upscale: the factor."""
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    """upscale: a registered upscaler (absent: as POST /upscale picks)."""
+    ops: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
+    """postprocess: the operations in order, e.g. ``[{"op": "tone_map", "operator": "aces"}]``."""
+    retries: int = Field(default=1, ge=0, le=3)
+    """How often the step is tried again after an engine failure before the pipeline stops."""
+
+
 RefinerName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
 """A refiner named in a request's `refiner` (a models.yaml entry)."""
 
@@ -252,6 +277,9 @@ class GenerateRequest(BaseModel):
     """The caller states that the person in `reference_image` agreed to its use; the identity-lock
     preset refuses without it (CONSENT_MISSING)."""
     hires: HiresFix | None = None
+    pipeline: list[PipelineStep] = Field(default_factory=list, max_length=MAX_PIPELINE_STEPS)
+    """Steps after the render, each a job on the previous step's image (a preset may bring its
+    own); the job id answered is the pipeline's, whose view lists the steps."""
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -300,6 +328,15 @@ class UpscaleSpec(BaseModel):
     """A models.yaml ``upscalers:`` entry, or None for Lanczos."""
 
 
+class PostprocessSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    """The stored image's key; the result's sidecar points at it."""
+    ops: list[dict[str, Any]]
+    """As validated by images_service/postprocess.py; recorded resolved (defaults, seed) in the sidecar."""
+
+
 class RenderSpec(BaseModel):
     """A request with every default resolved: what the worker renders and the sidecar records.
 
@@ -340,6 +377,8 @@ class RenderSpec(BaseModel):
     hires: HiresFix | None = None
     """`width`/`height` are the first pass's; the images come out `scale` times larger (rounded
     down to a multiple of 8)."""
+    postprocess: PostprocessSpec | None = None
+    """Set on a post-processing job (a pipeline's `postprocess` step): `source` through `ops`."""
     upscale: UpscaleSpec | None = None
     """Set on an upscale job (``POST /api/images/upscale``): the whole job is upscaling `source`;
     prompt, model and seed are the source's, `width`/`height` the result's."""
@@ -388,6 +427,19 @@ class JobResult(BaseModel):
     images: list[ImageInfo] = Field(default_factory=list)
 
 
+class StepView(BaseModel):
+    """One step of a pipeline job."""
+
+    index: int
+    kind: str
+    """``generate``, or a `PIPELINE_STEP_KINDS` entry."""
+    job_id: str
+    status: JobStatus
+    progress: Progress = Field(default_factory=Progress)
+    result: JobResult | None = None
+    error: ErrorInfo | None = None
+
+
 class JobView(BaseModel):
     """``GET /api/images/jobs/{job_id}``."""
 
@@ -405,6 +457,9 @@ class JobView(BaseModel):
     """While queued: what the job waits for, in words (no worker serves its engine; N jobs ahead)."""
     request: dict[str, Any] | None = None
     """In job listings: what the job was asked to render (secrets redacted)."""
+    steps: list[StepView] | None = None
+    """A pipeline's steps in order (None for a single job); `progress` counts across them and
+    `result` holds the last step's images."""
 
 
 class JobsView(BaseModel):
@@ -563,10 +618,21 @@ class PresetInfo(BaseModel):
     name: str
     title: str
     description: str
+    """The preset's goal."""
     prompt_template: str
     negative_prompt: str
     defaults: dict[str, Any] = Field(default_factory=dict)
     qualities: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    engines: list[str] = Field(default_factory=list)
+    """Preference order: the first that can run jobs now renders a request naming no engine."""
+    inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Request field → ``{type, required, description}``."""
+    requires_consent: bool = False
+    safety_notes: list[str] = Field(default_factory=list)
+    failure_modes: list[dict[str, Any]] = Field(default_factory=list)
+    """``{code, when, remediation}``: what can go wrong and what to do."""
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    """The pipeline after the render (`PipelineStep`s)."""
 
 
 class PresetsView(BaseModel):

@@ -30,6 +30,7 @@ from .idempotency import IdempotencyStore
 from .metrics import HttpMetricsMiddleware
 from .models import ModelRegistry
 from .ownership import Ownership, UploadOwners
+from .presets import preset_book
 from .queue import JobQueue, connect_redis
 from .quotas import QuotaLedger
 from .retention import sweep_uploads
@@ -79,6 +80,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; collaborators not passed in are made from `settings`."""
     settings = settings or get_settings()
+    preset_book(settings.presets_file)  # a presets file that does not validate stops the start here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -14,15 +14,11 @@ from dataclasses import dataclass
 from services.contracts import ControlInput, GenerateRequest, HiresFix
 
 from .engines.descriptors import EngineDescriptor
-from .errors import ConsentMissing, ModelNotFound, ValidationFailed
+from .errors import ModelNotFound, ValidationFailed
 from .models import ADDON_HOWTO, AddonEntry, ModelEntry, ModelRegistry
 from .settings import Settings
 from .storage import Store
 from .uploads import check_input_key, require_stored
-
-IDENTITY_PRESET = "identity_lock"
-"""The preset that puts the person of `reference_image` into a new picture: it needs the reference
-and the caller's `consent` (the AInfluencer spec's CONSENT_MISSING otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,6 @@ def resolve_guidance(
     settings: Settings,
     store: Store | None,
 ) -> Guidance:
-    check_consent(request)
     controls = [
         _resolve_control(control, descriptor, entry, registry, settings, store, index)
         for index, control in enumerate(request.controls)
@@ -67,28 +62,6 @@ def resolve_guidance(
         if hires.upscaler is not None and descriptor.is_local:
             registry.addon("upscalers", hires.upscaler)  # ModelNotFound, saying how to register one
     return Guidance(controls, request.reference_image, reference_model, hires)
-
-
-def check_consent(request: GenerateRequest) -> None:
-    if request.preset != IDENTITY_PRESET:
-        return
-    if request.reference_image is None:
-        raise ValidationFailed(
-            "the identity_lock preset needs `reference_image`: the photo of the person to keep",
-            remediation=[
-                "Upload the photo (POST /api/images/uploads) and send its key as `reference_image`."
-            ],
-        )
-    if not request.consent:
-        raise ConsentMissing(
-            "the identity_lock preset renders a real person's likeness: send `consent: true` to state "
-            "that the person in `reference_image` agreed to this use",
-            remediation=[
-                'Add "consent": true once the person pictured has agreed (kitty-cli: --consent; the '
-                "gallery: the consent checkbox).",
-                "Or drop the preset to use the picture as a style reference only.",
-            ],
-        )
 
 
 def _check_picture(key: str, field: str, settings: Settings, store: Store | None) -> None:

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, alias="IMAGES_WEBHOOK_TIMEOUT")
     """Connect/read timeout of one attempt."""
 
+    # --- presets (services/images_service/presets.py) ---------------------------------------------
+    presets_file: Path = Field(default=Path("var/presets.yaml"), alias="IMAGES_PRESETS_FILE")
+    """Your presets, beside the built-in ones (presets.yaml's shape; a built-in name replaces that
+    preset). Read when it changes; a file that does not validate stops the service at start."""
+
     # --- raw ComfyUI workflows (services/images_service/workflow_admission.py) -------------------
     workflow_nodes: str | None = Field(default=None, alias="IMAGES_WORKFLOW_NODES")
     """Node types a raw ComfyUI workflow may use, comma-separated. Unset or empty: the default list

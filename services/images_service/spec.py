@@ -12,7 +12,7 @@ from .engines.descriptors import descriptor_for, engines_with
 from .errors import ValidationFailed
 from .guidance import resolve_guidance
 from .models import FALLBACK_DEFAULTS, ModelEntry, ModelRegistry
-from .presets import apply_preset
+from .presets import apply_preset, preset_book
 from .refiner import wants_refiner
 from .settings import Settings
 from .storage import Store
@@ -45,9 +45,9 @@ def resolve_spec(
         model = request.model
         entry = registry.entries().get(model) if model else None
     refiner = wants_refiner(request.refiner, entry, request.model, registry)
+    styled = apply_preset(request, preset_book(settings.presets_file))
     inputs = resolve_inputs(request, engine, registry, settings, store)
     guidance = resolve_guidance(request, descriptor, entry, registry, settings, store)
-    styled = apply_preset(request)
     defaults = entry.resolved_defaults if entry else FALLBACK_DEFAULTS
     return RenderSpec(
         prompt=styled.prompt,

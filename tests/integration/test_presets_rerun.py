@@ -74,7 +74,16 @@ def test_presets_are_listed_with_templates_sizes_and_quality_levels(harness: Har
             "pro": {"steps": 50, "cfg": 8.0},
         }
     assert "plastic skin" in presets["photoreal"]["negative_prompt"]
-    assert "film grain" in presets["cinematic"]["prompt_template"]
+    # Film grain and tone mapping are done to the pixels after the render, not asked for in words.
+    [post] = presets["cinematic"]["steps"]
+    assert post["kind"] == "postprocess"
+    ops = [op["op"] for op in post["ops"]]
+    assert ops[0] == "tone_map" and "film_grain" in ops
+    assert "grain" not in presets["cinematic"]["prompt_template"]
+    identity = presets["identity_lock"]
+    assert identity["requires_consent"] and identity["inputs"]["reference_image"]["required"]
+    assert {mode["code"] for mode in identity["failure_modes"]} >= {"CONSENT_MISSING"}
+    assert presets["photoreal"]["engines"][0] == "diffusers" and presets["photoreal"]["safety_notes"]
 
 
 def test_a_preset_wraps_the_prompt_and_fills_what_the_request_left_unset(harness: Harness) -> None:

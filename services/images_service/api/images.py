@@ -41,7 +41,7 @@ from ..gallery import THUMB_SUFFIX, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from ..models import ADDON_SECTIONS, AddonEntry
 from ..ownership import Ownership, listing_owner
-from ..presets import PRESETS
+from ..presets import preset_book
 from ..quotas import models_for_tier
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
@@ -310,10 +310,11 @@ def addon_info(entry: AddonEntry) -> AddonInfo:
 
 
 @router.get("/presets", response_model=PresetsView)
-def presets() -> PresetsView:
-    """The presets a request may name in `preset`, with their templates, default size and quality,
-    and the quality levels (steps and cfg) `quality` picks."""
-    return PresetsView(presets=[preset.info() for preset in PRESETS.values()])
+def presets(settings: SettingsDep) -> PresetsView:
+    """The presets a request may name in `preset` (the built-in ones and IMAGES_PRESETS_FILE's): goal,
+    inputs, template, default size and quality, the quality levels, engine preference, safety notes,
+    failure modes and pipeline steps."""
+    return PresetsView(presets=[preset.info() for preset in preset_book(settings.presets_file).values()])
 
 
 @router.get("/files/{key:path}", response_class=Response, include_in_schema=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -25,7 +26,7 @@ from services.contracts.painter import RANDOM_SEED, PainterImage, PainterRequest
 from ..audit import audit_submission
 from ..errors import KittyError, ValidationFailed
 from ..idempotency import REPLAYED_HEADER
-from ..presets import COMMON_NEGATIVES, PRESETS
+from ..presets import COMMON_NEGATIVES, PRESETS, Preset, preset_book
 from ..queue import JobQueue
 from ..settings import Settings
 from ..storage import Store
@@ -77,18 +78,18 @@ def controls_of(body: PainterRequest) -> list[ControlInput]:
     return [ControlInput(image=body.control_image, type=body.control_type)]
 
 
-def to_generate_request(body: PainterRequest) -> GenerateRequest:
+def to_generate_request(body: PainterRequest, styles: Mapping[str, Preset] = PRESETS) -> GenerateRequest:
     """HIP-35's fields in our names: `cfg_scale` → `cfg`, seed −1 → a random one, `style` → `preset`,
     no negative prompt → the quality negatives, `control_image` + `control_type` → `controls`
     (`reference_image` and `consent` keep their names)."""
     controls = controls_of(body)
-    if body.style is not None and body.style not in PRESETS:
+    if body.style is not None and body.style not in styles:
         raise ValidationFailed(
-            f"unknown style '{body.style}'; the styles are: {', '.join(PRESETS)}",
+            f"unknown style '{body.style}'; the styles are: {', '.join(styles)}",
             remediation=[
                 "Name one of the styles, or leave style out. GET /api/images/presets describes them."
             ],
-            detail={"styles": list(PRESETS)},
+            detail={"styles": list(styles)},
         )
     negative = body.negative_prompt
     if negative is None:
@@ -184,7 +185,7 @@ def generate(
     """Render HIP-35's Painter request through the images queue and answer with the images (200),
     or, if the job is not done within `wait` seconds, with its id (202) to poll at
     `GET /api/painter/jobs/{job_id}`. `Idempotency-Key` works as on /api/images/generate."""
-    generate_request = to_generate_request(body)
+    generate_request = to_generate_request(body, preset_book(settings.presets_file))
     admitted = audit_submission(request, generate_request, lambda: submit(generate_request, admission))
     view = wait_for(admission.queue, admitted.job_id, admission.caller, wait)
     response = answer(painter_view(view, admission.queue, store, settings, base_url))
