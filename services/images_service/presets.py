@@ -343,3 +343,31 @@ def check_inputs(preset: Preset, request: GenerateRequest) -> None:
                 "Or drop the preset to use the picture as a style reference only.",
             ],
         )
+
+
+def with_preset_defaults(
+    request: GenerateRequest, book: Mapping[str, Preset], can_run: Callable[[str], bool]
+) -> GenerateRequest:
+    """What a request's preset decides before it is resolved: the engine, when the request names
+    none (the first of the preset's `engines` that `can_run` now — a live worker, or a server that
+    answers — else IMAGE_ENGINE as without a preset), and the preset's pipeline steps when the
+    request brings none of its own."""
+    preset = book.get(request.preset) if request.preset else None
+    if preset is None:
+        return request
+    update: dict[str, Any] = {}
+    if request.engine is None and preset.engines:
+        picked = next((engine for engine in preset.engines if can_run(engine)), None)
+        if picked is not None:
+            update["engine"] = picked
+    if not request.pipeline and preset.steps:
+        update["pipeline"] = list(preset.steps)
+    return request.model_copy(update=update) if update else request
+
+
+def failure_remediation(book: Mapping[str, Preset], preset: str | None, code: str) -> list[str]:
+    """What the preset's failure modes say to do about an error `code` (empty when nothing)."""
+    found = book.get(preset) if preset else None
+    if found is None:
+        return []
+    return [step for mode in found.failure_modes if mode.code == code for step in mode.remediation]

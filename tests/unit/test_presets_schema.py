@@ -16,8 +16,10 @@ from services.images_service.presets import (
     PRESETS,
     PresetsFileError,
     apply_preset,
+    failure_remediation,
     parse_presets,
     preset_book,
+    with_preset_defaults,
 )
 from services.images_service.settings import Settings
 
@@ -120,3 +122,29 @@ def test_required_inputs_and_consent_are_checked_before_anything_is_queued() -> 
     with pytest.raises(ConsentMissing):
         apply_preset(GenerateRequest(prompt="x", preset="identity_lock", reference_image=key))
     apply_preset(GenerateRequest(prompt="x", preset="identity_lock", reference_image=key, consent=True))
+
+
+def test_a_preset_picks_the_first_engine_that_can_run_and_brings_its_steps() -> None:
+    def request(**fields: Any) -> GenerateRequest:
+        return GenerateRequest(prompt="a harbour", preset="cinematic", **fields)
+
+    running = {"comfyui", "a1111"}
+    picked = with_preset_defaults(request(), PRESETS, running.__contains__)
+    assert picked.engine == "comfyui"  # diffusers, first, has no worker now
+    assert [step.kind for step in picked.pipeline] == ["postprocess"]
+    assert with_preset_defaults(request(), PRESETS, lambda _: False).engine is None  # IMAGE_ENGINE then
+    assert with_preset_defaults(request(engine="a1111"), PRESETS, running.__contains__).engine == "a1111"
+    own = request(pipeline=[{"kind": "upscale", "scale": 4}])
+    assert [step.kind for step in with_preset_defaults(own, PRESETS, running.__contains__).pipeline] == [
+        "upscale"
+    ]
+    plain = GenerateRequest(prompt="a harbour")
+    assert with_preset_defaults(plain, PRESETS, running.__contains__) is plain
+
+
+def test_a_presets_failure_modes_say_what_to_do_about_a_code() -> None:
+    assert failure_remediation(PRESETS, "identity_lock", "CONSENT_MISSING") == [
+        'Add "consent": true once the person pictured has agreed.'
+    ]
+    assert failure_remediation(PRESETS, "identity_lock", "ENGINE_TIMEOUT") == []
+    assert failure_remediation(PRESETS, None, "CONSENT_MISSING") == []
