@@ -3,6 +3,7 @@ with a progress line, download with ``--out``), `images.jobs` and `images.cancel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +73,28 @@ def request_from_options(options: dict[str, Any]) -> GenerateRequest:
                 remediation=["See `kitty-cli images.generate --help` for each option's range."],
             ),
         ) from exc
+
+
+def preset_inputs(values: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """``--input NAME=VALUE`` pairs as request fields. A picture input (`INPUT_OPTIONS`) keeps its
+    text (a file, N or key, uploaded like --image); any other value is JSON when it parses, else
+    text. A field also set by its own option is refused: which one would win is not obvious."""
+    fields: dict[str, Any] = {}
+    for pair in values:
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise click.BadParameter(f"'{pair}' is not NAME=VALUE", param_hint="'--input'")
+        if options.get(name) not in (None, (), False) or name in fields:
+            raise click.UsageError(f"--input {name}=… sets `{name}` twice (its own option or --input).")
+        if name in INPUT_OPTIONS:
+            fields[name] = value
+            continue
+        try:
+            fields[name] = json.loads(value)
+        except ValueError:
+            fields[name] = value
+    return fields
 
 
 def parse_lora(value: str) -> LoraRef:
@@ -214,6 +237,15 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     metavar="NAME[:WEIGHT]",
     help="Apply a LoRA registered in models.yaml (see images.models), weight 1 by default; repeatable.",
 )
+@click.option(
+    "--input",
+    "preset_inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A preset's input by name (images.presets lists them): a picture input takes a file, N or "
+    "a key like --image; other values are read as JSON when they parse (0.5, true, [..]), else as "
+    "text. Repeatable.",
+)
 @guide_options
 @job_output_options
 @click.pass_context
@@ -227,6 +259,7 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images generate "a fox" --model tiny-sd15 --seed 42 --out fox.png
       kitty-cli images.generate "a fox" --num-images 3 --out fox.png   # fox.png fox-2.png fox-3.png
       kitty-cli images.generate "an old fisherman" --preset photoreal --quality pro
+      kitty-cli images.generate "a harbour" --preset upscale_denoise --input image=harbour.jpg
       kitty-cli images.generate "a fox" --scheduler "DPM++ 2M Karras"
       kitty-cli images.generate "the same fox, in autumn" --image photo.jpg --strength 0.6
       kitty-cli images.generate "a red scarf" --image 1 --mask scarf-mask.png
@@ -237,6 +270,7 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
     """
     check_output(out, wait)
+    options.update(preset_inputs(options.pop("preset_inputs"), options))
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
     inputs = {name: options[name] for name in INPUT_OPTIONS if options[name] is not None}
     # Every option is checked before a file is uploaded (a placeholder stands in for each input).

@@ -1404,3 +1404,41 @@ def test_jobs_without_an_id_lists_the_callers_jobs_and_retry_resubmits_one() -> 
     assert retried.exit_code == 0, retried.output
     assert retried.output.strip() == "job-3"
     assert api.bodies("/api/images/jobs/job-2/retry") == [{"steps": 12}]
+
+
+def test_input_sets_a_presets_inputs_by_name(tmp_path: Path) -> None:
+    api = FakeApi()
+    photo = tmp_path / "harbour.png"
+    photo.write_bytes(b"png bytes")
+    args = ["--preset", "upscale_denoise", "--input", f"image={photo}", "--input", "strength=0.4"]
+    args += ["--input", "consent=true", "--input", "negative_prompt=fog"]
+
+    result = run(["images.generate", "a harbour", "--no-wait", *args], api)
+
+    assert result.exit_code == 0, result.output
+    assert api.bodies("/api/images/generate") == [
+        {
+            "prompt": "a harbour",
+            "preset": "upscale_denoise",
+            "image": "uploads/20240501_130000_00000001.png",
+            "strength": 0.4,
+            "consent": True,
+            "negative_prompt": "fog",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--input", "strength"], "'strength' is not NAME=VALUE"),
+        (["--strength", "0.5", "--input", "strength=0.4"], "sets `strength` twice"),
+        (["--input", "colour=red"], "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_input_is_refused_before_anything_is_queued(args: list[str], words: str) -> None:
+    api = FakeApi()
+    result = run(["images.generate", "a harbour", "--no-wait", *args], api)
+    assert result.exit_code != 0
+    assert words in result.output
+    assert api.bodies("/api/images/generate") == []
