@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .context import state_of
-from .render import echo_json, engines_table, models_table, presets_table
+from .render import echo_json, engines_table, models_table, preset_details, presets_table
 
 
 @click.command("images.models", short_help="List the registered models; the default is marked.")
@@ -37,24 +37,35 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 
 @click.command("images.presets", short_help="List the presets: name, title, default size and qualities.")
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the presets' JSON (templates included).")
 @click.pass_context
-def presets(ctx: click.Context, as_json: bool) -> None:
+def presets(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List the presets `images.generate --preset NAME` takes: each wraps the prompt in its template,
     adds its negative prompt when none is given, and fills the size and quality left unset; the
-    quality levels (steps/cfg) are what `--quality` picks, the preset's default marked with *.
+    quality levels (steps/cfg) are what `--quality` picks, the preset's default marked with *. Its
+    inputs (* required; pass with --input NAME=VALUE or their own options) and the steps that run
+    after the render are listed too. With NAME: everything about that one preset.
 
     \b
     Examples:
       kitty-cli images.presets
+      kitty-cli images.presets identity_lock
       kitty-cli images.generate "an old fisherman mending a net" --preset photoreal --quality pro
       kitty-cli images presets --json | jq -r '.presets[] | .name + ": " + .prompt_template'
     """
     view = state_of(ctx).client().presets()
+    chosen = [preset for preset in view.presets if name is None or preset.name == name]
+    if name is not None and not chosen:
+        raise click.BadParameter(
+            f"no preset '{name}'; the presets are: {', '.join(p.name for p in view.presets)}",
+            param_hint="'NAME'",
+        )
     if as_json:
-        echo_json(view.model_dump(mode="json"))
+        echo_json(view.model_dump(mode="json") if name is None else chosen[0].model_dump(mode="json"))
         return
-    for line in presets_table(view.presets):
+    lines = presets_table(view.presets) if name is None else preset_details(chosen[0])
+    for line in lines:
         click.echo(line)
 
 

@@ -145,7 +145,7 @@ def format_preset(preset: str | None, quality: str | None) -> str:
 def presets_table(presets: list[PresetInfo]) -> list[str]:
     """One row per preset: its name (what ``--preset`` takes), title, default size and the quality
     levels as ``name steps/cfg``, the preset's default marked with ``*``."""
-    rows = [("NAME", "TITLE", "SIZE", "QUALITIES (steps/cfg, * default)")]
+    rows = [("NAME", "TITLE", "SIZE", "QUALITIES (steps/cfg, * default)", "INPUTS (* required)", "AFTER")]
     for preset in presets:
         default = preset.defaults.get("quality")
         qualities = [
@@ -153,8 +153,45 @@ def presets_table(presets: list[PresetInfo]) -> list[str]:
             for name, level in preset.qualities.items()
         ]
         size = format_dimensions(preset.defaults.get("width"), preset.defaults.get("height"))
-        rows.append((preset.name, preset.title, size, ", ".join(qualities) or MISSING))
+        inputs = [f"{name}{'*' if spec.get('required') else ''}" for name, spec in preset.inputs.items()]
+        if preset.requires_consent:
+            inputs.append("consent*")
+        after = " → ".join(str(step.get("kind")) for step in preset.steps) or MISSING
+        rows.append(
+            (
+                preset.name,
+                preset.title,
+                size,
+                ", ".join(qualities) or MISSING,
+                ", ".join(inputs) or MISSING,
+                after,
+            )
+        )
     return aligned(rows)
+
+
+def preset_details(preset: PresetInfo) -> list[str]:
+    """Everything about one preset, as `images.presets NAME` prints it."""
+    lines = [
+        f"{preset.name}: {preset.title}",
+        f"  {preset.description}",
+        f"  template: {preset.prompt_template}",
+    ]
+    lines.append(f"  engines (in order): {', '.join(preset.engines) or 'the service default'}")
+    for name, spec in preset.inputs.items():
+        need = "required" if spec.get("required") else "optional"
+        lines.append(f"  input {name} ({spec.get('type')}, {need}): {spec.get('description') or ''}".rstrip())
+    if preset.requires_consent:
+        lines.append("  consent: required (--consent)")
+    for step in preset.steps:
+        details = ", ".join(f"{key}={value}" for key, value in step.items() if key != "kind")
+        lines.append(f"  then {step.get('kind')}: {details}".rstrip(": "))
+    lines += [f"  safety: {note}" for note in preset.safety_notes]
+    for mode in preset.failure_modes:
+        lines.append(
+            f"  if {mode.get('code')} ({mode.get('when')}): {' '.join(mode.get('remediation') or [])}"
+        )
+    return lines
 
 
 def _number(value: object) -> str:

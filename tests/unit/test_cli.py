@@ -110,6 +110,28 @@ PRESETS = {
             "negative_prompt": "plastic skin",
             "defaults": {"width": 832, "height": 1024, "quality": "standard"},
             "qualities": QUALITIES,
+            "inputs": {"prompt": {"type": "text", "required": True, "description": "who"}},
+        },
+        {
+            "name": "cinematic",
+            "title": "Cinematic still",
+            "description": "A frame from a film.",
+            "prompt_template": "cinematic film still, {prompt}",
+            "negative_prompt": "flat",
+            "defaults": {"width": 1024, "height": 576, "quality": "standard"},
+            "qualities": QUALITIES,
+            "engines": ["diffusers", "comfyui"],
+            "inputs": {
+                "prompt": {"type": "text", "required": True, "description": "the shot"},
+                "reference_image": {"type": "image", "required": False, "description": "a look"},
+            },
+            "requires_consent": True,
+            "safety_notes": ["Ask first."],
+            "failure_modes": [{"code": "ENGINE_TIMEOUT", "when": "too slow", "remediation": ["Use low."]}],
+            "steps": [
+                {"kind": "upscale", "scale": 2},
+                {"kind": "postprocess", "ops": [{"op": "film_grain"}]},
+            ],
         },
         {
             "name": "storyboard",
@@ -1068,13 +1090,44 @@ def test_presets_lists_name_title_size_and_qualities_with_the_default_marked() -
         "TITLE",
         "SIZE",
         "QUALITIES (steps/cfg, * default)",
+        "INPUTS (* required)",
+        "AFTER",
     ]
     assert [re.split(r"\s{2,}", row) for row in rows] == [
-        ["photoreal", "Photoreal portrait", "832x1024", "low 20/6, standard* 30/7, pro 50/8"],
-        ["storyboard", "Storyboard frame", "1024x576", "low* 20/6, standard 30/7, pro 50/8"],
+        ["photoreal", "Photoreal portrait", "832x1024", "low 20/6, standard* 30/7, pro 50/8", "prompt*", "-"],
+        [
+            "cinematic",
+            "Cinematic still",
+            "1024x576",
+            "low 20/6, standard* 30/7, pro 50/8",
+            "prompt*, reference_image, consent*",
+            "upscale → postprocess",
+        ],
+        ["storyboard", "Storyboard frame", "1024x576", "low* 20/6, standard 30/7, pro 50/8", "-", "-"],
     ]
     listed = json.loads(run(["images", "presets", "--json"], FakeApi()).stdout)
     assert listed["presets"][0]["prompt_template"] == "RAW photo, {prompt}, natural skin texture"
+
+
+def test_presets_name_shows_everything_about_one_preset() -> None:
+    result = run(["images.presets", "cinematic"], FakeApi())
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "cinematic: Cinematic still",
+        "  A frame from a film.",
+        "  template: cinematic film still, {prompt}",
+        "  engines (in order): diffusers, comfyui",
+        "  input prompt (text, required): the shot",
+        "  input reference_image (image, optional): a look",
+        "  consent: required (--consent)",
+        "  then upscale: scale=2",
+        "  then postprocess: ops=[{'op': 'film_grain'}]",
+        "  safety: Ask first.",
+        "  if ENGINE_TIMEOUT (too slow): Use low.",
+    ]
+    missing = run(["images.presets", "nope"], FakeApi())
+    assert missing.exit_code == 2 and "photoreal, cinematic, storyboard" in missing.output
 
 
 def test_generate_sends_preset_quality_and_an_a1111_scheduler_name() -> None:
@@ -1291,7 +1344,11 @@ def test_completion_offers_commands_image_numbers_keys_and_models() -> None:
     assert [n for n, _ in numbers] == ["1", "2", "3"] and numbers[1][1] == "雪の中の狐"
     assert keys == [LATEST["items"][1]["key"]]
     assert models == ["tiny-sd15"]
-    assert presets == [("photoreal", "Photoreal portrait"), ("storyboard", "Storyboard frame")]
+    assert presets == [
+        ("photoreal", "Photoreal portrait"),
+        ("cinematic", "Cinematic still"),
+        ("storyboard", "Storyboard frame"),
+    ]
     assert str(api.requests[0].url).startswith(GATEWAY)
 
 
