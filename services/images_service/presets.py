@@ -215,7 +215,7 @@ def parse_presets(text: str, source: str) -> dict[str, Preset]:
             raise PresetsFileError(f"{source}: preset '{name}': {problems}") from None
         check_ops = _postprocess_checker()
         for index, step in enumerate(written.steps):
-            if step.kind == "postprocess" and check_ops is not None:
+            if step.kind == "postprocess":
                 try:
                     check_ops(step.ops)
                 except ValueError as exc:
@@ -224,13 +224,11 @@ def parse_presets(text: str, source: str) -> dict[str, Preset]:
     return presets
 
 
-def _postprocess_checker() -> Callable[[list[dict[str, Any]]], Any] | None:
-    """postprocess.validate_steps, when that module is there (it is torch-free)."""
-    try:
-        from .postprocess import validate_steps
-    except ImportError:
-        return None
-    return validate_steps
+def _postprocess_checker() -> Callable[[list[dict[str, Any]]], Any]:
+    """Checks a postprocess step's ops as a job would (postprocess.resolve_steps; torch-free)."""
+    from .postprocess import resolve_steps
+
+    return lambda ops: resolve_steps(ops, seed=0)
 
 
 PRESETS: Mapping[str, Preset] = parse_presets(PRESETS_FILE.read_text(), str(PRESETS_FILE))

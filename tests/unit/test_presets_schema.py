@@ -81,6 +81,10 @@ def test_a_users_file_adds_presets_and_replaces_one_by_name(tmp_path: Path) -> N
         ({"inputs": {"colour": {"type": "text"}}}, "inputs ['colour'] are not request fields"),
         ({"failure_modes": [{"code": "OOPS", "when": "x", "remediation": ["y"]}]}, "failure_modes.0.code"),
         ({"steps": [{"kind": "teleport"}]}, "steps.0.kind"),
+        (
+            {"steps": [{"kind": "postprocess", "ops": [{"op": "film_grain", "strenght": 1}]}]},
+            "steps.0: step 1 (film_grain): unknown parameter 'strenght'",
+        ),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
     ],
 )
