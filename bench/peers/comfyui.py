@@ -282,10 +282,12 @@ def checkpoint_is_current(diffusers_dir: Path, cache_dir: Path) -> bool:
 def convert_checkpoint(server: RealComfyUI, diffusers_dir: Path, cache_dir: Path) -> Path:
     """`diffusers_dir` (a diffusers SD1.5 folder) as a single-file fp16 checkpoint, cached in
     `cache_dir`. The conversion is ComfyUI's own, through its API (DiffusersLoader →
-    CheckpointSave); its fp32 output is cast to fp16, as checkpoints ship."""
+    CheckpointSave); its fp32 output is cast to fp16, as checkpoints ship. The text encoder is then
+    checked and, where ComfyUI lost it, put back (`repair_text_encoder`)."""
     name = diffusers_dir.name
     cached = checkpoint_path(diffusers_dir, cache_dir)
     if checkpoint_is_current(diffusers_dir, cache_dir):
+        repair_text_encoder(cached, diffusers_dir)  # a checkpoint cached before the repair existed
         return cached
     linked = server.models_dir / "diffusers" / name
     linked.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +307,7 @@ def convert_checkpoint(server: RealComfyUI, diffusers_dir: Path, cache_dir: Path
         raise ComfyUIUnavailable(f"CheckpointSave wrote no {prefix}_*.safetensors")
     _to_fp16(saved[-1], cached)
     saved[-1].unlink()
+    repair_text_encoder(cached, diffusers_dir)
     return cached
 
 
@@ -315,6 +318,37 @@ def link_checkpoint(server: RealComfyUI, checkpoint: Path) -> str:
     target.unlink(missing_ok=True)
     target.symlink_to(checkpoint.resolve())
     return checkpoint.name
+
+
+CHECKPOINT_TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+"""Where a single-file SD1.5 checkpoint keeps the CLIP text model's tensors."""
+
+
+def repair_text_encoder(checkpoint: Path, diffusers_dir: Path) -> None:
+    """Make `checkpoint`'s CLIP text model `diffusers_dir`'s, when ComfyUI's conversion lost it.
+
+    transformers 5 saves a CLIPTextModel without its ``text_model.`` key prefix; ComfyUI 0.3.64's
+    DiffusersLoader expects the prefix, leaves every text encoder weight uninitialised and
+    CheckpointSave writes that memory out (NaN, zeros): every prompt then encodes to NaN and every
+    render is black. A no-op once the checkpoint holds the model's own text encoder (a conversion
+    from a folder saved with the prefix, or an earlier repair)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = diffusers_dir / "text_encoder" / "model.safetensors"
+    probe = "embeddings.position_embedding.weight"
+    with safe_open(source, "pt") as model, safe_open(checkpoint, "pt") as converted:
+        names = list(model.keys())
+        expected = model.get_tensor(probe if probe in names else f"text_model.{probe}")
+        if converted.get_tensor(CHECKPOINT_TEXT_PREFIX + probe).half().equal(expected.half()):
+            return
+    text_model = load_file(source)
+    tensors = load_file(checkpoint)
+    for name, tensor in text_model.items():
+        tensors[CHECKPOINT_TEXT_PREFIX + name.removeprefix("text_model.")] = tensor.half()
+    partial = checkpoint.with_name(checkpoint.name + ".partial")
+    save_file(tensors, partial)
+    partial.replace(checkpoint)  # whole or absent; newer than the model, so still current
 
 
 def install_checkpoint(server: RealComfyUI, diffusers_dir: Path, cache_dir: Path) -> str:

@@ -8,17 +8,12 @@ model as SD1.5 from its tensor shapes (a tiny UNet is not detected), so the mode
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from bench.peers.comfyui import install_checkpoint
 from services.contracts import RenderSpec
 from services.images_service.engines.comfyui import ComfyUIEngine
 from services.images_service.metadata import read_png_text
-from services.images_service.settings import Settings
-from services.images_service.tiny import build_random_sd15
 from tests.support.fakes import Recorder
 from tests.support.peers.real_comfyui import (
     BUILD_TIMEOUT_S,
@@ -27,9 +22,11 @@ from tests.support.peers.real_comfyui import (
     RealComfyUI,
     real_comfyui_fixture,  # noqa: F401 (the session fixture `real_comfyui`)
 )
-
-MODELS_CACHE = Path(__file__).resolve().parents[2] / "var" / "models"
-"""Where the random SD1.5 and its converted checkpoint are kept between runs (var/ is gitignored)."""
+from tests.support.peers.real_sd15 import (
+    checkpoint_fixture,  # noqa: F401 (the session fixture `checkpoint`)
+    comfyui_settings,
+    random_sd15_fixture,  # noqa: F401 (the session fixture `random_sd15`)
+)
 
 STEPS = 2
 """Sampler steps: each is seconds on two busy cores at 64×64."""
@@ -41,23 +38,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(real_comfyui: RealComfyUI) -> Iterator[str]:
-    """The random SD1.5, converted by ComfyUI itself into a checkpoint in its checkpoints folder."""
-    folder = build_random_sd15(MODELS_CACHE)
-    yield install_checkpoint(real_comfyui, folder, MODELS_CACHE)
-
-
 def test_txt2img_through_the_template_with_a_full_size_sd15(
     real_comfyui: RealComfyUI, checkpoint: str
 ) -> None:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        comfyui_url=real_comfyui.url,
-        engine_poll_interval_s=0.1,
-        job_timeout_s=PROMPT_TIMEOUT_S,
-    )
-    engine = ComfyUIEngine(settings)
+    engine = ComfyUIEngine(comfyui_settings(real_comfyui))
     spec = RenderSpec.model_validate(
         {
             "prompt": "a lighthouse at dusk",
@@ -80,6 +64,10 @@ def test_txt2img_through_the_template_with_a_full_size_sd15(
 
     [image] = result.images
     assert image.image.size == (64, 96)
+    # Random weights draw noise, never one flat colour: a NaN anywhere (a text encoder the
+    # conversion lost, say) would save a black picture and still pass every check below.
+    low, high = image.image.convert("L").getextrema()
+    assert high - low > 16, f"a flat {low}..{high} picture: the render went wrong"
     assert image.seed == 1234
     # The sampler's own progress, step by step, from the real websocket.
     assert (STEPS, STEPS) in progress.calls
