@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,7 +41,6 @@ runs while either renders; the rest of the bench keeps one thread for its small 
 WARM_ROUNDS = 3
 """Timed warm rounds (one render each side per round), after one untimed round."""
 
-MODELS_CACHE = Path(__file__).resolve().parent.parent / "var" / "models"
 """The random SD1.5 and its ComfyUI checkpoint, built once (shared with the slow test)."""
 
 RATIO_GOAL = Goal("<=", 1.0, "×")
@@ -110,16 +108,16 @@ def measure(procs: Processes, redis_base: str) -> list[Measurement]:
         return unmeasured(f"no ComfyUI source: set {comfyui.SOURCE_ENV}")
     venv = comfyui.ensure_venv(source)
     models_yaml = procs.workdir / "peer-models.yaml"
-    model_dir = build_random_sd15(MODELS_CACHE, models_yaml)
+    model_dir = build_random_sd15(comfyui.MODELS_CACHE, models_yaml)
     threads = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     seeds = Seeds()
 
-    checkpoint = comfyui.checkpoint_path(model_dir, MODELS_CACHE)
-    if not comfyui.checkpoint_is_current(model_dir, MODELS_CACHE):
+    checkpoint = comfyui.checkpoint_path(model_dir, comfyui.MODELS_CACHE)
+    if not comfyui.checkpoint_is_current(model_dir, comfyui.MODELS_CACHE):
         # The conversion loads the model into ComfyUI: a server of its own, stopped before timing.
         converter = comfyui.start_comfyui(source, venv, procs.workdir / "comfyui-convert", env=threads)
         try:
-            comfyui.convert_checkpoint(converter, model_dir, MODELS_CACHE)
+            comfyui.convert_checkpoint(converter, model_dir, comfyui.MODELS_CACHE)
         finally:
             converter.handle.stop()
 

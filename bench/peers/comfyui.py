@@ -33,8 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "peers" / "ComfyUI"
 """shared/ lies beside the repository, in a developer's tree and in CI's fresh clone alike."""
 
-VENV_ROOT = REPO_ROOT / "var" / "comfyui-venv"
-"""Built venvs, one folder per recipe hash (var/ is gitignored; `make clean` removes it)."""
+VENV_ROOT = Path(os.environ.get("KITTY_COMFYUI_VENV_ROOT") or REPO_ROOT / "var" / "comfyui-venv")
+"""Where ComfyUI's venvs are built, one per recipe hash (KITTY_COMFYUI_VENV_ROOT: a cache outside
+the checkout, so a fresh clone on the same machine reuses it; .ci/run sets one)."""
+MODELS_CACHE = Path(os.environ.get("KITTY_MODELS_CACHE") or REPO_ROOT / "var" / "models")
+"""Where the full-size random SD1.5, its converted checkpoint and ControlNet are kept between runs
+(KITTY_MODELS_CACHE: a cache outside the checkout; each is rebuilt when older than its source)."""
 
 TORCH_PIN = "torch==2.13.0"
 """Our build (pyproject's `worker` extra): pip takes the CPU wheel from this machine's disk. It is a

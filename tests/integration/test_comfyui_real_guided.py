@@ -2,7 +2,8 @@
 test_comfyui_real_sd15.py: the hires fix's second pass (ImageScale → VAEEncode → a second KSampler)
 and ControlNet (LoadImage of our canny map → ControlNetLoader → ControlNetApplyAdvanced), whose
 graphs the fake ComfyUI only records. The ControlNet is full size too (ComfyUI detects its family
-from its shapes), random, made from the random SD1.5's UNet; built once and cached under var/models.
+from its shapes), random, made from the random SD1.5's UNet; built once and cached
+(KITTY_MODELS_CACHE, else var/models).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 KSampler → VAEDecode → SaveImage) on the real ComfyUI, with a full-size SD1.5 of random weights:
 the path a user's checkpoint takes, which no checkpoint-free graph covers. ComfyUI must detect the
 model as SD1.5 from its tensor shapes (a tiny UNet is not detected), so the model is full size
-(2.1 GB fp16; built once and cached under var/models, like the peer's venv).
+(2.1 GB fp16; built once and cached in KITTY_MODELS_CACHE, else var/models, like the peer's venv).
 """
 
 from __future__ import annotations

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers.comfyui import PROMPT_TIMEOUT_S, install_checkpoint
+from bench.peers.comfyui import MODELS_CACHE, PROMPT_TIMEOUT_S, install_checkpoint
 from services.images_service.settings import Settings
 from services.images_service.tiny import build_random_sd15
 from tests.support.peers.real_comfyui import RealComfyUI
-
-MODELS_CACHE = Path(__file__).resolve().parents[3] / "var" / "models"
-"""Where the random SD1.5, its converted checkpoint and its ControlNet are kept between runs (var/
-is gitignored)."""
 
 CONTROLNET_SEED = 0
 """Seed of the ControlNet's own weights (its hint encoder and its zero convolutions): two builds
