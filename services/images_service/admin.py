@@ -141,6 +141,12 @@ ADD_KINDS = {"model": None, "controlnet": "controlnets", "ip-adapter": "ip_adapt
 @click.option("--family", type=click.Choice(LORA_BASES), help="the model family it is (or works with)")
 @click.option("--allow-pickle", is_flag=True, help="accept .ckpt/.bin/.pt/.pth weights (they can run code)")
 @click.option(
+    "--config",
+    "config",
+    metavar="NAME|PATH",
+    help="a single file: the diffusers folder (or registered model) whose configs it loads with",
+)
+@click.option(
     "--kind",
     type=click.Choice(list(ADD_KINDS)),
     default="model",
@@ -157,6 +163,7 @@ def models_add(
     sha256: str | None,
     family: str | None,
     allow_pickle: bool,
+    config: str | None,
     kind: str,
     control_type: str | None,
     image_encoder: str | None,
@@ -182,6 +189,7 @@ def models_add(
                 sha256=sha256,
                 family=family,
                 allow_pickle=allow_pickle,
+                config=config,
             )
         else:
             added = add_addon(

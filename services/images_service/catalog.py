@@ -36,6 +36,7 @@ from .models import (
     AddonEntry,
     ModelEntry,
     parse_addon,
+    parse_models_yaml,
     register_addon,
     register_model,
 )
@@ -193,11 +194,15 @@ def add_model(
     sha256: str | None = None,
     family: str | None = None,
     allow_pickle: bool = False,
+    config: str | None = None,
 ) -> Added:
     """Register `location` (a diffusers folder, a weight file or an http(s) URL) as model `name`,
-    with its digests; raises a KittyError (nothing registered) when it cannot be verified."""
+    with its digests; raises a KittyError (nothing registered) when it cannot be verified. `config`
+    (a single file's: a diffusers folder, or a registered model's name) is recorded as ``config``."""
     if family is not None and family not in MODEL_FAMILIES:
         raise ValidationFailed(f"family '{family}' is not one of {', '.join(MODEL_FAMILIES)}")
+    if config is not None:
+        config = check_config(models_yaml, location, config)
     path, digests = fetch_and_hash(
         models_dir, name, location, sha256, allow_pickle=allow_pickle, marker="model_index.json"
     )
@@ -207,8 +212,31 @@ def add_model(
     entry["sha256"] = digests
     if allow_pickle:
         entry["allow_pickle"] = True
+    if config is not None:
+        entry["config"] = config
     register_model(models_yaml, name, entry)
     return Added(name=name, path=path, entry=entry)
+
+
+def check_config(models_yaml: Path, location: str, config: str) -> str:
+    """A single file's ``config`` as models.yaml will record it: a registered model's name as given,
+    a diffusers folder as an absolute path; anything else (or a folder `location`) is refused."""
+    if "://" not in location and Path(os.path.expanduser(location)).is_dir():
+        raise ValidationFailed(
+            "--config is for a single-file checkpoint; a diffusers folder brings its own configs"
+        )
+    if models_yaml.exists() and config in parse_models_yaml(models_yaml.read_text(), models_yaml.parent):
+        return config
+    folder = Path(os.path.expanduser(config)).resolve()
+    if not (folder / "model_index.json").is_file():
+        raise ValidationFailed(
+            f"--config {config} is neither a registered model nor a diffusers folder (no model_index.json)",
+            remediation=[
+                "Give a diffusers folder of the checkpoint's family, or the name of a registered one "
+                "(kitty-images models list); e.g. kitty-images models pull sd15_base first."
+            ],
+        )
+    return str(folder)
 
 
 def add_addon(

@@ -30,6 +30,14 @@ An entry may also carry what `kitty-images models add` records (see `catalog.py`
 URL or path it came from, when ``path``/``repo`` says where it is now; alone, ``source`` is still the
 location, as before), ``license``, ``family`` (sd15, sdxl, ...), ``sha256`` (relative weight-file path
 → hex digest for a folder, one digest for a single file) and ``allow_pickle`` (load pickle weights).
+
+A single-file checkpoint (the original Stable Diffusion layout: ``path: /models/dreamy.safetensors``)
+is loaded with the configs of a diffusers folder of its family: its ``config`` (that folder, or the
+name of a registered model whose folder to use), else the first registered local diffusers folder of
+the same ``family``:
+
+    models:
+      dreamy: {path: /models/dreamy.safetensors, family: sd15, config: sd15_base}
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +137,10 @@ class ModelEntry:
     """Whether its pickle weights (.ckpt, .bin, .pt) may be loaded; otherwise only safetensors are."""
     tiers: tuple[str, ...] | None = None
     """The key tiers that may use it (``tiers: [pro, enterprise]``); None: every tier."""
+    config: str | None = None
+    """A single-file checkpoint's diffusers configs: an absolute diffusers folder (or the hub id of a
+    registered hub model), from its ``config:`` (a folder, or a registered model's name) or else the
+    first registered local diffusers folder of its ``family``; None: none found (`resolve_configs`)."""
 
     @property
     def resolved_defaults(self) -> ModelDefaults:
@@ -187,8 +199,27 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
         sha256=_parse_digests(name, raw.pop("sha256", None)),
         allow_pickle=bool(raw.pop("allow_pickle", False)),
         tiers=_parse_tiers(name, raw.pop("tiers", None)),
+        config=_optional_str(raw.pop("config", None)),
         extra=raw,
     )
+
+
+def resolve_configs(entries: dict[str, ModelEntry], base_dir: Path) -> dict[str, ModelEntry]:
+    """`entries` with each ``config`` as written turned into where the configs are (`ModelEntry.config`):
+    a registered model's name into its folder (or hub id), a path into an absolute one; a single file
+    without one gets the first local diffusers folder (``model_index.json``) of its ``family``."""
+    folders = [e for e in entries.values() if e.is_local and (Path(e.source) / "model_index.json").is_file()]
+    resolved = {}
+    for name, entry in entries.items():
+        config = entry.config
+        if config is not None and config in entries:
+            config = entries[config].source
+        elif config is not None:
+            config = _absolute(config, base_dir)
+        elif entry.is_local and Path(entry.source).is_file() and entry.family is not None:
+            config = next((e.source for e in folders if e.family == entry.family), None)
+        resolved[name] = replace(entry, config=config)
+    return resolved
 
 
 def _parse_tiers(name: str, raw: Any) -> tuple[str, ...] | None:
@@ -350,7 +381,8 @@ def _is_sectioned(data: dict[str, Any]) -> bool:
 def parse_models_yaml(text: str, base_dir: Path) -> dict[str, ModelEntry]:
     data = _load_yaml(text)
     models = (data.get("models") or {}) if _is_sectioned(data) else data
-    return {str(name): _parse_entry(str(name), raw, base_dir) for name, raw in models.items()}
+    entries = {str(name): _parse_entry(str(name), raw, base_dir) for name, raw in models.items()}
+    return resolve_configs(entries, base_dir)
 
 
 def parse_loras_yaml(text: str, base_dir: Path) -> dict[str, LoraEntry]:

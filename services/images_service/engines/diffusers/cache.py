@@ -6,6 +6,7 @@ with their refiner, the image-to-image/inpainting pipelines derived from them an
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -17,8 +18,10 @@ import diffusers
 import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 
-from ...errors import EngineError, ModelNotFound, ValidationFailed
+from ...catalog import PICKLE_HINT, SAFE_SUFFIX, is_pickle, weight_files
+from ...errors import EngineError, KittyError, ModelNotFound, ValidationFailed
 from ...models import ModelEntry
 from ...worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from ..acceleration import accelerate, attention_processors, denoiser
@@ -83,15 +86,107 @@ class Resident:
         self.pipe.scheduler = scheduler_class.from_config(self.scheduler_config, **overrides)
 
 
+LDM_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+"""A single file's first UNet convolution in the original layout: its shape says the UNet's width and
+input channels (4, or 9 for an inpainting model) before anything is loaded."""
+
+
+PULL_EXAMPLES = {"sd15": "sd15_base", "sdxl": "sdxl_base", "sd3": "sd35_medium", "flux": "flux_schnell"}
+"""Family → a `kitty-images models pull` name whose folder lends its configs to that family's files."""
+
+
+def is_single_file(entry: ModelEntry) -> bool:
+    """Whether `entry` is one weight file (the original Stable Diffusion layout), not a folder."""
+    return entry.is_local and Path(entry.source).is_file()
+
+
+def single_file_config(entry: ModelEntry) -> str:
+    """The diffusers folder whose configs (and tokenizer, scheduler) `entry`'s single file loads with
+    (`ModelEntry.config`); a pickle file the entry does not allow, or no fitting folder, raises."""
+    source = Path(entry.source)
+    if is_pickle(source) and not entry.allow_pickle:
+        raise ValidationFailed(
+            f"model '{entry.name}' is a pickle weight file ({source.name}); refused",
+            remediation=[PICKLE_HINT, "Or set `allow_pickle: true` on its models.yaml entry."],
+        )
+    if not is_pickle(source) and source.suffix.lower() != SAFE_SUFFIX:
+        raise ValidationFailed(
+            f"model '{entry.name}' is {source.name}, not a weight file this worker loads",
+            remediation=[f"Register a diffusers folder or a {SAFE_SUFFIX} checkpoint."],
+        )
+    family = entry.family or "sd15"
+    how = [
+        f"Register a diffusers folder of this family, e.g. `kitty-images models pull "
+        f"{PULL_EXAMPLES.get(family, 'sd15_base')}`, with `family: {family}` on its models.yaml entry.",
+        f"Or set `config:` on '{entry.name}' in models.yaml (`models add ... --config NAME|PATH`): a "
+        "diffusers folder of the same family and size, or a registered model's name whose folder to use.",
+    ]
+    if entry.config is None:
+        of = f"family '{entry.family}'" if entry.family else "no family"
+        raise ModelNotFound(
+            f"model '{entry.name}' is a single-file checkpoint ({source.name}) of {of}; it loads with "
+            "the configs of a diffusers folder of its family, and none is registered",
+            remediation=how,
+        )
+    if Path(entry.config).is_absolute():
+        folder = Path(entry.config)
+    else:  # a registered hub model: its snapshot in the HF cache
+        cached = try_to_load_from_cache(entry.config, "model_index.json")
+        folder = Path(cached).parent if isinstance(cached, str) else Path(entry.config)
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFound(
+            f"model '{entry.name}' loads with the configs of {entry.config}, which is not a diffusers "
+            "folder on this machine (no model_index.json)",
+            remediation=how,
+        )
+    # components the file lacks weights for load from the folder: no pickle there either
+    weight_files(folder, allow_pickle=entry.allow_pickle)
+    _check_fits(entry, folder, how)
+    return str(folder)
+
+
+def _check_fits(entry: ModelEntry, folder: Path, how: list[str]) -> None:
+    """`ValidationFailed` when `folder`'s UNet is not the width or input channels of `entry`'s file
+    (a tiny or inpainting folder for a full-size checkpoint): diffusers would fail halfway through."""
+    unet_config = folder / "unet" / "config.json"
+    if is_pickle(entry.source) or not unet_config.is_file():
+        return
+    with safe_open(entry.source, framework="pt") as checkpoint:
+        if LDM_CONV_IN not in checkpoint.keys():
+            return
+        shape = tuple(checkpoint.get_slice(LDM_CONV_IN).get_shape()[:2])
+    config = json.loads(unet_config.read_text())
+    expected = (config["block_out_channels"][0], config["in_channels"])
+    if shape != expected:
+        raise ValidationFailed(
+            f"model '{entry.name}' does not fit the configs of {folder}: its UNet starts with "
+            f"{shape[0]} channels from {shape[1]} inputs, the folder's with {expected[0]} from {expected[1]}",
+            remediation=how[1:],
+        )
+
+
+def single_file_pipeline(entry: ModelEntry, auto_class: Any, **kwargs: Any) -> Any:
+    """`entry`'s single file as `auto_class`'s pipeline, built with its config folder's classes and
+    configs by diffusers' ``from_single_file`` (given a local folder, it fetches nothing)."""
+    config = single_file_config(entry)
+    class_name = json.loads((Path(config) / "model_index.json").read_text())["_class_name"]
+    pipeline_class: Any = getattr(diffusers, class_name, None)
+    if not hasattr(pipeline_class, "from_single_file"):
+        raise ValidationFailed(
+            f"model '{entry.name}': diffusers cannot load a {class_name} from a single file",
+            remediation=["Register the model's diffusers folder instead."],
+        )
+    pipe = pipeline_class.from_single_file(entry.source, config=config, **kwargs)
+    return auto_class.from_pipe(pipe)
+
+
 def check_available(entry: ModelEntry) -> None:
-    """`ModelNotFound` unless `entry`'s files are on this machine (a folder, or the HF cache)."""
+    """`ModelNotFound` unless `entry`'s files are on this machine (a folder, a single file with its
+    config folder, or the HF cache)."""
     if entry.is_local:
-        if Path(entry.source).is_file():
-            raise ModelNotFound(
-                f"model '{entry.name}' is a single weight file ({Path(entry.source).name}); this worker "
-                "loads diffusers folders",
-                remediation=["Register the model's diffusers folder (save_pretrained) instead."],
-            )
+        if is_single_file(entry):
+            single_file_config(entry)
+            return
         if not (Path(entry.source) / "model_index.json").is_file():
             raise ModelNotFound(
                 f"model '{entry.name}' is registered at {entry.source}, but no diffusers model is there",
@@ -251,11 +346,17 @@ class ModelCache:
         started = time.perf_counter()
         # Downloads belong to `kitty-images models pull`, not to a job running under a timeout.
         kwargs: dict[str, Any] = {DTYPE_KWARG: self.dtype, "local_files_only": True}
-        if not entry.allow_pickle:  # pickle weights can run code: only models.yaml's allow_pickle loads them
-            kwargs["use_safetensors"] = True
         try:
-            pipe = auto_class.from_pretrained(entry.source, **kwargs)
+            if is_single_file(entry):
+                pipe = single_file_pipeline(entry, auto_class, **kwargs)
+            else:
+                # pickle weights can run code: only models.yaml's allow_pickle loads them
+                if not entry.allow_pickle:
+                    kwargs["use_safetensors"] = True
+                pipe = auto_class.from_pretrained(entry.source, **kwargs)
             pipe = pipe.to(self.device)
+        except KittyError:  # already says what is wrong and what to do
+            raise
         except Exception as exc:
             logger.exception("loading model %s from %s failed", entry.name, entry.source)
             if is_out_of_memory(exc):
@@ -269,9 +370,12 @@ class ModelCache:
                     f"model '{entry.name}' at {entry.source} is incomplete: {short_error(exc)}",
                     remediation=[f"Fetch it again: {entry.fetch_hint()}"],
                 ) from exc
+            hints = [f"Fetch it again: {entry.fetch_hint()}", "Check the worker's log for details."]
+            if is_single_file(entry):
+                hints.insert(1, f"Check that {entry.config} is of its family and size, or set `config:`.")
             raise EngineError(
                 f"could not load model '{entry.name}' from {entry.source}: {short_error(exc)}",
-                remediation=[f"Fetch it again: {entry.fetch_hint()}", "Check the worker's log for details."],
+                remediation=hints,
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         if self.device.type == "mps":
