@@ -56,16 +56,30 @@ from services.common.api_keys import TIER_NAMES
 from .errors import ModelNotFound, ValidationFailed
 
 CATALOG: dict[str, dict[str, Any]] = {
-    "sdxl_base": {"repo": "stabilityai/stable-diffusion-xl-base-1.0", "refiner": "sdxl_refiner"},
-    "sdxl_refiner": {"repo": "stabilityai/stable-diffusion-xl-refiner-1.0"},
+    "sdxl_base": {
+        "repo": "stabilityai/stable-diffusion-xl-base-1.0",
+        "family": "sdxl",
+        "refiner": "sdxl_refiner",
+    },
+    "sdxl_refiner": {"repo": "stabilityai/stable-diffusion-xl-refiner-1.0", "family": "sdxl"},
     "sd15_base": {
         "repo": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "family": "sd15",
         "defaults": {"width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "euler_a"},
     },
-    "sd35_medium": {"repo": "stabilityai/stable-diffusion-3.5-medium", "defaults": {"steps": 28, "cfg": 4.5}},
-    "flux_schnell": {"repo": "black-forest-labs/FLUX.1-schnell", "defaults": {"steps": 4, "cfg": 0.0}},
+    "sd35_medium": {
+        "repo": "stabilityai/stable-diffusion-3.5-medium",
+        "family": "sd3",
+        "defaults": {"steps": 28, "cfg": 4.5},
+    },
+    "flux_schnell": {
+        "repo": "black-forest-labs/FLUX.1-schnell",
+        "family": "flux",
+        "defaults": {"steps": 4, "cfg": 0.0},
+    },
 }
-"""Names `kitty-images models pull NAME` knows without being told a repo id."""
+"""Names `kitty-images models pull NAME` knows without being told a repo id, with the `family` a
+single-file checkpoint and the add-ons (ControlNets, IP-Adapters) are matched by."""
 
 
 @dataclass(frozen=True)
