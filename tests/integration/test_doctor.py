@@ -183,15 +183,19 @@ def test_models_on_disk_and_missing(redis_url: str, base_env: dict[str, str | No
     present = tmp_path / "present"
     present.mkdir()
     (present / "model_index.json").write_text("{}")
+    single = tmp_path / "one.safetensors"
+    single.write_bytes(b"weights")
     (tmp_path / "models.yaml").write_text(
         "models:\n"
         f"  here: {{path: {present}}}\n"
+        f"  single: {{path: {single}, family: sd15}}\n"
         f"  gone: {{path: {tmp_path / 'gone'}}}\n"
         "  hub: {repo: someorg/not-cached}\n"
     )
     result = doctor({**base_env, "REDIS_URL": redis_url}, "--skip", "device")
     assert result.exit_code == 1, result.output
     line(result.output, "ok", "model here")
+    assert "single-file checkpoint" in line(result.output, "ok", "model single")
     assert "does not exist" in line(result.output, "FAIL", "model gone")
     assert "Hugging Face cache" in line(result.output, "FAIL", "model hub")
     assert any("models pull hub" in remedy for remedy in remedies_after(result.output, "FAIL", "model hub"))

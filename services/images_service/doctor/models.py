@@ -68,6 +68,8 @@ def check_models(settings: Settings) -> list[CheckResult]:
             folder = Path(entry.source)
             if (folder / "model_index.json").is_file():
                 results.append(CheckResult(check, "ok", f"{folder} holds a diffusers model"))
+            elif folder.is_file():  # a single-file checkpoint: loads with a family folder's configs
+                results.append(CheckResult(check, "ok", f"{folder} is a single-file checkpoint"))
             elif folder.is_dir():
                 results.append(
                     CheckResult(
