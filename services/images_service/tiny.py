@@ -1,10 +1,10 @@
 """Tiny random-weight diffusers pipelines built locally (no hub), for demos and tests.
 
-Owns `build_tiny_models`: SD1.5-, SDXL- and SDXL-refiner-shaped pipelines small enough to build in a
-few seconds and render 64x64 in a fraction of a second on a CPU, a LoRA for the SD1.5 one, and the
-guided-generation add-ons (ControlNets for both families, an IP-Adapter for SD1.5), all registered in
-models.yaml. The images are noise; what they prove is that the whole path (load, schedule, render,
-store; image-to-image, inpainting, LoRA, ControlNet, IP-Adapter) works.
+Owns `build_tiny_models`: SD1.5-, SDXL-, SDXL-refiner-, SD3.5- and FLUX.1-schnell-shaped pipelines
+small enough to build in a few seconds and render 64x64 in a fraction of a second on a CPU, a LoRA
+for the SD1.5 one, and the guided-generation add-ons (ControlNets for SD1.5 and SDXL, an IP-Adapter
+for SD1.5), all registered in models.yaml. The images are noise; what they prove is that the whole
+path (load, schedule, render, store; image-to-image, inpainting, LoRA, ControlNet, IP-Adapter) works.
 torch/diffusers/transformers are imported inside the functions so `kitty-images` stays light.
 """
 
@@ -149,7 +149,9 @@ def _seeded(factory: Any, *args: Any, **kwargs: Any) -> Any:
     return factory(*args, **kwargs)
 
 
-def _vae() -> Any:
+def _vae(latent_channels: int = 4, scaling_factor: float = VAE_SCALING_FACTOR, **config: Any) -> Any:
+    """The tiny VAE (one latent per 2x2 pixels): SD1.5/SDXL's shape by default; 16
+    `latent_channels` and `config` (no quant convs) make SD3's and Flux's."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -160,9 +162,10 @@ def _vae() -> Any:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
+        latent_channels=latent_channels,
         sample_size=64,
-        scaling_factor=VAE_SCALING_FACTOR,
+        scaling_factor=scaling_factor,
+        **config,
     )
     # The encoder's last layer (quant_conv) gives the posterior's means, then its log-variances.
     last = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
@@ -266,6 +269,156 @@ def _sdxl_components() -> dict[str, Any]:
     }
 
 
+FLOW_LATENT_CHANNELS = 16
+"""Latent channels of SD3's and Flux's VAE (SD1.5/SDXL's have 4)."""
+
+FLOW_VAE_SCALING_FACTOR, FLOW_VAE_SHIFT = 3.0, -0.06
+"""Latent scale and shift of the tiny 16-channel VAE: about 1 / the standard deviation and the mean
+of its random encoder's latents (as `VAE_SCALING_FACTOR` is for the 4-channel one), the part SD3's
+and Flux's real VAEs give `scaling_factor` and `shift_factor`."""
+
+T5_HIDDEN, T5_LAYERS, T5_HEADS, T5_KV, T5_FF = 64, 2, 4, 16, 37
+"""T5 text encoder shape. Its width is SD3's `joint_attention_dim`: the two CLIPs' hidden states
+(2 x `TEXT_HIDDEN`) are padded to it there, so it is at least as wide as they are together."""
+
+T5_MAX_LENGTH = 512
+"""The T5 tokenizer's context length (Flux pads prompts to 512 tokens, SD3 to 256)."""
+
+T5_PAD, T5_EOS, T5_UNK, T5_SPACE = "<pad>", "</s>", "<unk>", "\u2581"
+"""T5's special tokens (ids 0, 1, 2, as in t5-v1_1) and the sentencepiece word marker."""
+
+SD3_HEADS, SD3_HEAD_DIM, SD3_LAYERS = 4, 8, 2
+"""SD3 transformer shape: 32 wide, two joint blocks, the first an SD3.5 dual-attention one."""
+
+FLUX_HEADS, FLUX_HEAD_DIM, FLUX_ROPE_AXES = 2, 16, (4, 4, 8)
+"""Flux transformer shape: 32 wide; the rotary embedding's axes (text id, row, column) sum to the
+head width, as Flux's (16, 56, 56) sum to 128."""
+
+TINY_SD3, TINY_FLUX = "tiny-sd3", "tiny-flux"
+"""Names of the tiny flow-matching models: SD3.5-shaped and FLUX.1-schnell-shaped."""
+
+TINY_SD3_DEFAULTS: dict[str, Any] = {"width": 64, "height": 64, "steps": 4, "cfg": 4.5}
+TINY_FLUX_DEFAULTS: dict[str, Any] = {"width": 64, "height": 64, "steps": 4, "cfg": 0.0}
+"""Registered defaults: SD3.5's cfg 4.5; schnell's 4 steps and no guidance (it ignores cfg)."""
+
+
+def make_tiny_t5_tokenizer() -> Any:
+    """A T5 tokenizer (sentencepiece Unigram, as t5-v1_1's) over a hand-written vocabulary of the
+    special tokens, the word marker and the printable ASCII characters: every ASCII prompt encodes
+    (anything else as <unk>), nothing is fetched, and sentencepiece need not be installed."""
+    from transformers import T5Tokenizer  # tokenizers-backed: transformers 5's T5TokenizerFast
+
+    pieces = [(token, 0.0) for token in (T5_PAD, T5_EOS, T5_UNK)]
+    pieces.append((T5_SPACE, -2.0))
+    pieces.extend((chr(code), -3.0) for code in range(ord("!"), ord("~") + 1))
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def _t5_encoder(tokenizer: Any) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=T5_HIDDEN,
+        d_kv=T5_KV,
+        d_ff=T5_FF,
+        num_layers=T5_LAYERS,
+        num_heads=T5_HEADS,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return _seeded(T5EncoderModel, config)
+
+
+def _flow_vae() -> Any:
+    return _vae(
+        latent_channels=FLOW_LATENT_CHANNELS,
+        scaling_factor=FLOW_VAE_SCALING_FACTOR,
+        shift_factor=FLOW_VAE_SHIFT,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def _sd3_pipeline() -> Any:
+    """An SD3.5-shaped pipeline: two CLIPs with projections and a T5, a 16-channel VAE, an MMDiT with
+    a dual-attention block and RMS-normed q/k, and SD3's flow-matching Euler (shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, t5_tokenizer = make_tiny_tokenizer(), make_tiny_t5_tokenizer()
+    clip_config = _text_config(tokenizer, projection_dim=TEXT_PROJECTION_DIM)
+    transformer = _seeded(
+        SD3Transformer2DModel,
+        sample_size=32,
+        patch_size=2,
+        in_channels=FLOW_LATENT_CHANNELS,
+        out_channels=FLOW_LATENT_CHANNELS,
+        num_layers=SD3_LAYERS,
+        attention_head_dim=SD3_HEAD_DIM,
+        num_attention_heads=SD3_HEADS,
+        joint_attention_dim=T5_HIDDEN,
+        caption_projection_dim=SD3_HEADS * SD3_HEAD_DIM,
+        # the two CLIPs' pooled (projected) embeddings, concatenated
+        pooled_projection_dim=2 * TEXT_PROJECTION_DIM,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    # Two encoders of one config, seeded alike, would be the same model twice: seed the second apart.
+    import torch
+
+    text_encoder = _seeded(CLIPTextModelWithProjection, clip_config)
+    torch.manual_seed(TINY_SEED + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_flow_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=_t5_encoder(t5_tokenizer),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def _flux_pipeline() -> Any:
+    """A FLUX.1-schnell-shaped pipeline: CLIP (pooled) and T5, a 16-channel VAE whose latents are
+    packed 2x2 (64 channels in), double- and single-stream blocks, no guidance embedding (schnell is
+    timestep-distilled: it takes no cfg), and a flow-matching Euler without shift, as schnell's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tokenizer, t5_tokenizer = make_tiny_tokenizer(), make_tiny_t5_tokenizer()
+    transformer = _seeded(
+        FluxTransformer2DModel,
+        patch_size=1,
+        in_channels=4 * FLOW_LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=FLUX_HEAD_DIM,
+        num_attention_heads=FLUX_HEADS,
+        joint_attention_dim=T5_HIDDEN,
+        pooled_projection_dim=TEXT_HIDDEN,
+        guidance_embeds=False,
+        axes_dims_rope=FLUX_ROPE_AXES,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+        ),
+        vae=_flow_vae(),
+        text_encoder=_seeded(CLIPTextModel, _text_config(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(t5_tokenizer),
+        tokenizer_2=t5_tokenizer,
+    )
+
+
 RANDOM_SD15 = "random-sd15"
 """Name of the full-size SD1.5 with random weights (`kitty-images models random-sd15`)."""
 
@@ -340,6 +493,7 @@ def build_random_sd15(out_dir: Path, models_yaml: Path | None = None, *, force: 
     if models_yaml is not None:
         entry = {
             "path": str(folder),
+            "family": "sd15",
             "defaults": dict(RANDOM_SD15_DEFAULTS),
             "description": "SD1.5's full size, random weights (kitty-images models random-sd15): noise",
         }
@@ -464,7 +618,7 @@ def _build_tiny_addons(out_dir: Path, models_yaml: Path, *, force: bool) -> list
         folder = out_dir / name
         if force or not (folder / "config.json").is_file():
             build_tiny_controlnet(out_dir / model, folder)
-        entry = {"path": str(folder), "base": base, "type": control_type}
+        entry: dict[str, Any] = {"path": str(folder), "base": base, "type": control_type}
         register_addon(
             models_yaml,
             "controlnets",
@@ -527,6 +681,10 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
         # Same weights as the base; without aesthetics ids its UNet's time embedding fits unchanged.
         refiner: Any = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
         refiner.save_pretrained(refiner_dir)
+    flow_dirs = {TINY_SD3: out_dir / TINY_SD3, TINY_FLUX: out_dir / TINY_FLUX}
+    for name, build in ((TINY_SD3, _sd3_pipeline), (TINY_FLUX, _flux_pipeline)):
+        if force or not _is_built(flow_dirs[name]):
+            build().save_pretrained(flow_dirs[name])
 
     note = "tiny random weights (kitty-images models tiny): renders noise, for demos and tests"
     entries: dict[str, dict[str, Any]] = {
@@ -548,6 +706,18 @@ def build_tiny_models(out_dir: Path, models_yaml: Path, *, force: bool = False) 
             "path": str(refiner_dir),
             "family": "sdxl",
             "defaults": dict(TINY_DEFAULTS),
+            "description": note,
+        },
+        TINY_SD3: {
+            "path": str(flow_dirs[TINY_SD3]),
+            "family": "sd3",
+            "defaults": dict(TINY_SD3_DEFAULTS),
+            "description": note,
+        },
+        TINY_FLUX: {
+            "path": str(flow_dirs[TINY_FLUX]),
+            "family": "flux",
+            "defaults": dict(TINY_FLUX_DEFAULTS),
             "description": note,
         },
     }

@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of a models.yaml registering tiny-sd15, tiny-sdxl and tiny-sdxl-refiner, the tiny LoRA,
+    """Path of a models.yaml registering tiny-sd15, tiny-sdxl, tiny-sdxl-refiner, tiny-sd3 and
+    tiny-flux, the tiny LoRA,
     ControlNets (tiny-canny, tiny-depth, tiny-sdxl-canny) and IP-Adapter (tiny-ip) (~5 s to build)."""
     from services.images_service.tiny import build_tiny_models
 

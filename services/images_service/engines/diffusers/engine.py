@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from importlib import metadata
+from typing import Any
 
 from services.contracts import RenderSpec
 
@@ -18,12 +19,22 @@ from ...models import ModelRegistry
 from ...refiner import refiner_of
 from ..acceleration import compile_mode
 from ..base import EngineHealth, ImageLoader, ProgressFn, RenderResult
-from .cache import ModelCache
+from .cache import ModelCache, Resident
 from .controlnet import CONTROLNETS, controlnets_for
 from .device import pick_device, pick_dtype
 from .ip_adapter import IP_ADAPTERS, loaded_adapter
 from .render import Guides, PreparedJob, make_result, read_guides, read_inputs, render_job
-from .validation import IMG2IMG, TXT2IMG, active_controls, check_refiner_handover, check_spec, is_referenced
+from .validation import (
+    IMG2IMG,
+    TXT2IMG,
+    active_controls,
+    check_refiner_handover,
+    check_sides,
+    check_spec,
+    is_referenced,
+    model_family,
+    scheduler_choice,
+)
 
 UPSCALERS = "upscalers"
 """models.yaml's section of upscalers (the hires fix's `upscaler`)."""
@@ -57,6 +68,26 @@ def quiet_libraries() -> None:
     for lib in (diffusers_logging, transformers_logging):
         lib.disable_progress_bar()
         lib.set_verbosity_error()
+
+
+def side_multiple(pipe: Any) -> int:
+    """What a side of `pipe`'s renders must be a multiple of: the VAE's scale, times SD3's patch
+    size; Flux's image processor already holds its 2x2 packing (16 for the real VAEs)."""
+    scale = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+    processor = getattr(getattr(pipe, "image_processor", None), "config", None)
+    packed = int(getattr(processor, "vae_scale_factor", scale) or scale)
+    return max(packed, scale * int(getattr(pipe, "patch_size", 1) or 1))
+
+
+def check_fits(spec: RenderSpec, base: Resident) -> None:
+    """Refuse, before any work, what `base`'s family cannot render: a scheduler of another kind
+    of model (SD3 and Flux sample only with their flow-matching Euler), a side its latents cannot
+    hold."""
+    assert spec.model is not None
+    family = model_family(base.pipeline_class)
+    scheduler_choice(spec.scheduler, spec.model, base.scheduler_class.__name__, family=family)
+    sides = [spec.width, spec.height, *(spec.output_size if spec.hires is not None else ())]
+    check_sides(spec.model, family, sides, side_multiple(base.pipe))
 
 
 class DiffusersEngine:
@@ -176,6 +207,7 @@ class DiffusersEngine:
         upscaler = self._registry.addon(UPSCALERS, upscaler_name) if upscaler_name else None
         started = time.perf_counter()
         base = self._cache.base(entry)
+        check_fits(spec, base)
         guides = Guides(controls=controls, reference_entry=reference)
         if reference is not None:
             guides.reference = loaded_adapter(self._cache, base, reference)

@@ -21,7 +21,7 @@ from ...control_maps import control_map
 from ...errors import EngineError, KittyError
 from ...models import AddonEntry
 from ...refiner import REFINER_SPLIT, base_steps
-from ..acceleration import set_vae_tiling
+from ..acceleration import denoiser, set_vae_tiling
 from ..base import ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
 from .cache import ModelCache, Resident
 from .controlnet import GuidedControls, control_kwargs, controls_info
@@ -29,7 +29,7 @@ from .device import dtype_name, is_out_of_memory, short_error
 from .hires import hires_info, hires_steps, upscaled
 from .ip_adapter import LoadedAdapter, reference_applied
 from .lora import WeightedLoras, loras_applied
-from .validation import IMG2IMG, TXT2IMG, denoise_steps, pipeline_strength
+from .validation import IMG2IMG, TXT2IMG, denoise_steps, model_family, pipeline_strength, unused_settings
 
 logger = logging.getLogger("kitty.images.engines.diffusers")
 
@@ -312,6 +312,12 @@ def render_error(spec: RenderSpec, exc: Exception, cache: ModelCache) -> EngineE
     return EngineError(f"rendering with model '{spec.model}' failed: {short_error(exc)}")
 
 
+def has_guidance_embedding(pipe: Any) -> bool:
+    """Whether `pipe`'s transformer embeds a guidance scale (FLUX.1-dev's; not schnell's)."""
+    config = getattr(denoiser(pipe), "config", None)
+    return bool(getattr(config, "guidance_embeds", False))
+
+
 def make_result(
     job: PreparedJob,
     images: list[Any],
@@ -332,6 +338,11 @@ def make_result(
         "optimizations": list(base.optimizations),
         "versions": dict(versions),
     }
+    unused = unused_settings(
+        model_family(base.pipeline_class), spec, has_guidance_embedding=has_guidance_embedding(base.pipe)
+    )
+    if unused:
+        engine_info["unused"] = unused  # what the request set that this model renders without
     if getattr(job.pipeline.pipe.scheduler, "config", {}).get("use_karras_sigmas"):
         engine_info["scheduler_karras"] = True  # the infotext's "Schedule type: Karras"
     if getattr(getattr(base.pipe, "vae", None), "use_tiling", False):

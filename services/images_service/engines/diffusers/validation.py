@@ -127,10 +127,13 @@ def check_refiner_handover(model: str, pipeline_class: str, *, takes_denoising_e
 
 
 def scheduler_choice(
-    name: str | None, model: str, own_scheduler_class: str
+    name: str | None, model: str, own_scheduler_class: str, *, family: str | None = None
 ) -> tuple[str, dict[str, Any]] | None:
     """The scheduler class and config overrides the wire name `name` asks of `model`, whose own
-    scheduler is `own_scheduler_class`; None when the model's own scheduler is meant."""
+    scheduler is `own_scheduler_class` (and whose family, when known, the refusal names); None
+    when the model's own scheduler is meant. A flow-matching model (SD3, Flux) takes only its own
+    Euler: ``euler`` maps to it, any other name is refused rather than swapped for a sampler of
+    the noise-prediction models that would render garbage or fail mid-job."""
     is_flow = own_scheduler_class.startswith(FLOW_MATCH_PREFIX)
     if name is None or (is_flow and name in FLOW_MATCH_ALIASES):
         return None
@@ -139,11 +142,39 @@ def scheduler_choice(
             f"unknown scheduler '{name}'", remediation=[f"Use one of: {', '.join(SCHEDULERS)}."]
         )
     if is_flow:
+        why = f"{family} models sample only with their own" if family else "it samples only with its own"
         raise ValidationFailed(
-            f"model '{model}' is a flow-matching model; scheduler '{name}' does not apply to it",
+            f"model '{model}' is a flow-matching model; scheduler '{name}' does not apply to it "
+            f"({why} flow-matching Euler)",
             remediation=[f"Omit the scheduler, or use one of: {', '.join(sorted(FLOW_MATCH_ALIASES))}."],
         )
     return SCHEDULERS[name]
+
+
+def check_sides(model: str, family: str | None, sides: Iterable[int], multiple: int) -> None:
+    """Every side a render draws is a multiple of `multiple`: what the model's latents (and SD3's
+    patches, Flux's 2x2 packing) need. The wire allows multiples of 8; SD3 and Flux need 16, and
+    would otherwise fail mid-job (SD3) or quietly render another size (Flux)."""
+    odd = sorted({side for side in sides if side % multiple})
+    if odd:
+        raise ValidationFailed(
+            f"model '{model}' ({family or 'unknown family'}) renders sides in multiples of {multiple}; "
+            f"{', '.join(map(str, odd))} {'is not one' if len(odd) == 1 else 'are not'}",
+            remediation=[f"Use a width and height (and hires size) divisible by {multiple}."],
+        )
+
+
+def unused_settings(family: str | None, spec: RenderSpec, *, has_guidance_embedding: bool) -> list[str]:
+    """What of `spec` a model of `family` renders without, for its sidecar to say so. Flux runs no
+    classifier-free guidance, so a negative prompt changes nothing; a timestep-distilled Flux
+    (schnell: no guidance embedding) takes no cfg either, where FLUX.1-dev reads cfg as its
+    distilled guidance (about 3.5). Ignored, not refused: presets and clients send both to every model."""
+    if family != "flux":
+        return []
+    unused = ["negative_prompt"] if spec.negative_prompt else []
+    if not has_guidance_embedding:
+        unused.append("cfg")
+    return unused
 
 
 def model_family(pipeline_class: str) -> str | None:
