@@ -52,7 +52,7 @@ def infotext(
         sampler_name, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
     if sampler is not None:
         sampler_name, schedule = sampler
-    if spec.upscale is not None:  # no sampling ran: what A1111's Extras tab writes instead
+    if spec.upscale is not None or spec.postprocess is not None:  # no sampling ran
         steps, cfg, sampler_name, schedule = None, None, None, None
     fields: dict[str, object | None] = {
         "Steps": steps,
@@ -102,8 +102,11 @@ def build_sidecar(
     created_at: datetime,
     index: int,
     settings_used: dict[str, Any] | None = None,
+    pipeline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON record stored beside an image (and inside it, as the ``kitty`` chunk)."""
+    """The JSON record stored beside an image (and inside it, as the ``kitty`` chunk). `pipeline`
+    (``{id, step}``) marks an image a pipeline's step made; a step after the first names its
+    `source`, the image of the step before."""
     info = dict(engine_info)
     engine_versions = info.pop("versions", None) or {}
     versions = {
@@ -137,6 +140,12 @@ def build_sidecar(
         record["settings_used"] = dict(settings_used)
     if spec.upscale is not None:
         record["source"] = spec.upscale.source  # the image this one is an upscale of
+    elif spec.postprocess is not None:
+        record["source"] = spec.postprocess.source
+    elif pipeline is not None and pipeline.get("step") and spec.image:
+        record["source"] = spec.image  # a refine: an image-to-image pass over the step before
+    if pipeline is not None:
+        record["pipeline"] = dict(pipeline)
     return record
 
 

@@ -30,6 +30,8 @@ from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobVi
 from .engines import ENGINES
 from .engines.descriptors import worker_command
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
+from .pipelines import PipelineRecord, cancel_pipeline, load_pipeline, pipeline_request, pipeline_view
+from .presets import failure_remediation, preset_book
 from .redaction import redact
 from .settings import Settings
 from .worker.rq_worker import live_workers
@@ -38,6 +40,9 @@ log = logging.getLogger("kitty.images.queue")
 
 TASK = "services.images_service.worker.tasks.render_job"
 """Import path of the job function; with the JSON serializer RQ stores it as a string."""
+
+STEP_TASK = "services.images_service.worker.tasks.render_step"
+"""A pipeline step's job function: `TASK` on the image of the step before it."""
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
 """Fail fast when Redis is down, so the API can answer 503 rather than hang."""
@@ -157,37 +162,71 @@ class JobQueue:
         with redis_errors():
             self.redis.ping()
 
-    def enqueue(self, spec: RenderSpec, *, priority: bool = False) -> str:
-        job_id = uuid.uuid4().hex
-        with redis_errors(), self.redis.pipeline() as pipe:
-            # One round trip: RQ registers the queue, saves the job and pushes it all on `pipe`.
-            self.queue(spec.engine, priority=priority).enqueue(
-                TASK,
-                spec.model_dump(),
-                job_id=job_id,
-                job_timeout=self.settings.job_timeout_s,
-                # Retries are for lost workers only: the task zeroes them when an engine fails.
-                retry=Retry(max=self.settings.lost_job_retries, enqueue_at_front=True)
-                if self.settings.lost_job_retries
-                else None,
-                result_ttl=self.settings.result_ttl_s,
-                failure_ttl=FAILURE_TTL_S,
-                meta={
-                    "engine": spec.engine,
-                    "model": spec.model,
-                    "progress": {"step": 0, "total": spec.steps},
-                    "request_id": request_id_var.get(),
-                    **caller_meta(),
-                },
-                pipeline=pipe,
-            )
-            self._index(pipe, job_id, caller_meta().get("key_id"))
-            pipe.execute()
+    def enqueue(
+        self,
+        spec: RenderSpec,
+        *,
+        priority: bool = False,
+        job_id: str | None = None,
+        after: str | None = None,
+        retries: int = 0,
+        meta: dict[str, Any] | None = None,
+        index: bool = True,
+    ) -> str:
+        """Enqueue `spec` as a job (its history entry too, unless `index` is off). With `after` (a
+        pipeline step): the step task, which RQ defers until job `after` finishes; `retries` more
+        tries after an engine failure, on top of the lost-worker ones."""
+        job_id = job_id or uuid.uuid4().hex
+        tries = self.settings.lost_job_retries + retries
+        options: dict[str, Any] = {
+            "job_id": job_id,
+            "job_timeout": self.settings.job_timeout_s,
+            # Retries are for lost workers (and a step's own `retries`): the task zeroes them when
+            # an engine fails for good.
+            "retry": Retry(max=tries, enqueue_at_front=True) if tries else None,
+            "result_ttl": self.settings.result_ttl_s,
+            "failure_ttl": FAILURE_TTL_S,
+            "meta": {
+                "engine": spec.engine,
+                "model": spec.model,
+                "progress": {"step": 0, "total": spec.steps},
+                "request_id": request_id_var.get(),
+                **caller_meta(),
+                **(meta or {}),
+            },
+        }
+        queue = self.queue(spec.engine, priority=priority)
+        with redis_errors():
+            if after is None:
+                with self.redis.pipeline() as pipe:
+                    # One round trip: RQ registers the queue, saves the job and pushes it all on `pipe`.
+                    queue.enqueue(TASK, spec.model_dump(), pipeline=pipe, **options)
+                    if index:
+                        self._index(pipe, job_id, caller_meta().get("key_id"))
+                    pipe.execute()
+            else:
+                # A step whose predecessor failed for good stays deferred: it expires with its
+                # pipeline. RQ watches the job depended on while it enqueues: no shared round trip.
+                options["ttl"] = self.record_ttl_s
+                queue.enqueue(STEP_TASK, spec.model_dump(), after, depends_on=after, **options)
+                if index:
+                    self.index(job_id)
         log.info(
             "job enqueued",
             extra={"job_id": job_id, "engine": spec.engine, "model": spec.model, "priority": priority},
         )
         return job_id
+
+    @property
+    def record_ttl_s(self) -> int:
+        """How long RQ keeps the longest-kept job record (a result, or a failure)."""
+        return max(self.settings.result_ttl_s, FAILURE_TTL_S)
+
+    def index(self, job_id: str) -> None:
+        """Add `job_id` (a job's or a pipeline's) to the caller's job history."""
+        with redis_errors(), self.redis.pipeline() as pipe:
+            self._index(pipe, job_id, caller_meta().get("key_id"))
+            pipe.execute()
 
     def fetch(self, job_id: str) -> Job:
         if not JOB_ID_PATTERN.fullmatch(job_id):
@@ -252,6 +291,11 @@ class JobQueue:
         return views, next_cursor
 
     def _request_of(self, job_id: str) -> dict[str, Any] | None:
+        record = self.pipeline_record(job_id)
+        return pipeline_request(self, record) if record is not None else self.request_of_job(job_id)
+
+    def request_of_job(self, job_id: str) -> dict[str, Any] | None:
+        """What job `job_id` was asked to render (secrets redacted)."""
         job = self.fetch(job_id)
         args = job.args or ()
         return redact(args[0]) if args and isinstance(args[0], dict) else None
@@ -268,9 +312,38 @@ class JobQueue:
             raise JobNotFound(f"no job with id '{job_id}'")
         return job
 
+    def pipeline_record(self, job_id: str, caller: ApiKey | None = None) -> PipelineRecord | None:
+        """The pipeline of id `job_id` when there is one (None: a job's id, or none at all); one
+        another key submitted is as unknown as one that never existed."""
+        if not JOB_ID_PATTERN.fullmatch(job_id):
+            return None
+        with redis_errors():
+            record = load_pipeline(self, job_id)
+        if record is not None and not can_see(caller, record.key_id):
+            raise JobNotFound(f"no job with id '{job_id}'")
+        return record
+
     def view(self, job_id: str, caller: ApiKey | None = None) -> JobView:
-        """The job's state for `caller` (None: keys off, or the service itself)."""
-        job = self.fetch_visible(job_id, caller)
+        """The job's or pipeline's state for `caller` (None: keys off, or the service itself)."""
+        record = self.pipeline_record(job_id, caller)
+        if record is not None:
+            with redis_errors():
+                return pipeline_view(self, record)
+        return self.view_job(self.fetch_visible(job_id, caller))
+
+    def _with_preset_advice(self, error: ErrorInfo, job: Job) -> ErrorInfo:
+        """`error` with what the job's preset says to do about its code first (its failure modes)."""
+        args = job.args or ()
+        preset = args[0].get("preset") if args and isinstance(args[0], dict) else None
+        advice = failure_remediation(preset_book(self.settings.presets_file), preset, error.code.value)
+        if not advice:
+            return error
+        return error.model_copy(
+            update={"remediation": advice + [s for s in error.remediation if s not in advice]}
+        )
+
+    def view_job(self, job: Job) -> JobView:
+        """One RQ job's state (a pipeline's step, or a job of its own)."""
         with redis_errors():
             rq_status = job.get_status(refresh=False)
             meta: dict[str, Any] = job.meta or {}
@@ -287,6 +360,8 @@ class JobQueue:
                 error = error_from_failure(job)
                 if error.code is ErrorCode.CANCELED:
                     status = JobStatus.CANCELED
+                else:
+                    error = self._with_preset_advice(error, job)
             elif status is JobStatus.CANCELED:
                 error = ErrorInfo(code=ErrorCode.CANCELED, message="the job was canceled")
         return JobView(
@@ -304,16 +379,24 @@ class JobQueue:
         )
 
     def cancel(self, job_id: str, caller: ApiKey | None = None) -> JobView:
-        """Queued: removed from the queue. Started: flagged; the worker stops at its next step."""
-        job = self.fetch_visible(job_id, caller)
+        """Queued: removed from the queue. Started: flagged; the worker stops at its next step. A
+        pipeline: its running step flagged, every later one removed."""
+        record = self.pipeline_record(job_id, caller)
+        if record is not None:
+            with redis_errors():
+                cancel_pipeline(self, record)
+        else:
+            self.cancel_job(self.fetch_visible(job_id, caller))
+        return self.view(job_id)
+
+    def cancel_job(self, job: Job) -> None:
         with redis_errors():
             status = job.get_status(refresh=True)
             if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):
                 job.cancel()
             elif status == RQStatus.STARTED:
-                key = cancel_key(self.settings.queue_prefix, job_id)
+                key = cancel_key(self.settings.queue_prefix, job.id)
                 self.redis.set(key, 1, ex=self.settings.job_timeout_s + 60)
-        return self.view(job_id)
 
     def reap_lost_jobs(self) -> None:
         """Jobs whose worker stopped heartbeating go back to the queue (retries left) or fail as

@@ -87,7 +87,17 @@ def rerun_spec(body: RerunRequest, registry: ModelRegistry, settings: Settings, 
         if input_key is not None:
             require_stored(store, input_key, field=field)
     if body.new_seed:
-        return spec.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+        return reseeded(spec, secrets.randbelow(MAX_SEED + 1))
     if body.seed is not None:
-        return spec.model_copy(update={"seed": body.seed})
+        return reseeded(spec, body.seed)
     return spec
+
+
+def reseeded(spec: RenderSpec, seed: int) -> RenderSpec:
+    """`spec` with another seed; a post-processing job's operations recorded their seed (the job's,
+    resolved), so they take the new one too, else the grain would not change."""
+    update: dict[str, object] = {"seed": seed}
+    if spec.postprocess is not None:
+        ops = [{key: value for key, value in op.items() if key != "seed"} for op in spec.postprocess.ops]
+        update["postprocess"] = spec.postprocess.model_copy(update={"ops": ops})
+    return spec.model_copy(update=update)

@@ -28,7 +28,9 @@ from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key,
 from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
 from .ownership import Ownership
-from .queue import JobQueue
+from .pipelines import PipelineRecord, enqueue_pipeline, plan_steps, retry_pipeline
+from .presets import preset_book, with_preset_defaults
+from .queue import JobQueue, redis_errors
 from .quotas import QuotaLedger, check_ceilings, check_model_tier, has_priority
 from .rerun import rerun_spec
 from .safety import check_prompt
@@ -101,9 +103,20 @@ def check_servable(engine: str, admission: Admission) -> None:
 
 
 def submit(body: GenerateRequest, admission: Admission) -> Admitted:
-    """Admit a generate request."""
+    """Admit a generate request; its preset's engine preference and pipeline steps apply first."""
     a = admission
+    body = with_preset_defaults(body, preset_book(a.settings.presets_file), partial(can_run, admission=a))
     return admit(body, partial(resolve_spec, body, a.registry, a.settings, a.store), admission)
+
+
+def can_run(engine: str, *, admission: Admission) -> bool:
+    """Whether `engine` can take a job now: a live worker serves it, or its server answers (its jobs
+    then wait for a worker that `kitty-images up` starts). Picks a preset's preferred engine."""
+    if admission.queue.live_workers(engine) > 0:
+        return True
+    if is_local_engine(engine) or admission.engine_health is None:
+        return False
+    return admission.engine_health(engine).status == "ready"
 
 
 def rerun(body: RerunRequest, admission: Admission) -> Admitted:
@@ -135,6 +148,9 @@ def retry_job(job_id: str, body: RetryRequest, admission: Admission) -> Admitted
     """A failed or canceled job of the caller's, enqueued again as a new job with `body`'s changes,
     through every check a new request passes."""
     a = admission
+    record = a.queue.pipeline_record(job_id, a.caller)
+    if record is not None:
+        return resume_pipeline(record, body, admission)
     job = a.queue.fetch_visible(job_id, a.caller)
     status = a.queue.view(job_id).status
     if status not in RETRYABLE:
@@ -152,6 +168,21 @@ def retry_job(job_id: str, body: RetryRequest, admission: Admission) -> Admitted
         return changed
 
     return admit(body, resolve, admission)
+
+
+def resume_pipeline(record: PipelineRecord, body: RetryRequest, admission: Admission) -> Admitted:
+    """A failed or canceled pipeline run on from the step that stopped it, the steps before it not
+    redone; its images were counted when the pipeline was admitted, and nothing about it may change."""
+    changes = body.model_dump(exclude_none=True)
+    if changes:
+        raise ValidationFailed(
+            f"job '{record.id}' is a pipeline: it runs on from the step that stopped it as it was, "
+            f"without changes ({', '.join(sorted(changes))})",
+            remediation=["Retry with an empty body, or submit the request again with the changes."],
+        )
+    with redis_errors():
+        retry_pipeline(admission.queue, record)
+    return Admitted(record.id, admission.queue.view(record.id).status)
 
 
 def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admission) -> Admitted:
@@ -172,12 +203,21 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
         check_prompt(spec, admission.settings)  # IMAGES_PROMPT_BLOCKLIST: 400 SAFETY_FILTER
         if admission.ownership is not None:
             admission.ownership.require_inputs(caller, spec)
-        check_ceilings(spec, caller, admission.settings)
+        steps = (
+            plan_steps(spec, body.pipeline, admission.registry) if isinstance(body, GenerateRequest) else []
+        )
+        for checked in (spec, *(step.spec for step in steps)):
+            check_ceilings(checked, caller, admission.settings)
         check_model_tier(spec, caller, admission.registry)
         check_servable(spec.engine, admission)
-        reservation = quotas.reserve(caller, spec.num_images)
+        # Every pipeline step stores images of its own, one per image rendered: each counts.
+        reservation = quotas.reserve(caller, spec.num_images * (1 + len(steps)))
         try:
-            job_id = queue.enqueue(spec, priority=has_priority(caller))
+            if steps:
+                owner = caller.key_id if caller else None
+                job_id = enqueue_pipeline(queue, spec, steps, priority=has_priority(caller), key_id=owner)
+            else:
+                job_id = queue.enqueue(spec, priority=has_priority(caller))
         except BaseException:
             _best_effort("quota refund", partial(quotas.refund, reservation))
             raise

@@ -41,12 +41,14 @@ def harness(harness_with: Callable[..., Harness]) -> Harness:
 
 
 def rendered(harness: Harness, **body: Any) -> dict[str, Any]:
-    """Generate, work the queue, and return the image's sidecar."""
+    """Generate, work the queue, and return the rendered image's sidecar (a preset with steps makes
+    a pipeline: its generate step's image, before the post-processing)."""
     job_id = harness.generate(**body)
     harness.work()
     view = harness.job(job_id)
     assert view["status"] == "done", view
-    return dict(json.loads(harness.store.get(view["result"]["meta_key"])))
+    result = view["steps"][0]["result"] if view.get("steps") else view["result"]
+    return dict(json.loads(harness.store.get(result["meta_key"])))
 
 
 def rerun(harness: Harness, key: str, headers: dict[str, str] | None = None, **body: Any) -> Any:

@@ -115,7 +115,9 @@ def generate(
     body: GenerateRequest, request: Request, response: Response, admission: AdmissionDep
 ) -> GenerateView:
     """Enqueue a render. With an `Idempotency-Key`, the same request under the same key answers
-    with the same job for 24 h (and `Idempotent-Replayed: true`)."""
+    with the same job for 24 h (and `Idempotent-Replayed: true`). With a `pipeline`, the render
+    and each step after it are jobs of their own, and the id answered is the pipeline's: its view
+    lists the steps."""
     return accepted(audit_submission(request, body, partial(submit, body, admission)), response)
 
 
@@ -188,7 +190,9 @@ def retry(
     job_id: str, body: RetryRequest, request: Request, response: Response, admission: AdmissionDep
 ) -> GenerateView:
     """Submit a failed or canceled job's request again as a new job, with `engine`, `steps`, `width`
-    or `height` changed when given; checked like a generate (tier, quota, engine)."""
+    or `height` changed when given; checked like a generate (tier, quota, engine). A pipeline runs
+    on from the step that stopped it, under the same id, without changes; the steps before are not
+    redone."""
     try:
         admitted = retry_job(job_id, body, admission)
     except KittyError as exc:
@@ -200,6 +204,8 @@ def retry(
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
 def cancel(job_id: str, request: Request, queue: QueueDep, caller: CallerDep) -> JobView:
+    """A queued job is removed, a running one stops at its next step; a pipeline's running step
+    stops and every later one is removed."""
     return audit_cancel(request, queue.cancel(job_id, caller))
 
 

@@ -134,7 +134,10 @@ def painter_view(
         return PainterView(
             job_id=view.job_id, status=view.status, waiting_for=view.waiting_for, error=view.error
         )
-    spec = queue.spec_of(queue.fetch(view.job_id))
+    # A preset with steps (cinematic's post-processing) made a pipeline: its generate step's spec
+    # says what rendered; compute is every step's.
+    spec = queue.spec_of(queue.fetch(view.steps[0].job_id if view.steps else view.job_id))
+    results = [step.result for step in view.steps or [] if step.result is not None] or [view.result]
     images = [
         PainterImage(
             url=store.presign(image.key, settings.url_ttl_s, base_url=base_url),
@@ -147,8 +150,11 @@ def painter_view(
         )
         for image in view.result.images
     ]
+    spent = [compute_ms(store, result.meta_key) for result in results]
     usage = PainterUsage(
-        model=spec.model, steps=spec.steps, compute_ms=compute_ms(store, view.result.meta_key)
+        model=spec.model,
+        steps=spec.steps,
+        compute_ms=sum(ms for ms in spent if ms is not None) if any(ms is not None for ms in spent) else None,
     )
     return PainterView(job_id=view.job_id, status=view.status, images=images, usage=usage)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from redis import Redis
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
@@ -24,10 +25,12 @@ from services.contracts import ImageInfo, JobResult, LatestItem, RenderSpec
 from ..audit import record_job_end
 from ..content import finish_render, sidecar_fields
 from ..engines import Engine, JobCanceled, ProgressFn, RenderedImage, RenderResult, make_engine
-from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUnavailable
+from ..errors import Canceled, EngineError, EngineTimeout, KittyError, StorageUnavailable, ValidationFailed
 from ..gallery import GalleryIndex, item_from_sidecar, thumb_key_for
 from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
+from ..pipelines import POSTPROCESS_STEPS
+from ..postprocess import apply_steps
 from ..provenance import Provenance, provenance
 from ..queue import cancel_key
 from ..settings import Settings, get_settings
@@ -122,10 +125,12 @@ def prepare_objects(
     result: RenderResult,
     engine: str,
     owner: str | None = None,
+    pipeline: dict[str, Any] | None = None,
 ) -> tuple[list[StoredObject], list[LatestItem], JobResult]:
     """Every object to store for a job's images (per image: sidecar, thumbnail, then PNG, so a
     listed PNG always has its sidecar), their gallery entries, and the job's result. `owner` (the
-    submitting key's id) goes into the JSON sidecar and the gallery entry, not into the PNG."""
+    submitting key's id) goes into the JSON sidecar and the gallery entry, not into the PNG;
+    `pipeline` (``{id, step}``, a pipeline step's) into both."""
     objects: list[StoredObject] = []
     items: list[LatestItem] = []
     images: list[ImageInfo] = []
@@ -135,8 +140,9 @@ def prepare_objects(
         png_key, meta_key = f"{base}.png", f"{base}.json"
         thumb_key = thumb_key_for(png_key)
         width, height = rendered.image.size
-        # An upscale ran no graph: its PNG carries none (an equivalent txt2img would mislead).
-        made = provenance(spec, engine, result, rendered) if spec.upscale is None else Provenance(None)
+        # An upscale or postprocess ran no graph: its PNG carries none (a txt2img would mislead).
+        ran_graph = spec.upscale is None and spec.postprocess is None
+        made = provenance(spec, engine, result, rendered) if ran_graph else Provenance(None)
         sidecar = build_sidecar(
             job_id=job_id,
             engine=engine,
@@ -152,6 +158,7 @@ def prepare_objects(
             created_at=created_at,
             index=position,
             settings_used=result.settings_used,
+            pipeline=pipeline,
         )
         sidecar["thumb_key"] = thumb_key
         if made.graph is not None:
@@ -194,10 +201,11 @@ def store_result(
     engine: str,
     index: GalleryIndex | None = None,
     owner: str | None = None,
+    pipeline: dict[str, Any] | None = None,
 ) -> tuple[JobResult, bool]:
     """Store the job's images, then index them. When storage stays down through the retries, the
     rest go to the worker's spool; returns the result and whether anything was spooled."""
-    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine, owner)
+    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine, owner, pipeline)
     for position, obj in enumerate(objects):
         try:
             put_with_retry(runtime.store, obj)
@@ -261,6 +269,29 @@ def run_upscale(runtime: Runtime, spec: RenderSpec, progress: ProgressFn) -> Ren
     )
 
 
+def run_postprocess(runtime: Runtime, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+    """A postprocess job (`spec.postprocess` set, a pipeline's step): its source read from the store
+    and run through its ops; the resolved ops (defaults, seed) replace the asked ones in `spec`, so
+    the sidecar records what ran."""
+    job = spec.postprocess
+    if job is None:
+        raise ValueError("run_postprocess needs a spec with `postprocess` set")
+    progress(0, POSTPROCESS_STEPS)
+    started = time.perf_counter()
+    try:
+        image, resolved = apply_steps(read_image(runtime.store, job.source), job.ops, spec.seed)
+    except ValueError as exc:  # validated at submit: only a LUT gone since fails here
+        raise ValidationFailed(f"post-processing failed: {exc}") from exc
+    job.ops = resolved
+    progress(POSTPROCESS_STEPS, POSTPROCESS_STEPS)
+    return RenderResult(
+        images=[RenderedImage(image, spec.seed)],
+        device="cpu",
+        engine_info={"postprocess": resolved, "source": job.source},
+        timings={"postprocess_s": round(time.perf_counter() - started, 4)},
+    )
+
+
 def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     """The RQ job function: log lines inside carry the job id and the request id that submitted it."""
     job = get_current_job()
@@ -269,9 +300,76 @@ def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         return _render(job, spec_data)
 
 
-def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
+def render_step(spec_data: dict[str, Any], after: str) -> dict[str, Any]:
+    """A pipeline step's RQ job: `render_job` on the first image of job `after` (the step before,
+    which RQ ran to the end before this one), read now that it exists."""
+    job = get_current_job()
+    request_id = job.meta.get("request_id") if job else None
+    with log_context(request_id=request_id, job_id=job.id if job else None):
+        spec = RenderSpec.model_validate(spec_data)
+        if job is not None:
+            job.meta.pop("error", None)  # a retried step's last failure is no longer its state
+            try:
+                sources = previous_images(job, after)
+            except KittyError as exc:
+                job.retries_left = 0
+                JobReporter(job, job.connection, get_runtime().settings.queue_prefix).fail(exc)
+                raise
+            return _render(job, spec.model_dump(), sources)
+        return _render(job, spec.model_dump())
+
+
+def _pass_progress(progress: ProgressFn, position: int, passes: int) -> ProgressFn:
+    """Pass `position` of `passes`'s (step, total) as one count across them all."""
+    if passes == 1:
+        return progress
+    return lambda step, total: progress(position * total + step, passes * total)
+
+
+def previous_images(job: Job, after: str) -> list[tuple[str, int | None]]:
+    """The images job `after` stored, in order: each key and its seed."""
+    try:
+        previous = Job.fetch(after, connection=job.connection, serializer=job.serializer)
+    except NoSuchJobError:
+        raise EngineError(f"the pipeline step before this one (job '{after}') has expired") from None
+    stored = previous.return_value()
+    images = (stored or {}).get("images") or []
+    if not images:
+        raise EngineError(f"the pipeline step before this one (job '{after}') stored no image")
+    return [(str(image["key"]), image.get("seed")) for image in images]
+
+
+def with_source(spec: RenderSpec, key: str, seed: int | None = None) -> RenderSpec:
+    """`spec` on the image `key`: an upscale's or postprocess's source, else a refine's `image`; with
+    that image's `seed`, so a batch's images keep theirs through the steps (and grain differs)."""
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    if spec.upscale is not None:
+        return spec.model_copy(update={"upscale": spec.upscale.model_copy(update={"source": key})})
+    if spec.postprocess is not None:
+        return spec.model_copy(update={"postprocess": spec.postprocess.model_copy(update={"source": key})})
+    return spec.model_copy(update={"image": key})
+
+
+def retries_after(job: Job, error: KittyError) -> int:
+    """RQ's retries left after `error`: lost workers' only, except for a pipeline step whose own
+    `retries` are not used up and whose failure is the service's or engine's (5xx): a refused
+    input or a cancel would only fail again."""
+    left = int(job.meta.get("step_retries_left", 0))
+    if left <= 0 or error.status < 500 or isinstance(error, Canceled):
+        return 0
+    job.meta["step_retries_left"] = left - 1
+    log.warning("pipeline step failed; trying again", extra={"job_id": job.id, "retries_left": left - 1})
+    return max(job.retries_left or 0, 1)
+
+
+def _render(
+    job: Job | None, spec_data: dict[str, Any], sources: list[tuple[str, int | None]] | None = None
+) -> dict[str, Any]:
     """Failures are recorded as a wire error in the job's meta, then re-raised so RQ marks the job
-    failed."""
+    failed. `sources`: a pipeline step's, the images of the step before; the step runs on each in
+    turn (`with_source`, with that image's seed), every image stored with its own source, progress
+    across them all."""
     runtime = get_runtime()
     reporter = JobReporter(job, job.connection if job else None, runtime.settings.queue_prefix)
     job_id = job.id if job else "local"
@@ -283,16 +381,33 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
     status = "error"
     outcome: dict[str, Any] | None = None  # the job's result, or its error, for the webhook
     try:
-        if spec.upscale is not None:
-            result = run_upscale(runtime, spec, reporter.progress)
-        else:
-            result = runtime.engine(spec.engine).render(spec, reporter.progress)
-        result.timings.setdefault("total_s", time.perf_counter() - started)
-        # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
+        passes = [with_source(spec, key, seed) for key, seed in sources] if sources else [spec]
         tier, owner = (job.meta.get("tier"), job.meta.get("key_id")) if job else (None, None)
-        result = finish_render(runtime.settings, runtime.registry, spec, result, tier=tier, key_id=owner)
         index = GalleryIndex(job.connection, runtime.settings.queue_prefix) if job else None
-        stored, spooled = store_result(runtime, job_id, spec, result, spec.engine, index, owner)
+        pipeline = job.meta.get("pipeline") if job else None
+        parts: list[JobResult] = []
+        spooled = False
+        for position, one in enumerate(passes):
+            progress = _pass_progress(reporter.progress, position, len(passes))
+            if one.upscale is not None:
+                result = run_upscale(runtime, one, progress)
+            elif one.postprocess is not None:
+                result = run_postprocess(runtime, one, progress)
+            else:
+                result = runtime.engine(one.engine).render(one, progress)
+            result.timings.setdefault("total_s", time.perf_counter() - started)
+            # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
+            result = finish_render(runtime.settings, runtime.registry, one, result, tier=tier, key_id=owner)
+            part, part_spooled = store_result(
+                runtime, job_id, one, result, one.engine, index, owner, pipeline
+            )
+            parts.append(part)
+            spooled = spooled or part_spooled
+        stored = (
+            parts[0]
+            if len(parts) == 1
+            else parts[0].model_copy(update={"images": [image for part in parts for image in part.images]})
+        )
         if spooled and job is not None:
             job.meta[UPLOAD_META] = "pending"  # done only once the spool is uploaded
             job.save_meta()
@@ -300,9 +415,10 @@ def _render(job: Job | None, spec_data: dict[str, Any]) -> dict[str, Any]:
         outcome = stored.model_dump()
         return outcome
     except Exception as exc:
-        if job is not None:
-            job.retries_left = 0  # an engine's own failure would only fail again
         error = _as_kitty_error(exc, runtime.settings)
+        if job is not None:
+            # An engine's own failure would only fail again (a pipeline step may have tries left).
+            job.retries_left = retries_after(job, error)
         reporter.fail(error)
         outcome = error.to_info().model_dump(mode="json")
         if isinstance(error, Canceled):
