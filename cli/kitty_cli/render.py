@@ -243,6 +243,12 @@ def job_lines(view: JobView) -> list[str]:
     ):
         if stamp:
             fields.append((label, format_time(stamp)))
+    for step in view.steps or []:  # a pipeline: each step, its job, its state
+        done = f" {step.progress.step}/{step.progress.total}" if step.progress.total else ""
+        code = f" [{step.error.code.value}]" if step.error else ""
+        fields.append(
+            (f"step {step.index + 1}", f"{step.kind:<11} {step.status.value}{done}{code}  {step.job_id}")
+        )
     for n, key in enumerate(image_keys(view)):
         fields.append(("images" if n == 0 else "", key))
     if view.error is not None:

@@ -887,6 +887,34 @@ def test_jobs_says_what_a_queued_job_waits_for() -> None:
     assert "waiting for" not in started.stdout
 
 
+def test_jobs_shows_each_step_of_a_pipeline() -> None:
+    steps = [
+        {
+            "index": 0,
+            "kind": "generate",
+            "job_id": "a" * 32,
+            "status": "done",
+            "progress": {"step": 4, "total": 4},
+        },
+        {
+            "index": 1,
+            "kind": "postprocess",
+            "job_id": "b" * 32,
+            "status": "error",
+            "progress": {"step": 0, "total": 1},
+            "error": {"code": "ENGINE_ERROR", "message": "boom"},
+        },
+    ]
+    view = job_view("error", 4, 5, steps=steps, error={"code": "ENGINE_ERROR", "message": "boom"})
+
+    result = run(["images.jobs", "job-1"], FakeApi([view]))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert f"step 1    generate    done 4/4  {'a' * 32}" in lines
+    assert f"step 2    postprocess error 0/1 [ENGINE_ERROR]  {'b' * 32}" in lines
+
+
 def test_jobs_unknown_id_exits_1() -> None:
     result = run(["images.jobs", "nope"], FakeApi())
 
