@@ -265,6 +265,16 @@ def add_addon(
         entry["base"] = base
     entry.update({key: value for key, value in (fields or {}).items() if value is not None})
     entry["sha256"] = digests
+    encoder = entry.get("image_encoder")
+    if encoder:  # an IP-Adapter's CLIP vision encoder is weights too: hashed like any model
+        folder = Path(os.path.expanduser(str(encoder))).resolve()
+        if not (folder / "config.json").is_file():
+            raise ValidationFailed(
+                f"image encoder {folder} is not a model folder (no config.json)",
+                remediation=["Give the folder of a CLIPVisionModelWithProjection saved by transformers."],
+            )
+        entry["image_encoder"] = str(folder)
+        entry["image_encoder_sha256"] = folder_digests(folder)
     parse_addon(kind, name, entry, models_yaml.parent)  # refuses what models.yaml would refuse
     register_addon(models_yaml, kind, name, entry)
     return Added(name=name, path=path, entry=entry)
@@ -310,8 +320,14 @@ def fetch_and_hash(
 
 
 def verify_addon(entry: AddonEntry) -> list[str]:
-    """`verify_entry` for a registered add-on."""
-    return verify_files(Path(entry.path), entry.sha256)
+    """`verify_entry` for a registered add-on (and an IP-Adapter's image encoder, when hashed)."""
+    problems = verify_files(Path(entry.path), entry.sha256)
+    if entry.image_encoder and entry.image_encoder_sha256 is not None:
+        problems += [
+            f"image encoder: {problem}"
+            for problem in verify_files(Path(entry.image_encoder), entry.image_encoder_sha256)
+        ]
+    return problems
 
 
 def verify_entry(entry: ModelEntry) -> list[str]:

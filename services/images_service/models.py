@@ -316,6 +316,8 @@ class AddonEntry:
     """controlnets: the control type it reads (`CONTROL_TYPES`)."""
     image_encoder: str | None = None
     """ip_adapters: the CLIP vision encoder folder (absolute)."""
+    image_encoder_sha256: dict[str, str] | None = None
+    """ip_adapters: the encoder folder's weight digests (`models add` records them)."""
     scale: int | None = None
     """upscalers: its factor (2 or 4), when written."""
     license: str | None = None
@@ -360,12 +362,20 @@ def parse_addon(kind: AddonKind, name: str, raw: Any, base_dir: Path) -> AddonEn
         base=base,
         type=control_type if kind == "controlnets" else None,
         image_encoder=_absolute(encoder, base_dir) if encoder else None,
+        image_encoder_sha256=_encoder_digests(name, raw.get("image_encoder_sha256")),
         scale=scale,
         license=_optional_str(raw.get("license")),
         source=_optional_str(raw.get("source")),
         sha256=_parse_digests(name, raw.get("sha256")),
         description=_optional_str(raw.get("description")),
     )
+
+
+def _encoder_digests(name: str, raw: Any) -> dict[str, str] | None:
+    digests = _parse_digests(name, raw)
+    if isinstance(digests, str):
+        raise ValidationFailed(f"models.yaml entry '{name}': image_encoder_sha256 maps files to digests")
+    return digests
 
 
 def parse_addons_yaml(text: str, base_dir: Path) -> dict[AddonKind, dict[str, AddonEntry]]:

@@ -236,6 +236,30 @@ def test_a_controlnet_folder_is_registered_with_its_type_family_and_digests(
     assert failed.exit_code == 1 and "canny15 (controlnets): FAILED" in failed.output
 
 
+def test_an_ip_adapters_image_encoder_is_hashed_and_verified_too(
+    tmp_path: Path, operator: Callable[..., Result]
+) -> None:
+    adapter = tmp_path / "ip-adapter.safetensors"
+    adapter.write_bytes(WEIGHTS)
+    encoder = tmp_path / "image_encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    (encoder / "model.safetensors").write_bytes(WEIGHTS[::-1])
+    args = ("add", "ip15", str(adapter), "--license", "apache-2.0", "--kind", "ip-adapter")
+
+    not_a_model = operator(*args, "--image-encoder", str(tmp_path))
+    assert not_a_model.exit_code == 1 and "no config.json" in not_a_model.output
+    result = operator(*args, "--image-encoder", str(encoder), "--family", "sd15")
+    assert result.exit_code == 0, result.output
+    entry = addons(tmp_path, "ip_adapters")["ip15"]
+    assert entry["image_encoder_sha256"] == {"model.safetensors": sha(WEIGHTS[::-1])}
+    assert operator("verify", "ip15").exit_code == 0
+
+    (encoder / "model.safetensors").write_bytes(TAMPERED)
+    tampered = operator("verify", "ip15")
+    assert tampered.exit_code == 1 and "image encoder: model.safetensors: expected" in tampered.output
+
+
 def test_an_upscaler_download_is_verified_and_a_pickle_never_accepted(
     tmp_path: Path, operator: Callable[..., Result], web: Callable[[str, bytes], str]
 ) -> None:
