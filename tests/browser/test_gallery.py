@@ -558,6 +558,7 @@ def test_a_preset_and_quality_chosen_in_the_form_shape_the_image_and_show_on_its
 
     page.select_option("#preset", "cinematic")
     expect(page.locator("#preset-note")).to_contain_text("film grain")
+    expect(page.locator("#preset-note")).to_contain_text("Then: post-processing.")
     expect(page.locator("#size option:checked")).to_have_text("Preset · 1024 × 576")
     expect(page.locator("#steps")).to_have_attribute("placeholder", "30")  # cinematic's standard
     page.select_option("#quality", "low")
@@ -570,10 +571,16 @@ def test_a_preset_and_quality_chosen_in_the_form_shape_the_image_and_show_on_its
     assert (body["preset"], body["quality"], body["width"]) == ("cinematic", "low", 64)
     assert "steps" not in body and "negative_prompt" not in body
 
-    expect(job_panel(page, answered.value)).to_have_attribute("data-status", "done")
-    card = gallery.card(prompt)
+    panel = job_panel(page, answered.value)
+    # cinematic grades and grains the render in a second step: the panel lists both.
+    expect(panel.locator(".job-pipeline li")).to_have_count(2)
+    expect(panel.locator(".job-pipeline li[data-kind=postprocess]")).to_have_attribute("data-status", "done")
+    expect(panel).to_have_attribute("data-status", "done")
+    # The newest card is the post-processed image; the render it was made from is the one before.
+    card = gallery.card(prompt).first
     expect(card).to_contain_text("cinematic · low")
-    item = latest(stack, 1)[0]
+    graded, item = latest(stack, 2)
+    assert graded["preset"] == "cinematic" and graded["key"] != item["key"]
     assert (item["preset"], item["quality"], item["steps"], item["cfg"]) == ("cinematic", "low", 20, 6.0)
     cinematic = next(preset for preset in presets(stack) if preset["name"] == "cinematic")
     assert item["prompt"] == cinematic["prompt_template"].replace("{prompt}", prompt)

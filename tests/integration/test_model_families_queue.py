@@ -80,7 +80,9 @@ def test_a_preset_and_quality_level_render_on_the_family(harness: Harness, model
     view = finished(harness, model=model, preset="cinematic", quality="low", width=64, height=64, seed=5)
 
     assert view["status"] == "done", view
-    sidecar = json.loads(harness.store.get(view["result"]["meta_key"]))
+    # cinematic is a pipeline (render, then post-processing): the render is its first step.
+    assert [step["kind"] for step in view["steps"]] == ["generate", "postprocess"]
+    sidecar = json.loads(harness.store.get(view["steps"][0]["result"]["meta_key"]))
     assert (sidecar["request"]["steps"], sidecar["request"]["cfg"]) == (20, 6.0)
     assert sidecar["request"]["negative_prompt"]
     # Flux (schnell) renders without both; SD3 uses them.

@@ -37,6 +37,8 @@ export const STATUS_LABELS = {
 
 /** What `POST /api/images/jobs/{id}/retry` takes: a failed or canceled job. */
 export const RETRYABLE_STATUSES = new Set(["error", "canceled"]);
+const INPUT_LABELS = { image: "a starting picture", reference_image: "a reference picture", controls: "a control picture" };
+const STEP_LABELS = { generate: "render", refine: "refine", upscale: "upscale", postprocess: "post-processing" };
 
 /** A job's title: its prompt, else (a raw workflow, a request redacted away) its short id. */
 export function jobTitle(request, jobId) {
@@ -184,7 +186,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       : NEGATIVE_PLACEHOLDER;
     renderSizes(fields.size.value);
     modelNote.textContent = model ? modelNoteText(model) : "";
-    presetNote.textContent = preset ? preset.description : "";
+    presetNote.textContent = preset ? presetSummary(preset) : "";
   }
 
   /** The model's description and, beside it, its license (from models.yaml; "license not recorded"
@@ -195,6 +197,19 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
   }
 
   /** A newly picked preset brings its size and quality: the choices made for the last one are reset. */
+  /** A preset's goal, what it needs and what runs after the render, in one line. */
+  function presetSummary(preset) {
+    const parts = [preset.description];
+    const needs = Object.entries(preset.inputs || {})
+      .filter(([name, input]) => input.required && name !== "prompt")
+      .map(([name]) => INPUT_LABELS[name] || name);
+    if (preset.requires_consent) needs.push("consent");
+    if (needs.length) parts.push(`Needs: ${needs.join(", ")}.`);
+    const after = (preset.steps || []).map((step) => STEP_LABELS[step.kind] || step.kind);
+    if (after.length) parts.push(`Then: ${after.join(" → ")}.`);
+    return parts.join(" ");
+  }
+
   function applyPreset() {
     fields.size.value = "";
     fields.quality.value = "";
@@ -431,6 +446,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     const bar = h("progress", { max: request.steps || 1, "aria-label": "Progress" });
     const state = h("span", { class: "job-state", text: STATUS_LABELS.queued });
     const steps = h("span", { class: "job-steps", text: WAITING_NOTE });
+    const stages = h("ol", { class: "job-pipeline", "aria-label": "Steps", hidden: true });
     const errorBox = h("div", { class: "error-box", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
     const retry = h("button", { type: "button", class: "link", text: "Retry", hidden: true });
@@ -440,6 +456,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       { class: "job", dataset: { jobId, status: "queued" }, "aria-label": `Job ${jobId}` },
       h("div", { class: "job-head" }, h("span", { class: "job-title", text: jobTitle(request, jobId) }), state),
       bar,
+      stages,
       h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, cancel, retry, dismiss)),
       errorBox,
     );
@@ -498,6 +515,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       panel.dataset.status = next.status;
       state.textContent = STATUS_LABELS[next.status] || next.status;
       const { step = 0, total = 0 } = next.progress || {};
+      renderStages(next.steps);
       if (next.status === "queued") {
         // The service's words say what to do about it ("none serves engine …; start one with …").
         steps.textContent = next.waiting_for ? `Waiting for ${next.waiting_for}` : WAITING_NOTE;
@@ -520,6 +538,20 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
         finish(next.status);
         retry.hidden = !RETRYABLE_STATUSES.has(next.status);
       }
+    }
+
+    /** A pipeline's steps, one line each: what it does, its state and progress. */
+    function renderStages(pipeline) {
+      stages.hidden = !pipeline || !pipeline.length;
+      if (stages.hidden) return;
+      stages.replaceChildren(
+        ...pipeline.map((stage) => {
+          const { step = 0, total = 0 } = stage.progress || {};
+          const done = total ? ` ${step}/${total}` : "";
+          const label = `${STEP_LABELS[stage.kind] || stage.kind}: ${STATUS_LABELS[stage.status] || stage.status}${done}`;
+          return h("li", { dataset: { status: stage.status, kind: stage.kind }, text: label });
+        }),
+      );
     }
 
     if (view) render(view);
