@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -233,30 +235,25 @@ def models_verify(name: str | None) -> None:
             entries = [registry.get(name)] if not addons else []
     except KittyError as exc:
         _fail(exc.message, *exc.remediation)
+    def verified(label: str, recorded: object, check: Callable[[], list[str]]) -> bool:
+        """Prints `label`'s outcome; whether it failed (no digests fails only when asked by name)."""
+        if recorded is None:
+            click.echo(f"{label}: no sha256 recorded (kitty-images models add records them)")
+            return name is not None
+        problems = check()
+        click.echo(f"{label}: {'OK' if not problems else 'FAILED'}")
+        for problem in problems:
+            click.echo(f"  {problem}")
+        return bool(problems)
+
     failed = False
     for entry in entries:
         if not entry.is_local:
             click.echo(f"{entry.name}: skipped (a hub id; pull it to verify it)")
             continue
-        if entry.sha256 is None:  # only a failure when asked for by name
-            click.echo(f"{entry.name}: no sha256 recorded (kitty-images models add records them)")
-            failed = failed or name is not None
-            continue
-        problems = verify_entry(entry)
-        failed = failed or bool(problems)
-        click.echo(f"{entry.name}: {'OK' if not problems else 'FAILED'}")
-        for problem in problems:
-            click.echo(f"  {problem}")
+        failed |= verified(entry.name, entry.sha256, partial(verify_entry, entry))
     for addon in addons:
-        if addon.sha256 is None:  # as for models: only a failure when asked for by name
-            click.echo(f"{addon.name} ({addon.kind}): no sha256 recorded (models add records them)")
-            failed = failed or name is not None
-            continue
-        problems = verify_addon(addon)
-        failed = failed or bool(problems)
-        click.echo(f"{addon.name} ({addon.kind}): {'OK' if not problems else 'FAILED'}")
-        for problem in problems:
-            click.echo(f"  {problem}")
+        failed |= verified(f"{addon.name} ({addon.kind})", addon.sha256, partial(verify_addon, addon))
     sys.exit(1 if failed else 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from services.contracts import MAX_SEED, RenderSpec, RerunRequest
 
 from .engines.descriptors import descriptor_for
-from .errors import KeyNotFound, ValidationFailed
+from .errors import KeyNotFound, KittyError, ValidationFailed
 from .models import ModelRegistry
 from .redaction import FIELD_SECRET_NAME
 from .settings import Settings
@@ -41,20 +42,29 @@ def _not_rerunnable(key: str, why: str) -> ValidationFailed:
     )
 
 
-def stored_spec(key: str, store: Store, settings: Settings) -> RenderSpec:
-    """The resolved request recorded beside the image `key`."""
-    key = validate_image_key(key, settings.s3_prefix)
+def recorded_sidecar(
+    key: str, store: Store, refuse: Callable[[str, str], KittyError]
+) -> dict[str, Any]:
+    """The sidecar of the stored image `key` (already validated), with a `request` object: 404
+    `KeyNotFound` when the image is not there, else `refuse(key, why)` when its sidecar is missing,
+    not JSON or records no request (what a re-run or an upscale of it needs)."""
     if store.head(key) is None:
         raise KeyNotFound(f"no image with key '{key}'")
     try:
         sidecar = json.loads(store.get(meta_key_for(key)))
     except KeyNotFound:
-        raise _not_rerunnable(key, "it has no sidecar recording how it was made") from None
+        raise refuse(key, "it has no sidecar recording how it was made") from None
     except ValueError:
-        raise _not_rerunnable(key, "its sidecar is not JSON") from None
-    request = sidecar.get("request") if isinstance(sidecar, dict) else None
-    if not isinstance(request, dict):
-        raise _not_rerunnable(key, "its sidecar records no request")
+        raise refuse(key, "its sidecar is not JSON") from None
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("request"), dict):
+        raise refuse(key, "its sidecar records no request")
+    return sidecar
+
+
+def stored_spec(key: str, store: Store, settings: Settings) -> RenderSpec:
+    """The resolved request recorded beside the image `key`."""
+    key = validate_image_key(key, settings.s3_prefix)
+    request = recorded_sidecar(key, store, _not_rerunnable)["request"]
     # A re-run is a new job of whoever asks: the original's webhook (stored redacted) is not its.
     request = {name: value for name, value in request.items() if name != "webhook"}
     if _has_secret_fields(request):

@@ -3,17 +3,17 @@ prompt, model and seed the source's, its size the result's, and the upscaler tha
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.contracts import RenderSpec, UpscaleRequest, UpscaleSpec
 
 from .engines.descriptors import ENGINES, engines_with
-from .errors import KeyNotFound, ModelNotFound, ValidationFailed
+from .errors import ModelNotFound, ValidationFailed
 from .models import AddonEntry, ModelRegistry
+from .rerun import recorded_sidecar
 from .settings import Settings
 from .storage import Store
-from .storage.keys import meta_key_for, validate_image_key
+from .storage.keys import validate_image_key
 
 UPSCALE_STEPS = 1
 """An upscale job's `steps`: one pass, which is also what its progress counts."""
@@ -33,17 +33,7 @@ def _not_upscalable(key: str, why: str) -> ValidationFailed:
 def source_sidecar(key: str, store: Store) -> dict[str, Any]:
     """The sidecar of the stored image `key` (already validated); `KeyNotFound` when the image is not
     there, `ValidationFailed` when it has no readable sidecar."""
-    if store.head(key) is None:
-        raise KeyNotFound(f"no image with key '{key}'")
-    try:
-        sidecar = json.loads(store.get(meta_key_for(key)))
-    except KeyNotFound:
-        raise _not_upscalable(key, "it has no sidecar recording how it was made") from None
-    except ValueError:
-        raise _not_upscalable(key, "its sidecar is not JSON") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("request"), dict):
-        raise _not_upscalable(key, "its sidecar records no request")
-    return sidecar
+    return recorded_sidecar(key, store, _not_upscalable)
 
 
 def _side(sidecar: dict[str, Any], name: str, key: str) -> int:
