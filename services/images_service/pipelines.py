@@ -3,12 +3,12 @@ RQ defers until the step before it finishes (`depends_on`), under one id whose r
 
 The record (``{prefix}:pipeline:{id}``) holds the step job ids and kinds, the owner's key id and the
 created time; the id is what POST /generate answers and what the job history lists. A step's job
-reads the image of the step before it when it runs (`worker/tasks.render_step`), so its spec is
-resolved at submit with the source left empty (`PENDING_SOURCE`).
+reads the images of the step before it when it runs (`worker/tasks.render_step`) and runs once on
+each, so its spec is resolved at submit with the source left empty (`PENDING_SOURCE`).
 
-Quota and ceilings are checked once, at submit, for the whole pipeline: every step stores a new
-image, so a pipeline of n steps counts 1 + n images against the day, and every step's size must fit
-the caller's tier (an upscale ×4 of 1024² is a 4096² image: enterprise only).
+Quota and ceilings are checked once, at submit, for the whole pipeline: every step stores new
+images, so a pipeline of n steps counts num_images × (1 + n) images against the day, and every
+step's size must fit the caller's tier (an upscale ×4 of 1024² is a 4096² image: enterprise only).
 """
 
 from __future__ import annotations
