@@ -29,14 +29,15 @@ from tests.support.tiny_models import tiny_models  # noqa: F401
 # Imported after the fixture module, which sets HF_HUB_OFFLINE before huggingface_hub reads it.
 from diffusers import AutoPipelineForImage2Image
 
+from bench.peers.comfyui import MODELS_CACHE
 from services.images_service.engines.diffusers.cache import ModelCache
 from services.images_service.engines.diffusers.engine import DiffusersEngine
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_CHECKPOINT = REPO / "var" / "models" / "random-sd15.safetensors"
+COMFYUI_CHECKPOINT = MODELS_CACHE / "random-sd15.safetensors"
 """The full-size random SD1.5 converted by ComfyUI's CheckpointSave, cached by the real-ComfyUI slow
-tests (tests/integration/test_comfyui_real_sd15.py)."""
-RANDOM_SD15_FOLDER = REPO / "var" / "models" / "random-sd15"
+tests (tests/integration/test_comfyui_real_sd15.py) where they keep it (KITTY_MODELS_CACHE, else
+var/models)."""
+RANDOM_SD15_FOLDER = MODELS_CACHE / "random-sd15"
 """The diffusers folder that checkpoint was converted from (`kitty-images models random-sd15`)."""
 
 
