@@ -228,6 +228,8 @@ class ModelCache:
         self.compile_mode = compile_mode
         self.pinned = pinned
         self._resident: OrderedDict[str, Resident] = OrderedDict()
+        self.loads = 0
+        """Models and add-ons read from disk so far: a job's prepare that changed it loaded something."""
 
     def names(self) -> list[str]:
         """Resident models, least recently used first."""
@@ -314,6 +316,7 @@ class ModelCache:
             return kept[1]
         base.addons.pop(key, None)
         loaded = load()
+        self.loads += 1
         while len(base.addons) >= ADDON_CACHE_SIZE:
             base.addons.popitem(last=False)
             self.free_memory()
@@ -387,6 +390,7 @@ class ModelCache:
             logger.warning("speed-ups not (all) applied to model %s", entry.name, exc_info=True)
             optimizations = []
         seconds = time.perf_counter() - started
+        self.loads += 1
         MODEL_LOADS.labels(model=entry.name).inc()
         MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
         attention = attention_processors(denoiser(pipe))
