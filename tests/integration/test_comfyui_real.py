@@ -240,6 +240,14 @@ def with_prefix(graph: dict[str, Any], prefix: str) -> dict[str, Any]:
     }
 
 
+def wait_until_idle(peer: Peer, why: str = "the peer's queue did not empty") -> None:
+    """Until nothing runs or waits on `peer` (within `STOP_WITHIN_S`)."""
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while sum(peer.queue().values(), []):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
 def with_invalid_branch(graph: dict[str, Any], prefix: str) -> dict[str, Any]:
     """`graph` plus a second output whose ImageScale lacks its height: valid and invalid side by side."""
     return {
@@ -395,6 +403,9 @@ def test_partly_invalid_graph_fails_naming_the_node_and_runs_nothing(
     peer.make_nodes_slow()
     valid, invalid = unique_prefix("valid"), unique_prefix("invalid")
     graph = with_invalid_branch(slow_graph(fresh_color(), valid), invalid)
+    # An earlier test's stopped prompt may still be leaving the queue (and saving): count what is
+    # saved only once the server is idle, so only this graph's outputs can change it.
+    wait_until_idle(peer)
     saved_before = peer.saved(raw_output_prefix(""))  # both outputs would save under kitty/<prompt id>
     with pytest.raises(KittyError) as caught:
         engine.render(raw_spec(graph), Recorder())
@@ -403,10 +414,7 @@ def test_partly_invalid_graph_fails_naming_the_node_and_runs_nothing(
     assert "node 5 (ImageScale): Required input is missing: height" in error.message
     assert any(hint.startswith("Fix or remove node 5") for hint in error.remediation)
     assert [problem["node_id"] for problem in error.detail["node_errors"]] == ["5"]
-    deadline = time.monotonic() + STOP_WITHIN_S
-    while sum(peer.queue().values(), []):
-        assert time.monotonic() < deadline, "the valid part was left running"
-        time.sleep(0.1)
+    wait_until_idle(peer, "the valid part was left running")
     assert peer.saved(raw_output_prefix("")) == saved_before
 
 
