@@ -201,6 +201,9 @@ PIPELINE_STEP_KINDS = ("refine", "upscale", "postprocess")
 (`refine`), `upscale` (as POST /upscale), `postprocess` (grain, tone mapping, LUT, sharpen, denoise)."""
 MAX_PIPELINE_STEPS = 6
 
+MIN_BEATS, MAX_BEATS, MAX_BEAT_CHARS = 2, 10, 500
+"""A storyboard's shots: one per beat (`GenerateRequest.beats`)."""
+
 
 class PipelineStep(BaseModel):
     """One step after the generate step of a pipeline (a preset's ``steps``, or a request's
@@ -223,7 +226,6 @@ class PipelineStep(BaseModel):
 
 RefinerName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
 """A refiner named in a request's `refiner` (a models.yaml entry)."""
-
 
 
 def prompt_not_blank(value: str) -> str:
@@ -280,6 +282,12 @@ class GenerateRequest(BaseModel):
     pipeline: list[PipelineStep] = Field(default_factory=list, max_length=MAX_PIPELINE_STEPS)
     """Steps after the render, each a job on the previous step's image (a preset may bring its
     own); the job id answered is the pipeline's, whose view lists the steps."""
+    beats: list[Annotated[str, Field(min_length=1, max_length=MAX_BEAT_CHARS)]] | None = Field(
+        default=None, min_length=MIN_BEATS, max_length=MAX_BEATS
+    )
+    """A storyboard: one shot per beat (`"{beat}, {prompt}"` through the preset, one seed for all),
+    each shot through the pipeline's steps, then a contact sheet of them all. The job id answered is
+    the storyboard's; its result lists the shots' final images and then the sheet."""
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -292,6 +300,18 @@ class GenerateRequest(BaseModel):
     def _image_fields_need_an_image(self) -> GenerateRequest:
         if self.image is None and (self.mask is not None or self.strength is not None):
             raise ValueError("`mask` and `strength` need `image` (the picture to start from)")
+        return self
+
+    @model_validator(mode="after")
+    def _beats_are_shots(self) -> GenerateRequest:
+        if self.beats is None:
+            return self
+        if any(not beat.strip() for beat in self.beats):
+            raise ValueError("every beat must contain some text, not only whitespace")
+        if self.num_images != 1:
+            raise ValueError("a storyboard renders one image per beat: leave `num_images` at 1")
+        if self.workflow is not None:
+            raise ValueError("a storyboard renders the built-in template: drop `workflow` or `beats`")
         return self
 
     @field_validator("workflow")
@@ -337,6 +357,20 @@ class PostprocessSpec(BaseModel):
     """As validated by images_service/postprocess.py; recorded resolved (defaults, seed) in the sidecar."""
 
 
+class ContactSheetSpec(BaseModel):
+    """A storyboard's last job: its shots' images laid out in a grid, each under its beat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(default_factory=list)
+    """The shots' image keys, in beat order (filled in when the job runs)."""
+    captions: list[str]
+    """One per shot: its beat."""
+    columns: int = Field(ge=1)
+    shot_size: tuple[int, int]
+    """The size of the shots the layout was made for (`storyboard.sheet_layout`)."""
+
+
 class RenderSpec(BaseModel):
     """A request with every default resolved: what the worker renders and the sidecar records.
 
@@ -379,9 +413,16 @@ class RenderSpec(BaseModel):
     down to a multiple of 8)."""
     postprocess: PostprocessSpec | None = None
     """Set on a post-processing job (a pipeline's `postprocess` step): `source` through `ops`."""
+    contact_sheet: ContactSheetSpec | None = None
+    """Set on a storyboard's contact-sheet job: `width`×`height` is the sheet's size."""
     upscale: UpscaleSpec | None = None
     """Set on an upscale job (``POST /api/images/upscale``): the whole job is upscaling `source`;
     prompt, model and seed are the source's, `width`/`height` the result's."""
+
+    @property
+    def is_sampled(self) -> bool:
+        """Whether an engine samples this job: not an upscale, post-processing or contact sheet."""
+        return self.upscale is None and self.postprocess is None and self.contact_sheet is None
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -432,8 +473,10 @@ class StepView(BaseModel):
 
     index: int
     kind: str
-    """``generate``, or a `PIPELINE_STEP_KINDS` entry."""
+    """``generate`` (a storyboard's: ``shot``), a `PIPELINE_STEP_KINDS` entry, or ``contact_sheet``."""
     job_id: str
+    after: list[int] = Field(default_factory=list)
+    """The steps (by index) whose images this one reads: it runs once they are done."""
     status: JobStatus
     progress: Progress = Field(default_factory=Progress)
     result: JobResult | None = None

@@ -52,7 +52,7 @@ def infotext(
         sampler_name, schedule = A1111_SAMPLERS.get(spec.scheduler or "", (spec.scheduler, None))
     if sampler is not None:
         sampler_name, schedule = sampler
-    if spec.upscale is not None or spec.postprocess is not None:  # no sampling ran
+    if not spec.is_sampled:
         steps, cfg, sampler_name, schedule = None, None, None, None
     fields: dict[str, object | None] = {
         "Steps": steps,
@@ -142,6 +142,8 @@ def build_sidecar(
         record["source"] = spec.upscale.source  # the image this one is an upscale of
     elif spec.postprocess is not None:
         record["source"] = spec.postprocess.source
+    elif spec.contact_sheet is not None:
+        record["sources"] = list(spec.contact_sheet.sources)  # the shots, in beat order
     elif pipeline is not None and pipeline.get("step") and spec.image:
         record["source"] = spec.image  # a refine: an image-to-image pass over the step before
     if pipeline is not None:

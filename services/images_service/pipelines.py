@@ -1,14 +1,20 @@
-"""Pipelines: a generate followed by steps (refine, upscale, postprocess), each its own RQ job that
-RQ defers until the step before it finishes (`depends_on`), under one id whose record lists them.
+"""Pipelines: jobs that read the images of jobs before them, each its own RQ job that RQ defers
+until those finish (`depends_on`), under one id whose record lists them. Two shapes:
 
-The record (``{prefix}:pipeline:{id}``) holds the step job ids and kinds, the owner's key id and the
-created time; the id is what POST /generate answers and what the job history lists. A step's job
-reads the images of the step before it when it runs (`worker/tasks.render_step`) and runs once on
-each, so its spec is resolved at submit with the source left empty (`PENDING_SOURCE`).
+- a generate followed by steps (refine, upscale, postprocess), each after the one before;
+- a storyboard (storyboard.py): one shot per beat, each followed by those steps, and a contact
+  sheet after every shot's last step.
 
-Quota and ceilings are checked once, at submit, for the whole pipeline: every step stores new
-images, so a pipeline of n steps counts num_images × (1 + n) images against the day, and every
-step's size must fit the caller's tier (an upscale ×4 of 1024² is a 4096² image: enterprise only).
+The record (``{prefix}:pipeline:{id}``) holds the jobs' ids, kinds and what each runs after, the
+owner's key id and the created time; the id is what POST /generate answers and what the job history
+lists. A step's job reads the images of the jobs before it when it runs (`worker/tasks.render_step`)
+and runs once on each (a contact sheet: once on all), so its spec is resolved at submit with the
+source left empty (`PENDING_SOURCE`).
+
+Quota and ceilings are checked once, at submit, for the whole pipeline: every job stores new
+images, so a pipeline of n steps counts num_images × (1 + n) images against the day (a storyboard
+of b beats: b × (1 + n) + 1), and every job's size must fit the caller's tier (an upscale ×4 of
+1024² is a 4096² image: enterprise only).
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 
 from services.contracts import (
+    ContactSheetSpec,
+    JobResult,
     JobStatus,
     JobView,
     PipelineStep,
@@ -39,6 +47,7 @@ from .engines.descriptors import descriptor_for, engines_with
 from .errors import JobNotFound, KittyError, ValidationFailed
 from .models import ModelRegistry
 from .postprocess import resolve_steps
+from .storyboard import sheet_layout
 from .upscale_jobs import COPIED_FIELDS, UPSCALE_STEPS, pick_upscaler, upscale_engine
 
 if TYPE_CHECKING:
@@ -55,15 +64,22 @@ POSTPROCESS_STEPS = 1
 
 GENERATE = "generate"
 """The kind of a pipeline's first step: the render the request describes."""
+SHOT = "shot"
+"""A storyboard's render of one beat."""
+CONTACT_SHEET = "contact_sheet"
+"""A storyboard's last job: every shot in one picture."""
+CONTACT_SHEET_RETRIES = 1
 
 
 @dataclass(frozen=True)
 class PlannedStep:
-    """A step after the generate, resolved at submit: what its job renders (source pending)."""
+    """A job of a pipeline, resolved at submit: what it renders (a step's source pending) and the
+    jobs, by index in the plan, whose images it reads."""
 
     kind: str
     spec: RenderSpec
     retries: int
+    after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,12 +89,20 @@ class PipelineRecord:
     job_ids: list[str]
     key_id: str | None
     created_at: float
+    after: list[list[int]] = field(default_factory=list)
+    """Per job, the indices of the jobs it runs after (a record written before storyboards has
+    none: each job then runs after the one before it)."""
+
+    def __post_init__(self) -> None:
+        if not self.after:
+            self.after.extend([index - 1] if index else [] for index in range(len(self.job_ids)))
 
     def dump(self) -> str:
+        steps = zip(self.kinds, self.job_ids, self.after, strict=True)
         return json.dumps(
             {
                 "id": self.id,
-                "steps": [{"kind": k, "job_id": j} for k, j in zip(self.kinds, self.job_ids, strict=True)],
+                "steps": [{"kind": k, "job_id": j, "after": a} for k, j, a in steps],
                 "key_id": self.key_id,
                 "created_at": self.created_at,
             }
@@ -94,6 +118,7 @@ class PipelineRecord:
             job_ids=[step["job_id"] for step in steps],
             key_id=data.get("key_id"),
             created_at=float(data["created_at"]),
+            after=[list(step["after"]) for step in steps] if all("after" in s for s in steps) else [],
         )
 
 
@@ -104,12 +129,77 @@ def pipeline_key(prefix: str, pipeline_id: str) -> str:
 # -- submit ------------------------------------------------------------------------------------------
 
 
-def plan_steps(spec: RenderSpec, steps: Sequence[PipelineStep], registry: ModelRegistry) -> list[PlannedStep]:
-    """Each step of `steps` resolved against the generate `spec`, at the size the step before it
-    makes; refuses what no job could run (an engine without img2img, bad ops). Each step runs on
-    every image of the step before (`num_images` of them), in one job."""
+def plan_pipeline(
+    spec: RenderSpec, steps: Sequence[PipelineStep], registry: ModelRegistry
+) -> list[PlannedStep]:
+    """The generate `spec` and each of `steps` after it (none: [], a job of its own)."""
     if not steps:
         return []
+    return _webhook_on_last(spec, [PlannedStep(GENERATE, spec, 0), *plan_chain(spec, steps, registry, 0)])
+
+
+def plan_storyboard(
+    shots: Sequence[RenderSpec],
+    beats: Sequence[str],
+    prompt: str,
+    steps: Sequence[PipelineStep],
+    registry: ModelRegistry,
+) -> list[PlannedStep]:
+    """Each shot (one per beat) with its own chain of `steps`, then the contact sheet after every
+    chain's last job, at a size that fits within the shots' own (`storyboard.sheet_layout`)."""
+    planned: list[PlannedStep] = []
+    ends: list[int] = []
+    for shot in shots:
+        first = len(planned)
+        planned.append(PlannedStep(SHOT, shot, 0))
+        planned += plan_chain(shot, steps, registry, first)
+        ends.append(len(planned) - 1)
+    last = planned[-1].spec
+    layout = sheet_layout(len(shots), last.output_size)
+    sheet = RenderSpec(
+        **{**_copied(shots[0]), "prompt": prompt, "model": None, "cfg": 0.0},
+        width=layout.size[0],
+        height=layout.size[1],
+        steps=POSTPROCESS_STEPS,
+        seed=shots[0].seed,
+        num_images=1,
+        engine=upscale_engine(),  # drawn in-process by the local worker, as a postprocess step
+        contact_sheet=ContactSheetSpec(
+            captions=list(beats), columns=layout.columns, shot_size=last.output_size
+        ),
+    )
+    planned.append(PlannedStep(CONTACT_SHEET, sheet, CONTACT_SHEET_RETRIES, tuple(ends)))
+    return _webhook_on_last(shots[0], planned)
+
+
+def _webhook_on_last(spec: RenderSpec, planned: list[PlannedStep]) -> list[PlannedStep]:
+    """The caller's webhook hears of the pipeline once: when its last job ends."""
+    quiet = [replace(step, spec=step.spec.model_copy(update={"webhook": None})) for step in planned]
+    quiet[-1] = replace(quiet[-1], spec=quiet[-1].spec.model_copy(update={"webhook": spec.webhook}))
+    return quiet
+
+
+def images_stored(planned: Sequence[PlannedStep]) -> int:
+    """How many images the pipeline stores: a render its `num_images`, a step one per image of the
+    job before it, a contact sheet one."""
+    counts: list[int] = []
+    for step in planned:
+        if step.kind == CONTACT_SHEET:
+            counts.append(1)
+        elif step.after:
+            counts.append(counts[step.after[0]])
+        else:
+            counts.append(step.spec.num_images)
+    return sum(counts)
+
+
+def plan_chain(
+    spec: RenderSpec, steps: Sequence[PipelineStep], registry: ModelRegistry, first: int
+) -> list[PlannedStep]:
+    """Each of `steps` resolved against the render `spec` (at index `first` of the plan), each
+    after the one before, at the size the one before makes; refuses what no job could run (an
+    engine without img2img, bad ops). Each step runs on every image of the one before
+    (`num_images` of them), in one job."""
     planned: list[PlannedStep] = []
     previous = spec
     for index, step in enumerate(steps, start=1):
@@ -120,11 +210,8 @@ def plan_steps(spec: RenderSpec, steps: Sequence[PipelineStep], registry: ModelR
             made = _upscale_spec(spec, step, width, height, registry)
         else:
             made = _postprocess_spec(spec, step, width, height, index)
-        planned.append(PlannedStep(step.kind, made, step.retries))
+        planned.append(PlannedStep(step.kind, made, step.retries, (first + index - 1,)))
         previous = made
-    # The caller's webhook hears of the pipeline once: when its last step ends.
-    last = planned[-1]
-    planned[-1] = PlannedStep(last.kind, last.spec.model_copy(update={"webhook": spec.webhook}), last.retries)
     return planned
 
 
@@ -207,37 +294,30 @@ def _postprocess_spec(
 
 
 def enqueue_pipeline(
-    queue: JobQueue, spec: RenderSpec, planned: Sequence[PlannedStep], *, priority: bool, key_id: str | None
+    queue: JobQueue, planned: Sequence[PlannedStep], *, priority: bool, key_id: str | None
 ) -> str:
-    """Write the pipeline's record, then enqueue the generate and every step at once, each after
-    the one before it; returns the pipeline's id, indexed in the job history in their stead."""
+    """Write the pipeline's record, then enqueue every job at once, each after those it reads;
+    returns the pipeline's id, indexed in the job history in their stead."""
     pipeline_id = uuid.uuid4().hex
-    job_ids = [uuid.uuid4().hex for _ in range(len(planned) + 1)]
-    kinds = [GENERATE, *(step.kind for step in planned)]
-    record = PipelineRecord(pipeline_id, kinds, job_ids, key_id, time.time())
+    job_ids = [uuid.uuid4().hex for _ in planned]
+    kinds = [step.kind for step in planned]
+    after = [list(step.after) for step in planned]
+    record = PipelineRecord(pipeline_id, kinds, job_ids, key_id, time.time(), after)
     key = pipeline_key(queue.settings.queue_prefix, pipeline_id)
     # As long as RQ keeps a step's result or failure: a failed pipeline can be retried, and its
     # history entry shown, for that long.
     queue.redis.set(key, record.dump(), ex=queue.record_ttl_s)
     enqueued: list[str] = []
     try:
-        queue.enqueue(
-            spec.model_copy(update={"webhook": None}),
-            priority=priority,
-            job_id=job_ids[0],
-            meta={"pipeline": {"id": pipeline_id, "step": 0}},
-            index=False,
-        )
-        enqueued.append(job_ids[0])
-        for index, step in enumerate(planned, start=1):
+        for index, step in enumerate(planned):
             queue.enqueue(
                 step.spec,
                 priority=priority,
                 job_id=job_ids[index],
-                after=job_ids[index - 1],
+                after=[job_ids[i] for i in step.after] or None,
                 retries=step.retries,
                 meta={
-                    "pipeline": {"id": pipeline_id, "step": index},
+                    "pipeline": {"id": pipeline_id, "step": index, "kind": step.kind},
                     "step_retries": step.retries,
                     "step_retries_left": step.retries,
                 },
@@ -275,11 +355,12 @@ def _job_views(queue: JobQueue, record: PipelineRecord) -> list[JobView]:
         raise JobNotFound(f"no job with id '{record.id}'") from None
 
 
-def _step_view(index: int, kind: str, view: JobView) -> StepView:
+def _step_view(index: int, kind: str, after: list[int], view: JobView) -> StepView:
     return StepView(
         index=index,
         kind=kind,
         job_id=view.job_id,
+        after=after,
         status=view.status,
         progress=view.progress,
         result=view.result,
@@ -290,10 +371,11 @@ def _step_view(index: int, kind: str, view: JobView) -> StepView:
 def pipeline_view(queue: JobQueue, record: PipelineRecord) -> JobView:
     """The pipeline as one job: queued until its first step starts, started while any step runs or
     waits, done when the last is, else error or canceled as the first step that failed or was canceled;
-    progress counts across the steps, and the result is the last step's."""
+    progress counts across the steps, and the result is the last step's (a storyboard's: every
+    shot's last image, then the contact sheet's)."""
     views = _job_views(queue, record)
-    pairs = zip(record.kinds, views, strict=True)
-    steps = [_step_view(index, kind, view) for index, (kind, view) in enumerate(pairs)]
+    pairs = zip(record.kinds, record.after, views, strict=True)
+    steps = [_step_view(index, kind, after, view) for index, (kind, after, view) in enumerate(pairs)]
     first, last = views[0], views[-1]
     stopped = next((v for v in views if v.status in (JobStatus.ERROR, JobStatus.CANCELED)), None)
     status, error, ended, waiting_for = JobStatus.STARTED, None, None, None
@@ -311,7 +393,7 @@ def pipeline_view(queue: JobQueue, record: PipelineRecord) -> JobView:
         progress=Progress(
             step=sum(v.progress.step for v in views), total=sum(v.progress.total for v in views)
         ),
-        result=last.result if status is JobStatus.DONE else None,
+        result=_result(record, views) if status is JobStatus.DONE else None,
         error=error,
         engine=first.engine,
         model=first.model,
@@ -323,11 +405,25 @@ def pipeline_view(queue: JobQueue, record: PipelineRecord) -> JobView:
     )
 
 
+def _result(record: PipelineRecord, views: Sequence[JobView]) -> JobResult | None:
+    last = views[-1].result
+    if last is None or record.kinds[-1] != CONTACT_SHEET:
+        return last
+    shots = [image for index in record.after[-1] for image in getattr(views[index].result, "images", [])]
+    return last.model_copy(update={"images": [*shots, *last.images]})
+
+
 def pipeline_request(queue: JobQueue, record: PipelineRecord) -> dict[str, Any] | None:
     """What the pipeline was asked to render, for the job history: the generate's request and the
     kinds of the steps after it."""
     request = queue.request_of_job(record.job_ids[0])
-    if request is not None:
+    if request is None:
+        return None
+    if record.kinds[-1] == CONTACT_SHEET:
+        sheet = queue.request_of_job(record.job_ids[-1]) or {}
+        request["beats"] = (sheet.get("contact_sheet") or {}).get("captions")
+        request["pipeline"] = record.kinds[1 : record.after[-1][0] + 1]  # the first shot's steps
+    else:
         request["pipeline"] = record.kinds[1:]
     return request
 
@@ -340,27 +436,30 @@ def cancel_pipeline(queue: JobQueue, record: PipelineRecord) -> None:
 
 
 def retry_pipeline(queue: JobQueue, record: PipelineRecord) -> PipelineRecord:
-    """Run a failed or canceled pipeline on from where it stopped; the steps before keep their
-    jobs and images. Failed: its failed step enqueued again, and the steps after it, still
-    deferred, run after it as before. Canceled: the canceled steps as new jobs (RQ requeues no
-    canceled job), in the record in their stead. Returns the record as it is now."""
+    """Run a failed or canceled pipeline on from where it stopped; the jobs that finished keep
+    their jobs and images. Each failed job is enqueued again, and the jobs after it, still
+    deferred, run after it as before; each canceled job becomes a new job (RQ requeues no canceled
+    job), in the record in its stead, after the same jobs (or those that replace them). A storyboard
+    whose shot failed may be retried while other shots still render. Returns the record as it is now."""
     views = _job_views(queue, record)
-    if any(v.status is JobStatus.STARTED for v in views) or not any(
-        v.status in (JobStatus.ERROR, JobStatus.CANCELED) for v in views
-    ):
+    failed = [index for index, view in enumerate(views) if view.status is JobStatus.ERROR]
+    canceled = [index for index, view in enumerate(views) if view.status is JobStatus.CANCELED]
+    being_canceled = canceled and any(v.status is JobStatus.STARTED for v in views)
+    if not (failed or canceled) or being_canceled:
         status = pipeline_view(queue, record).status
         raise ValidationFailed(
-            f"pipeline '{record.id}' is {status.value}: only a failed or canceled pipeline can be retried",
+            f"pipeline '{record.id}' is {status.value}: only a failed or canceled pipeline can be retried"
+            + (" (a step is still stopping: retry once it has)" if being_canceled else ""),
             remediation=["Re-run one of its images instead: POST /api/images/rerun with the image's key."],
         )
     key = pipeline_key(queue.settings.queue_prefix, record.id)
-    stopped = next(i for i, v in enumerate(views) if v.status in (JobStatus.ERROR, JobStatus.CANCELED))
-    if views[stopped].status is JobStatus.ERROR:
-        _requeue(queue, queue.fetch(record.job_ids[stopped]), views[stopped].progress.total)
+    for index in failed:
+        _requeue(queue, queue.fetch(record.job_ids[index]), views[index].progress.total)
+    if not canceled:
         queue.redis.expire(key, queue.record_ttl_s)
         return record
     job_ids = list(record.job_ids)
-    for index in range(stopped, len(job_ids)):
+    for index in canceled:  # in order: what a job runs after is replaced before it
         old = queue.fetch(job_ids[index])
         meta = {name: old.meta[name] for name in RETRY_META if name in old.meta}
         if "step_retries" in meta:
@@ -368,7 +467,7 @@ def retry_pipeline(queue: JobQueue, record: PipelineRecord) -> PipelineRecord:
         job_ids[index] = queue.enqueue(
             RenderSpec.model_validate(old.args[0]),
             priority=old.origin == queue.settings.queue_name(str(old.meta.get("engine")), priority=True),
-            after=job_ids[index - 1] if index else None,
+            after=[job_ids[i] for i in record.after[index]] or None,
             retries=int(meta.get("step_retries", 0)),
             meta=meta,
             index=False,

@@ -47,7 +47,8 @@ COMMON_NEGATIVES = "blurry, low quality, jpeg artifacts, watermark, signature, t
 """HIP-35's "quality negatives by default": what no preset wants."""
 
 
-INPUT_TYPES = ("text", "image", "images", "number")
+INPUT_TYPES = ("text", "texts", "image", "images", "number")
+"""`texts`: a list of lines (a storyboard's `beats`)."""
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 """The built-in presets; IMAGES_PRESETS_FILE adds to them (and may replace one by name)."""
 

@@ -168,14 +168,14 @@ class JobQueue:
         *,
         priority: bool = False,
         job_id: str | None = None,
-        after: str | None = None,
+        after: list[str] | None = None,
         retries: int = 0,
         meta: dict[str, Any] | None = None,
         index: bool = True,
     ) -> str:
         """Enqueue `spec` as a job (its history entry too, unless `index` is off). With `after` (a
-        pipeline step): the step task, which RQ defers until job `after` finishes; `retries` more
-        tries after an engine failure, on top of the lost-worker ones."""
+        pipeline step): the step task, which RQ defers until every job in `after` finishes;
+        `retries` more tries after an engine failure, on top of the lost-worker ones."""
         job_id = job_id or uuid.uuid4().hex
         tries = self.settings.lost_job_retries + retries
         options: dict[str, Any] = {
@@ -208,7 +208,7 @@ class JobQueue:
                 # A step whose predecessor failed for good stays deferred: it expires with its
                 # pipeline. RQ watches the job depended on while it enqueues: no shared round trip.
                 options["ttl"] = self.record_ttl_s
-                queue.enqueue(STEP_TASK, spec.model_dump(), after, depends_on=after, **options)
+                queue.enqueue(STEP_TASK, spec.model_dump(), after, depends_on=list(after), **options)
                 if index:
                     self.index(job_id)
         log.info(

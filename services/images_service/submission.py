@@ -28,7 +28,15 @@ from .idempotency import Claim, IdempotencyStore, Replay, check_idempotency_key,
 from .metrics import JOBS_ENQUEUED
 from .models import ModelRegistry
 from .ownership import Ownership
-from .pipelines import PipelineRecord, enqueue_pipeline, plan_steps, retry_pipeline
+from .pipelines import (
+    PipelineRecord,
+    PlannedStep,
+    enqueue_pipeline,
+    images_stored,
+    plan_pipeline,
+    plan_storyboard,
+    retry_pipeline,
+)
 from .presets import preset_book, with_preset_defaults
 from .queue import JobQueue, redis_errors
 from .quotas import QuotaLedger, check_ceilings, check_model_tier, has_priority
@@ -37,6 +45,7 @@ from .safety import check_prompt
 from .settings import Settings
 from .spec import resolve_spec
 from .storage import Store
+from .storyboard import shot_prompt
 from .upscale_jobs import resolve_upscale
 
 log = logging.getLogger("kitty.images.api")
@@ -103,10 +112,35 @@ def check_servable(engine: str, admission: Admission) -> None:
 
 
 def submit(body: GenerateRequest, admission: Admission) -> Admitted:
-    """Admit a generate request; its preset's engine preference and pipeline steps apply first."""
+    """Admit a generate request; its preset's engine preference and pipeline steps apply first.
+    A storyboard's spec is its first shot's; the other shots take its seed."""
     a = admission
     body = with_preset_defaults(body, preset_book(a.settings.presets_file), partial(can_run, admission=a))
-    return admit(body, partial(resolve_spec, body, a.registry, a.settings, a.store), admission)
+    first = shot_request(body, body.beats[0]) if body.beats else body
+    return admit(
+        body,
+        partial(resolve_spec, first, a.registry, a.settings, a.store),
+        admission,
+        plan=partial(plan_request, body, a),
+    )
+
+
+def shot_request(body: GenerateRequest, beat: str) -> GenerateRequest:
+    """A storyboard's shot as a request of its own: the beat before the shared prompt."""
+    return body.model_copy(update={"prompt": shot_prompt(beat, body.prompt)})
+
+
+def plan_request(body: GenerateRequest, admission: Admission, spec: RenderSpec) -> list[PlannedStep]:
+    """The jobs `body` makes when it is more than one (`spec` is its first's): a pipeline's steps
+    after the render, or a storyboard's shots (one seed: `spec`'s) and contact sheet."""
+    a = admission
+    if not body.beats:
+        return plan_pipeline(spec, body.pipeline, a.registry)
+    shots = [spec]
+    for beat in body.beats[1:]:
+        shot = shot_request(body, beat).model_copy(update={"seed": spec.seed})
+        shots.append(resolve_spec(shot, a.registry, a.settings, a.store))
+    return plan_storyboard(shots, body.beats, body.prompt, body.pipeline, a.registry)
 
 
 def can_run(engine: str, *, admission: Admission) -> bool:
@@ -185,9 +219,15 @@ def resume_pipeline(record: PipelineRecord, body: RetryRequest, admission: Admis
     return Admitted(record.id, admission.queue.view(record.id).status)
 
 
-def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admission) -> Admitted:
-    """Claim the Idempotency-Key for `body`, `resolve` it into a spec, check the caller's ceilings,
-    count its quota and enqueue; `resolve` runs only when the key is not a replay."""
+def admit(
+    body: BaseModel,
+    resolve: Callable[[], RenderSpec],
+    admission: Admission,
+    plan: Callable[[RenderSpec], list[PlannedStep]] | None = None,
+) -> Admitted:
+    """Claim the Idempotency-Key for `body`, `resolve` it into a spec (and `plan` the pipeline it
+    makes, if any), check the caller's ceilings, count its quota and enqueue; `resolve` and `plan`
+    run only when the key is not a replay."""
     caller, idempotency_key = admission.caller, admission.idempotency_key
     queue, quotas, idempotency = admission.queue, admission.quotas, admission.idempotency
     claim: Claim | None = None
@@ -203,19 +243,18 @@ def admit(body: BaseModel, resolve: Callable[[], RenderSpec], admission: Admissi
         check_prompt(spec, admission.settings)  # IMAGES_PROMPT_BLOCKLIST: 400 SAFETY_FILTER
         if admission.ownership is not None:
             admission.ownership.require_inputs(caller, spec)
-        steps = (
-            plan_steps(spec, body.pipeline, admission.registry) if isinstance(body, GenerateRequest) else []
-        )
+        steps = plan(spec) if plan is not None else []
         for checked in (spec, *(step.spec for step in steps)):
+            check_prompt(checked, admission.settings)  # a storyboard's beats too
             check_ceilings(checked, caller, admission.settings)
         check_model_tier(spec, caller, admission.registry)
         check_servable(spec.engine, admission)
-        # Every pipeline step stores images of its own, one per image rendered: each counts.
-        reservation = quotas.reserve(caller, spec.num_images * (1 + len(steps)))
+        # Every pipeline job stores images of its own: each counts.
+        reservation = quotas.reserve(caller, images_stored(steps) if steps else spec.num_images)
         try:
             if steps:
                 owner = caller.key_id if caller else None
-                job_id = enqueue_pipeline(queue, spec, steps, priority=has_priority(caller), key_id=owner)
+                job_id = enqueue_pipeline(queue, steps, priority=has_priority(caller), key_id=owner)
             else:
                 job_id = queue.enqueue(spec, priority=has_priority(caller))
         except BaseException:

@@ -111,7 +111,11 @@ def test_generate_upscale_postprocess_is_one_job_of_three_steps_each_on_the_last
     assert view["result"] == steps[-1]["result"]
     records = [sidecar(harness, s["result"]["meta_key"]) for s in steps]
     generated, upscaled, finished = records
-    assert [r["pipeline"] for r in records] == [{"id": pipeline_id, "step": i} for i in range(3)]
+    kinds = ["generate", "upscale", "postprocess"]
+    assert [r["pipeline"] for r in records] == [
+        {"id": pipeline_id, "step": i, "kind": kind} for i, kind in enumerate(kinds)
+    ]
+    assert [s["after"] for s in steps] == [[], [0], [1]]
     assert "source" not in generated
     assert upscaled["source"] == generated["png_key"]
     assert finished["source"] == upscaled["png_key"]

@@ -36,6 +36,7 @@ from ..queue import cancel_key
 from ..settings import Settings, get_settings
 from ..storage import Store, make_store
 from ..storage.keys import new_image_key
+from ..storyboard import compose_sheet, sheet_layout
 from ..uploads import read_image
 from ..upscale_jobs import UPSCALE_STEPS
 from ..webhooks import job_ended
@@ -140,8 +141,8 @@ def prepare_objects(
         png_key, meta_key = f"{base}.png", f"{base}.json"
         thumb_key = thumb_key_for(png_key)
         width, height = rendered.image.size
-        # An upscale or postprocess ran no graph: its PNG carries none (a txt2img would mislead).
-        ran_graph = spec.upscale is None and spec.postprocess is None
+        # An upscale, postprocess or sheet ran no graph: its PNG carries none (a txt2img would mislead).
+        ran_graph = spec.is_sampled
         made = provenance(spec, engine, result, rendered) if ran_graph else Provenance(None)
         sidecar = build_sidecar(
             job_id=job_id,
@@ -292,6 +293,26 @@ def run_postprocess(runtime: Runtime, spec: RenderSpec, progress: ProgressFn) ->
     )
 
 
+def run_contact_sheet(runtime: Runtime, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+    """A storyboard's contact sheet (`spec.contact_sheet` set, its sources filled in): the shots
+    read from the store and laid out at the spec's size, each under its beat."""
+    job = spec.contact_sheet
+    if job is None or len(job.sources) != len(job.captions):
+        raise ValueError("run_contact_sheet needs a spec whose contact sheet has one source per caption")
+    progress(0, POSTPROCESS_STEPS)
+    started = time.perf_counter()
+    layout = sheet_layout(len(job.sources), job.shot_size, job.columns)
+    shots = [read_image(runtime.store, key) for key in job.sources]
+    image = compose_sheet(shots, job.captions, layout)
+    progress(POSTPROCESS_STEPS, POSTPROCESS_STEPS)
+    return RenderResult(
+        images=[RenderedImage(image, spec.seed)],
+        device="cpu",
+        engine_info={"contact_sheet": {"columns": layout.columns, "sources": job.sources}},
+        timings={"contact_sheet_s": round(time.perf_counter() - started, 4)},
+    )
+
+
 def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     """The RQ job function: log lines inside carry the job id and the request id that submitted it."""
     job = get_current_job()
@@ -300,9 +321,10 @@ def render_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         return _render(job, spec_data)
 
 
-def render_step(spec_data: dict[str, Any], after: str) -> dict[str, Any]:
-    """A pipeline step's RQ job: `render_job` on the first image of job `after` (the step before,
-    which RQ ran to the end before this one), read now that it exists."""
+def render_step(spec_data: dict[str, Any], after: str | list[str]) -> dict[str, Any]:
+    """A pipeline step's RQ job: `render_job` on each image of the jobs `after` (the steps before,
+    which RQ ran to the end before this one), read now that they exist; a contact sheet once, on
+    them all. (A step enqueued before storyboards names one job.)"""
     job = get_current_job()
     request_id = job.meta.get("request_id") if job else None
     with log_context(request_id=request_id, job_id=job.id if job else None):
@@ -310,11 +332,15 @@ def render_step(spec_data: dict[str, Any], after: str) -> dict[str, Any]:
         if job is not None:
             job.meta.pop("error", None)  # a retried step's last failure is no longer its state
             try:
-                sources = previous_images(job, after)
+                afters = [after] if isinstance(after, str) else after
+                sources = [image for one in afters for image in previous_images(job, one)]
             except KittyError as exc:
                 job.retries_left = 0
                 JobReporter(job, job.connection, get_runtime().settings.queue_prefix).fail(exc)
                 raise
+            if spec.contact_sheet is not None:
+                sheet = spec.contact_sheet.model_copy(update={"sources": [key for key, _ in sources]})
+                return _render(job, spec.model_copy(update={"contact_sheet": sheet}).model_dump())
             return _render(job, spec.model_dump(), sources)
         return _render(job, spec.model_dump())
 
@@ -393,6 +419,8 @@ def _render(
                 result = run_upscale(runtime, one, progress)
             elif one.postprocess is not None:
                 result = run_postprocess(runtime, one, progress)
+            elif one.contact_sheet is not None:
+                result = run_contact_sheet(runtime, one, progress)
             else:
                 result = runtime.engine(one.engine).render(one, progress)
             result.timings.setdefault("total_s", time.perf_counter() - started)
