@@ -238,6 +238,14 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     help="Apply a LoRA registered in models.yaml (see images.models), weight 1 by default; repeatable.",
 )
 @click.option(
+    "--beat",
+    "beats",
+    multiple=True,
+    metavar="TEXT",
+    help="A storyboard: one shot per beat (2-10, in order; the prompt is what every shot shares), "
+    "then a contact sheet of them all. Repeatable.",
+)
+@click.option(
     "--input",
     "preset_inputs",
     multiple=True,
@@ -260,6 +268,8 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images.generate "a fox" --num-images 3 --out fox.png   # fox.png fox-2.png fox-3.png
       kitty-cli images.generate "an old fisherman" --preset photoreal --quality pro
       kitty-cli images.generate "a harbour" --preset upscale_denoise --input image=harbour.jpg
+      kitty-cli images.generate "two strangers at a bus stop, night" --preset storyboard \
+        --beat "she waits" --beat "the bus arrives" --beat "a stranger steps off" --out board.png
       kitty-cli images.generate "a fox" --scheduler "DPM++ 2M Karras"
       kitty-cli images.generate "the same fox, in autumn" --image photo.jpg --strength 0.6
       kitty-cli images.generate "a red scarf" --image 1 --mask scarf-mask.png
@@ -272,6 +282,7 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
     check_output(out, wait)
     options.update(preset_inputs(options.pop("preset_inputs"), options))
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
+    options["beats"] = list(options["beats"]) or None
     inputs = {name: options[name] for name in INPUT_OPTIONS if options[name] is not None}
     # Every option is checked before a file is uploaded (a placeholder stands in for each input).
     request_from_options(guide_fields({**options, **dict.fromkeys(inputs, "pending")}))

@@ -179,6 +179,31 @@ def test_preset_generate_then_rerun_gives_the_same_pixels(stack: Stack, tmp_path
     assert unseeded(second["request"]) == unseeded(first["request"]) and second["seed"] != 2024
 
 
+def test_a_storyboard_of_four_beats_gives_four_shots_and_a_contact_sheet(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The issue's "done when": 4 beats through the storyboard preset on the tiny SD1.5, from the CLI."""
+    beats = ["she waits", "the bus arrives", "a stranger steps off", "she steps back"]
+    small = ["--width", "64", "--height", "64", "--steps", "2"]
+    out = tmp_path / "board.png"
+    made = kitty(
+        stack, "images.generate", "two strangers at a bus stop", "--preset", "storyboard", "--seed", "9",
+        *small, *(arg for beat in beats for arg in ("--beat", beat)), "--out", str(out),
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    keys = made.stdout.split()
+    assert len(keys) == 5  # the four shots in beat order, then the sheet
+    store = make_store(stack.settings)
+    shots = [json.loads(store.get(key.removesuffix(".png") + ".json")) for key in keys[:4]]
+    sheet = json.loads(store.get(keys[4].removesuffix(".png") + ".json"))
+    assert [shot["request"]["prompt"].split(", ")[1] for shot in shots] == beats
+    assert {shot["seed"] for shot in shots} == {9}
+    assert len({pixels(store.get(key)) for key in keys[:4]}) == 4  # one seed, four different pictures
+    assert sheet["sources"] == keys[:4] and sheet["request"]["contact_sheet"]["captions"] == beats
+    saved = [out, *(tmp_path / f"board-{n}.png" for n in range(2, 6))]
+    assert [pixels(path.read_bytes()) for path in saved] == [pixels(store.get(key)) for key in keys]
+
+
 def unseeded(request: dict[str, Any]) -> dict[str, Any]:
     """`request` without its seed, nor the seeds its post-processing ops recorded."""
     post = request.get("postprocess")
