@@ -196,7 +196,9 @@ def redis_server_executable() -> str:
 def wait_for_redis(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S)
+    from .redisconn import connect
+
+    client = connect(url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S)
     deadline = time.monotonic() + timeout
     try:
         while True:

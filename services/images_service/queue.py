@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 
 from services.common.api_keys import ApiKey, caller_var, can_see
 from services.common.logs import request_id_var
+from services.common.redisconn import connect
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
 from .engines import ENGINES
@@ -93,7 +94,10 @@ def cancel_key(prefix: str, job_id: str) -> str:
 
 
 def connect_redis(url: str) -> Redis:
-    return Redis.from_url(
+    """The client of the API, its janitor and the workers: any REDIS_URL `connect` takes, Sentinel's
+    `redis+sentinel://` included. No retry beyond redis-py's one immediate reconnect: while Redis is
+    away (a Sentinel failover too) a request fails in milliseconds and the API answers 503."""
+    return connect(
         url,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,

@@ -303,12 +303,13 @@ class Stack:
             url = f"redis://{LISTEN_HOST}:{port}/0"
         child = self.add("redis", args)
         self.env["REDIS_URL"] = url
-        from redis import Redis
+        from services.common.redisconn import connect
 
         deadline = time.monotonic() + 10
         while True:
             try:
-                Redis.from_url(url, socket_connect_timeout=0.5).ping()
+                with connect(url, socket_connect_timeout=0.5) as client:
+                    client.ping()
                 return
             except Exception:
                 if not child.is_running or time.monotonic() > deadline:

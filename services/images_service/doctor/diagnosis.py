@@ -55,12 +55,12 @@ def package_versions() -> dict[str, str | None]:
 def audit_section(settings: Settings) -> dict[str, Any]:
     """The newest audit entries for the bundle (see `audit.for_bundle`); read only when the Redis
     check passed, with the check's own short timeouts, so a sick Redis cannot stall the doctor."""
-    from redis import Redis
+    from services.common.redisconn import connect
 
     from ..audit import BUNDLE_ENTRIES, recent_entries
 
     try:
-        client = Redis.from_url(
+        client = connect(
             settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
         )
         try:

@@ -14,12 +14,13 @@ REDIS_TIMEOUT_S = 2.0
 
 
 def check_redis(settings: Settings) -> CheckResult:
-    from redis import Redis
     from redis.exceptions import RedisError, ResponseError
+
+    from services.common.redisconn import connect
 
     where = redact_url(settings.redis_url)
     try:
-        client = Redis.from_url(
+        client = connect(
             settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
         )
     except ValueError as exc:
@@ -27,7 +28,10 @@ def check_redis(settings: Settings) -> CheckResult:
             "redis",
             "fail",
             f"REDIS_URL is not a Redis URL ({where}): {exc}",
-            ["Set REDIS_URL like redis://127.0.0.1:6379/0 (or rediss://, unix://)."],
+            [
+                "Set REDIS_URL like redis://127.0.0.1:6379/0 (or rediss://, unix://), or through"
+                " Sentinel like redis+sentinel://127.0.0.1:26379/mymaster/0."
+            ],
         )
     try:
         client.ping()

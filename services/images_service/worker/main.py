@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> None:
             setting = "IMAGES_WORKER_METRICS_PORT (or --metrics-port)"
             sys.exit(f"images-worker: {exc.explain(setting)} (0 turns /metrics off)")
     # Before the engine loads its model: a wrong REDIS_URL is said in seconds, not after a minute.
-    connection = connect_redis(settings.redis_url)
+    try:
+        connection = connect_redis(settings.redis_url)
+    except ValueError as exc:  # a malformed REDIS_URL: the message names the accepted forms
+        sys.exit(f"images-worker: REDIS_URL: {exc}")
     wait_for_redis(connection, settings.redis_url, args.redis_wait)
 
     runtime = Runtime.from_settings(settings)
