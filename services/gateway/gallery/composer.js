@@ -1,14 +1,17 @@
 // The generate form and the jobs it starts: models, their defaults and the LoRAs from
 // `GET /api/images/models`, presets and quality levels from `GET /api/images/presets`, size choices,
 // a starting picture (a file, uploaded on submit, or a gallery image) with its strength and mask,
-// the guide (guide.js: control and reference pictures, hires fix), submit to
-// `POST /api/images/generate` (or `/rerun` or `/upscale` for an image of the gallery), live progress of
-// each job in a panel (this tab's, and those of other clients that history.js finds), Retry for a
-// failed or canceled one (`POST /api/images/jobs/{id}/retry`).
+// the guide (guide.js: control and reference pictures, hires fix), the picked preset's inputs
+// (preset-inputs.js), submit to `POST /api/images/generate` (or `/rerun` or `/upscale` for an image of
+// the gallery), live progress of each job in a panel (this tab's, and those of other clients that
+// history.js finds) with its steps and, for a storyboard, its images (job-view.js), Retry for a failed
+// or canceled one (`POST /api/images/jobs/{id}/retry`).
 
 import { api, isTerminal, upload, watchJob } from "./api.js";
 import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
 import { createGuide } from "./guide.js";
+import { isStoryboard, readyText, renderSteps, renderStoryboardImages, STATUS_LABELS, STEP_LABELS } from "./job-view.js";
+import { createPresetInputs } from "./preset-inputs.js";
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
 const SIZE_PRESETS = [
@@ -27,18 +30,9 @@ const JOB_TITLE_CHARS = 70;
 /** A queued job's note until its view says what it waits for (an older service never does). */
 const WAITING_NOTE = "Waiting for a worker…";
 
-export const STATUS_LABELS = {
-  queued: "Queued",
-  started: "Rendering",
-  done: "Done",
-  error: "Failed",
-  canceled: "Canceled",
-};
-
 /** What `POST /api/images/jobs/{id}/retry` takes: a failed or canceled job. */
 export const RETRYABLE_STATUSES = new Set(["error", "canceled"]);
 const INPUT_LABELS = { image: "a starting picture", reference_image: "a reference picture", controls: "a control picture" };
-const STEP_LABELS = { generate: "render", refine: "refine", upscale: "upscale", postprocess: "post-processing" };
 
 /** A job's title: its prompt, else (a raw workflow, a request redacted away) its short id. */
 export function jobTitle(request, jobId) {
@@ -68,8 +62,19 @@ function loraRef(name, weight) {
 /**
  * `onJobGone(view, {retriedAs})` is called when a job's panel leaves (a finished job after a while,
  * a dismissed or retried one) with the job's last view and its request, so the history can list it.
+ * `onImagesReady(keys)` may return a promise: a storyboard's panel shows its images once it settles,
+ * each as `itemFor(image)` gives it (the grid's item), opened with `onOpenImage(item, button)`.
  */
-export function createComposer({ form, jobs, routes, onImagesReady, onStatus, onJobGone = () => {} }) {
+export function createComposer({
+  form,
+  jobs,
+  routes,
+  onImagesReady,
+  onStatus,
+  onJobGone = () => {},
+  itemFor = (image) => image,
+  onOpenImage = () => {},
+}) {
   const fields = form.elements;
   const submitButton = form.querySelector("button[type=submit]");
   const errorBox = form.querySelector(".error-box");
@@ -93,6 +98,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
   let previewUrl = ""; // the object URL of the chosen file's preview, revoked when it changes
   const panels = new Map(); // job id -> its panel, while one shows: a job never gets two
   const guide = createGuide({ form, uploadFile });
+  const presetInputs = createPresetInputs({ form, isFilled: { image: hasPicture }, uploadFile });
 
   function selectedModel() {
     return models.get(fields.model.value) || null;
@@ -196,7 +202,6 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     return [model.description, license].filter(Boolean).join(" · ");
   }
 
-  /** A newly picked preset brings its size and quality: the choices made for the last one are reset. */
   /** A preset's goal, what it needs and what runs after the render, in one line. */
   function presetSummary(preset) {
     const parts = [preset.description];
@@ -210,11 +215,16 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     return parts.join(" ");
   }
 
+  /**
+   * A newly picked preset brings its size, quality and inputs: the choices made for the last one are
+   * reset, its input fields emptied.
+   */
   function applyPreset() {
     fields.size.value = "";
     fields.quality.value = "";
     renderQualities();
     applyDefaults();
+    presetInputs.show(selectedPreset());
   }
 
   async function loadModels() {
@@ -276,6 +286,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     fields.preset.value = presets.has(keep) ? keep : "";
     renderQualities();
     applyDefaults();
+    presetInputs.show(selectedPreset());
   }
 
   /** The request the form describes; empty fields are left out so the model's defaults apply. */
@@ -308,11 +319,11 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     return { ...request, image, ...(mask && { mask }), strength: Number(fields.strength.value) };
   }
 
-  /** Upload the file chosen in `input`; its key. A refusal points at the input, then goes on up. */
-  async function uploadFile(input) {
-    onStatus(`Uploading ${input.files[0].name}…`);
+  /** Upload `file` (the one chosen in `input`); its key. A refusal points at the input, then goes on up. */
+  async function uploadFile(input, file = input.files[0]) {
+    onStatus(`Uploading ${file.name}…`);
     try {
-      return (await upload(routes.uploads, input.files[0])).key;
+      return (await upload(routes.uploads, file)).key;
     } catch (error) {
       input.setAttribute("aria-invalid", "true");
       throw error;
@@ -365,6 +376,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     fields.quality.value = "";
     renderQualities();
     applyDefaults();
+    presetInputs.show(null);
     chooseSize(item.width && item.height ? `${item.width}x${item.height}` : "");
     fields.steps.value = item.steps ?? "";
     fields.cfg.value = item.cfg ?? "";
@@ -377,8 +389,12 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     for (const element of form.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
   }
 
-  /** Point at the fields a VALIDATION_ERROR names (its detail lists `{field, message}`). */
+  /**
+   * Point at the fields a VALIDATION_ERROR names: its detail lists `{field, message}`, or (a preset's
+   * input missing) says `{preset, missing: [field, …]}`.
+   */
   function markInvalid(error) {
+    if (error.detail && Array.isArray(error.detail.missing)) presetInputs.markInvalid(error.detail.missing);
     if (!Array.isArray(error.detail)) return;
     for (const problem of error.detail) {
       const name = String(problem.field || "").split(".")[0];
@@ -388,7 +404,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
   }
 
   function submit(request) {
-    return start(routes.generate, async () => guide.addTo(await withPicture(request)), request);
+    return start(routes.generate, async () => presetInputs.addTo(await guide.addTo(await withPicture(request))));
   }
 
   /** Render a stored image again from its stored request: its own seed, or a fresh one. */
@@ -405,15 +421,17 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
 
   /**
    * POST the body `makeBody()` resolves to (it may upload files first) to `route`, then follow the
-   * job it queued in a panel titled from `shown`. A refused upload shows like a refused submit.
+   * job it queued in a panel titled from `shown` (a request: the body itself when none is given).
+   * A refused upload shows like a refused submit.
    */
-  async function start(route, makeBody, shown) {
+  async function start(route, makeBody, shown = null) {
     clearError(errorBox);
     clearInvalid();
     submitButton.disabled = true;
     try {
-      const accepted = await api(route, { method: "POST", body: await makeBody() });
-      trackJob(accepted.job_id, shown);
+      const body = await makeBody();
+      const accepted = await api(route, { method: "POST", body });
+      trackJob(accepted.job_id, shown || body);
       onStatus(`Job ${accepted.job_id} queued.`);
     } catch (error) {
       showError(errorBox, error);
@@ -447,6 +465,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
     const state = h("span", { class: "job-state", text: STATUS_LABELS.queued });
     const steps = h("span", { class: "job-steps", text: WAITING_NOTE });
     const stages = h("ol", { class: "job-pipeline", "aria-label": "Steps", hidden: true });
+    const images = h("div", { class: "job-images", hidden: true });
     const errorBox = h("div", { class: "error-box", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
     const retry = h("button", { type: "button", class: "link", text: "Retry", hidden: true });
@@ -457,6 +476,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       h("div", { class: "job-head" }, h("span", { class: "job-title", text: jobTitle(request, jobId) }), state),
       bar,
       stages,
+      images,
       h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, cancel, retry, dismiss)),
       errorBox,
     );
@@ -515,7 +535,7 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       panel.dataset.status = next.status;
       state.textContent = STATUS_LABELS[next.status] || next.status;
       const { step = 0, total = 0 } = next.progress || {};
-      renderStages(next.steps);
+      renderSteps(stages, next, { beats: beatsOf(next) });
       if (next.status === "queued") {
         // The service's words say what to do about it ("none serves engine …; start one with …").
         steps.textContent = next.waiting_for ? `Waiting for ${next.waiting_for}` : WAITING_NOTE;
@@ -529,10 +549,15 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       if (next.status === "done") {
         const keys = ((next.result && next.result.images) || []).map((image) => image.key);
         bar.value = bar.max;
-        steps.textContent = `${total ? `Step ${total} / ${total} · ` : ""}${keys.length} image${keys.length === 1 ? "" : "s"} ready`;
+        steps.textContent = `${total ? `Step ${total} / ${total} · ` : ""}${readyText(next)}`;
         finish("done");
-        onImagesReady(keys);
-        setTimeout(() => leave(), DONE_LINGER_MS);
+        const listed = Promise.resolve(onImagesReady(keys));
+        if (isStoryboard(next)) {
+          // Its shots and sheet are there to pick from: the panel stays until dismissed.
+          listed.finally(() => renderStoryboardImages(images, next, { beats: beatsOf(next), itemFor, onOpen: onOpenImage }));
+        } else {
+          setTimeout(() => leave(), DONE_LINGER_MS);
+        }
       } else if (next.status === "error" || next.status === "canceled") {
         if (next.error) showError(errorBox, next.error);
         finish(next.status);
@@ -540,25 +565,35 @@ export function createComposer({ form, jobs, routes, onImagesReady, onStatus, on
       }
     }
 
-    /** A pipeline's steps, one line each: what it does, its state and progress. */
-    function renderStages(pipeline) {
-      stages.hidden = !pipeline || !pipeline.length;
-      if (stages.hidden) return;
-      stages.replaceChildren(
-        ...pipeline.map((stage) => {
-          const { step = 0, total = 0 } = stage.progress || {};
-          const done = total ? ` ${step}/${total}` : "";
-          const label = `${STEP_LABELS[stage.kind] || stage.kind}: ${STATUS_LABELS[stage.status] || stage.status}${done}`;
-          return h("li", { dataset: { status: stage.status, kind: stage.kind }, text: label });
-        }),
-      );
+    /** A storyboard's beats: from the view (a listing's), else from the request the panel was made with. */
+    function beatsOf(next) {
+      const beats = (next.request && next.request.beats) || request.beats;
+      return Array.isArray(beats) ? beats : [];
     }
 
     if (view) render(view);
   }
 
+  /** Name the preset's required inputs left empty, point at them; whether there were any. */
+  function refuseMissing() {
+    const missing = presetInputs.missing();
+    if (!missing.length) return false;
+    const named = missing.map(({ label, description }) => (description ? `${label} (${description})` : label));
+    showError(errorBox, {
+      code: "INPUT_REQUIRED",
+      message: `${selectedPreset().title} needs: ${named.join("; ")}.`,
+      remediation: [],
+    });
+    presetInputs.markInvalid(missing.map(({ name }) => name));
+    missing[0].element.focus();
+    return true;
+  }
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    clearError(errorBox);
+    clearInvalid();
+    if (refuseMissing()) return;
     if (!fields.prompt.value.trim()) {
       showError(errorBox, { code: "PROMPT_REQUIRED", message: "Write a prompt first.", remediation: [] });
       fields.prompt.setAttribute("aria-invalid", "true");

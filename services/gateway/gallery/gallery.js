@@ -73,6 +73,9 @@ const composer = createComposer({
   onImagesReady: showNewImages,
   onStatus: showStatus,
   onJobGone: (view, detail) => jobHistory.add(view, detail),
+  // A storyboard's panel shows its images as the grid lists them (thumbnail, settings), once listed.
+  itemFor: (image) => grid.item(image.key) || image,
+  onOpenImage: (item, button) => viewer.open(item, button),
 });
 
 const jobHistory = createHistory({

@@ -160,5 +160,10 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
   sentinel.addEventListener("click", loadMore);
   setInterval(refreshAges, AGE_REFRESH_MS);
 
-  return { reload, refreshTop, remove, loadMore };
+  /** The listed item of `key`, or null when the grid has not listed it. */
+  function item(key) {
+    return items.get(key) || null;
+  }
+
+  return { reload, refreshTop, remove, loadMore, item };
 }

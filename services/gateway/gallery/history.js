@@ -6,8 +6,9 @@
 // (404: an older one) shows no history and is not asked again.
 
 import { api, isTerminal } from "./api.js";
-import { jobTitle, RETRYABLE_STATUSES, STATUS_LABELS } from "./composer.js";
+import { jobTitle, RETRYABLE_STATUSES } from "./composer.js";
 import { clearError, formatAge, formatSize, h, parseTime, showError } from "./dom.js";
+import { STATUS_LABELS } from "./job-view.js";
 
 /** Jobs asked for at each look: the newest; a look is one small GET. */
 const HISTORY_LIMIT = 10;

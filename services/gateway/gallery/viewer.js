@@ -107,6 +107,7 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
     download.removeAttribute("href");
     download.download = item.key.split("/").pop();
     refPanel.hidden = true;
+    refText.textContent = ""; // the last image's imageRef must not pass for this one's
     confirm.hidden = true;
     copyNote.textContent = "";
     clearError(errorBox);
