@@ -498,6 +498,10 @@ class JobView(BaseModel):
     ended_at: str | None = None
     waiting_for: str | None = None
     """While queued: what the job waits for, in words (no worker serves its engine; N jobs ahead)."""
+    worker: str | None = None
+    """The worker that took it (its RQ name; its card in GET /api/images/engines gives host and pid)."""
+    warm: bool | None = None
+    """Whether its model was already loaded on that worker when it started."""
     request: dict[str, Any] | None = None
     """In job listings: what the job was asked to render (secrets redacted)."""
     steps: list[StepView] | None = None

@@ -28,6 +28,7 @@ from services.common.logs import request_id_var
 from services.common.redisconn import connect
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
 
+from .dispatch import model_queues, queue_for
 from .engines import ENGINES
 from .engines.descriptors import worker_command
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
@@ -199,8 +200,9 @@ class JobQueue:
                 **(meta or {}),
             },
         }
-        queue = self.queue(spec.engine, priority=priority)
         with redis_errors():
+            name = queue_for(self.redis, self.settings, spec.engine, spec.model, priority=priority)
+            queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
             if after is None:
                 with self.redis.pipeline() as pipe:
                     # One round trip: RQ registers the queue, saves the job and pushes it all on `pipe`.
@@ -380,6 +382,8 @@ class JobQueue:
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),
             waiting_for=waiting_for,
+            worker=meta.get("worker"),
+            warm=meta.get("warm"),
         )
 
     def cancel(self, job_id: str, caller: ApiKey | None = None) -> JobView:
@@ -407,7 +411,7 @@ class JobQueue:
         WORKER_LOST; RQ's own registry cleanup does both."""
         with redis_errors():
             for engine in ENGINES:
-                for queue in self.queues(engine):
+                for queue in self.queues(engine) + model_queues(self.redis, self.settings, engine):
                     StartedJobRegistry(queue=queue).cleanup()
 
     def live_workers(self, engine: str) -> int:
@@ -440,6 +444,7 @@ class JobQueue:
         return f"its turn: {ahead} job{'s' if ahead != 1 else ''} ahead"
 
     def depth(self, engine: str) -> int:
-        """Jobs waiting for `engine`, in both its queues."""
+        """Jobs waiting for `engine`, in its queues and its models' queues."""
         with redis_errors():
-            return sum(queue.count for queue in self.queues(engine))
+            queues = self.queues(engine) + model_queues(self.redis, self.settings, engine)
+            return sum(queue.count for queue in queues)

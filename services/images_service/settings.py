@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(default="kitty-images", alias="IMAGES_QUEUE_PREFIX")
     lost_job_retries: int = Field(default=1, ge=0, le=5, alias="IMAGES_LOST_JOB_RETRIES")
     """Times a job whose worker died is run again (on any worker) before it ends as WORKER_LOST."""
+    dispatch_wait_s: float = Field(default=2.0, ge=0, le=600, alias="IMAGES_DISPATCH_WAIT_S")
+    """How long a job queued for the workers that hold its model waits before any idle worker takes
+    it (dispatch.py); 0: no model-aware dispatch, first come first served."""
     heartbeat_s: float = Field(default=10.0, gt=0, alias="IMAGES_WORKER_HEARTBEAT")
     """Seconds between a busy worker's heartbeats; three missed ones mark its job lost."""
     spool_retry_s: float = Field(default=5.0, gt=0, alias="IMAGES_SPOOL_RETRY")

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from functools import partial
 
 from prometheus_client import start_http_server
 from redis import Redis
@@ -19,11 +20,13 @@ from rq.serializers import JSONSerializer
 from services.common.logs import configure_logging
 from services.common.server import PortUnavailable, binding
 
+from ..dispatch import Dispatch
 from ..gallery import GalleryIndex
 from ..queue import connect_redis, engine_queues
 from ..redaction import redact_url
 from ..settings import get_settings
-from .card import CardPublisher
+from ..storage.claim import StoreShared, claim_store
+from .card import CardPublisher, resident_models
 from .rq_worker import KittyWorker
 from .spool import SpoolUploader
 from .tasks import Runtime, set_runtime
@@ -110,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     wait_for_redis(connection, settings.redis_url, args.redis_wait)
 
     runtime = Runtime.from_settings(settings)
+    try:
+        claim_store(connection, settings, runtime.store)
+    except StoreShared as exc:
+        sys.exit(f"images-worker: {exc}")
     set_runtime(runtime)
     engine = runtime.engine(args.engine)
     if args.preload:
@@ -128,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     queues = engine_queues(connection, settings, args.engine)
     worker = KittyWorker(queues, connection=connection, serializer=JSONSerializer)
     worker.set_heartbeat(settings.heartbeat_s)
-    card = CardPublisher(connection, settings, worker.name, args.engine, engine)
+    worker.dispatch = Dispatch(connection, settings, args.engine, partial(resident_models, engine))
+    card = CardPublisher(connection, settings, worker.name, args.engine, engine, runtime.store)
     card.start()
     log.info("worker starting", extra={"engine": args.engine, "queues": [q.name for q in queues]})
     try:

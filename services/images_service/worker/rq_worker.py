@@ -17,7 +17,11 @@ The touch points, each with a test in tests/unit/test_rq_worker.py:
      keys of killed ones, which RQ keeps for minutes;
   6. `BaseWorker.unsubscribe` is overridden: RQ 3 unsubscribes before it stops its pubsub thread,
      and redis-py 8's `stop()` then waits without bound for a thread that may sit in a 60 s wait
-     (an idle worker took a minute to exit on SIGTERM, now and then).
+     (an idle worker took a minute to exit on SIGTERM, now and then);
+  7. `BaseWorker.dequeue_job_and_maintain_ttl` is wrapped for model-aware dispatch (dispatch.py):
+     the worker's `_ordered_queues` are set before each dequeue (its held models' queues first),
+     RQ blocks on them for at most IMAGES_DISPATCH_WAIT_S, then the worker may take a job that
+     waited that long in another model's queue (`Queue._fetch_dequeued_job` after an LREM).
 RQ's public API covers the rest: `Queue`, `Job`, `StartedJobRegistry.cleanup` (the janitor).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +39,8 @@ from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import Job
 from rq.worker import BaseWorker, WorkerStatus
+
+from ..dispatch import Dispatch
 
 log = logging.getLogger("kitty.images.worker")
 
@@ -54,10 +61,43 @@ class KittyWorker(SimpleWorker):
 
     heartbeat_s: float = 10.0
     """Seconds between heartbeats while a job runs (IMAGES_WORKER_HEARTBEAT)."""
+    dispatch: Dispatch | None = None
+    """Model-aware dispatch (None: the queues given, in order, as RQ takes them)."""
 
     def __init__(self, queues: list[Queue], **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_S)
         super().__init__(queues, **kwargs)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        dispatch = self.dispatch
+        if dispatch is None or dispatch.wait_s <= 0:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        # RQ blocks (BLPOP) whole seconds at a time; a burst worker (timeout None) does not block.
+        wait = None if timeout is None else max(1, math.ceil(dispatch.wait_s))
+        idle_since = time.monotonic()
+        while True:
+            self._ordered_queues = dispatch.queues()
+            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            if result is None:
+                # A burst worker drains everything; a waiting one takes what waited long enough.
+                result = dispatch.steal(
+                    self._ordered_queues, min_age_s=0 if wait is None else dispatch.wait_s
+                )
+            if result is not None or wait is None:
+                return result
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+
+    def note_dispatch(self, job: Job) -> None:
+        """Record in the job which worker took it and whether its model was loaded here already."""
+        if self.dispatch is None:
+            return
+        model = job.meta.get("model")
+        job.meta["worker"] = self.name
+        job.meta["warm"] = model is not None and model in self.dispatch.resident()
+        job.save_meta()
 
     def set_heartbeat(self, seconds: float) -> None:
         self.heartbeat_s = seconds
@@ -69,6 +109,7 @@ class KittyWorker(SimpleWorker):
         return math.ceil(MISSED_HEARTBEATS * self.heartbeat_s) + 1
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self.note_dispatch(job)
         execution = self.prepare_execution(job)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
@@ -78,7 +119,15 @@ class KittyWorker(SimpleWorker):
         finally:
             stop.set()
             beat.join()
+            if self.dispatch is not None:
+                self._advertise()
         self.set_state(WorkerStatus.IDLE)
+
+    def _advertise(self) -> None:
+        try:
+            self.dispatch.advertise()  # type: ignore[union-attr]
+        except Exception:  # Redis away: the card says it again within seconds
+            log.warning("could not advertise the models held", exc_info=True)
 
     def unsubscribe(self) -> None:
         thread = self.pubsub_thread

@@ -130,6 +130,10 @@ class DiffusersEngine:
         self._versions = library_versions()
         quiet_libraries()
 
+    def resident_models(self) -> list[str]:
+        """The models held loaded, least recently used first (the worker's card and dispatch)."""
+        return self._cache.names()
+
     def preload(self, model: str) -> None:
         """Load `model` before the first job (``images-worker --preload``). On CUDA also render once
         at the model's default size, so compilation (IMAGES_TORCH_COMPILE) and the choice of
