@@ -236,6 +236,8 @@ def job_lines(view: JobView) -> list[str]:
     for label, value in (("engine", view.engine), ("model", view.model)):
         if value:
             fields.append((label, value))
+    if view.worker:  # which worker took it, and whether its model was loaded there already
+        fields.append(("worker", f"{view.worker} ({'model warm' if view.warm else 'model loaded for it'})"))
     for label, stamp in (
         ("enqueued", view.enqueued_at),
         ("started", view.started_at),
@@ -246,9 +248,9 @@ def job_lines(view: JobView) -> list[str]:
     for step in view.steps or []:  # a pipeline: each step, its job, its state
         done = f" {step.progress.step}/{step.progress.total}" if step.progress.total else ""
         code = f" [{step.error.code.value}]" if step.error else ""
-        fields.append(
-            (f"step {step.index + 1}", f"{step.kind:<11} {step.status.value}{done}{code}  {step.job_id}")
-        )
+        after = f" after {', '.join(str(i + 1) for i in step.after)}" if len(step.after) > 1 else ""
+        state = f"{step.status.value}{done}{code}{after}"
+        fields.append((f"step {step.index + 1}", f"{step.kind:<13} {state}  {step.job_id}"))
     for n, key in enumerate(image_keys(view)):
         fields.append(("images" if n == 0 else "", key))
     if view.error is not None:

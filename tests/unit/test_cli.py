@@ -911,8 +911,24 @@ def test_jobs_shows_each_step_of_a_pipeline() -> None:
 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert f"step 1    generate    done 4/4  {'a' * 32}" in lines
-    assert f"step 2    postprocess error 0/1 [ENGINE_ERROR]  {'b' * 32}" in lines
+    assert f"step 1    generate      done 4/4  {'a' * 32}" in lines  # kinds padded to contact_sheet's
+    assert f"step 2    postprocess   error 0/1 [ENGINE_ERROR]  {'b' * 32}" in lines
+
+
+def test_jobs_shows_the_worker_and_a_storyboards_fan_in() -> None:
+    steps = [
+        {"index": i, "kind": "shot", "job_id": str(i) * 32, "status": "done", "after": []} for i in range(2)
+    ]
+    steps.append(
+        {"index": 2, "kind": "contact_sheet", "job_id": "c" * 32, "status": "queued", "after": [0, 1]}
+    )
+    view = job_view("started", 4, 5, steps=steps)
+    view["worker"], view["warm"] = "w-1", True
+
+    lines = run(["images.jobs", "job-1"], FakeApi([view])).stdout.splitlines()
+
+    assert "worker    w-1 (model warm)" in lines
+    assert f"step 3    contact_sheet queued after 1, 2  {'c' * 32}" in lines
 
 
 def test_jobs_unknown_id_exits_1() -> None:
