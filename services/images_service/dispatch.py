@@ -13,7 +13,8 @@ model (``{prefix}:{engine}:model:{model}``), and the workers say which models th
   engine's queue, where any worker takes it at once (and then holds the model).
 - A job in a model's queue is never stranded: a worker with nothing to do looks, every
   `IMAGES_DISPATCH_WAIT_S` seconds, at the other models' queues and takes the oldest job there that
-  has waited at least that long (its warm workers are busy, or gone) — an `LREM` of that job's id,
+  has waited at least that long (its warm workers are busy, or gone), or at once when no worker
+  holds that model any more (a worker says which models it dropped) — an `LREM` of that job's id,
   so two workers never take the same one.
 
 Priority jobs skip all this: they go to the priority queue, which every worker takes from first
@@ -47,14 +48,19 @@ def model_queue_name(settings: Settings, engine: str, model: str) -> str:
     return f"{settings.queue_prefix}:{engine}:model:{model}"
 
 
-def advertise(redis: Redis, settings: Settings, engine: str, models: Sequence[str]) -> None:
-    """Say that this worker holds `models` now (until `WARM_TTL_S` from now)."""
-    if not models:
-        return
-    until = time.time() + WARM_TTL_S
-    redis.hset(
-        WARM_KEY.format(prefix=settings.queue_prefix, engine=engine), mapping=dict.fromkeys(models, until)
-    )
+def advertise(
+    redis: Redis, settings: Settings, engine: str, models: Sequence[str], dropped: Sequence[str] = ()
+) -> None:
+    """Say that this worker holds `models` now (until `WARM_TTL_S` from now), and no longer holds
+    `dropped`: their jobs then go to the engine's queue, and those already in their queues may be
+    taken by any worker at once (another worker still holding one says so again within seconds)."""
+    key = WARM_KEY.format(prefix=settings.queue_prefix, engine=engine)
+    with redis.pipeline(transaction=False) as pipe:
+        if dropped:
+            pipe.hdel(key, *dropped)
+        if models:
+            pipe.hset(key, mapping=dict.fromkeys(models, time.time() + WARM_TTL_S))
+        pipe.execute()
 
 
 def is_warm(redis: Redis, settings: Settings, engine: str, model: str) -> bool:
@@ -99,6 +105,7 @@ class Dispatch:
         self.resident = resident
         """The models the worker's engine holds, least recently used first."""
         self.wait_s = settings.dispatch_wait_s
+        self._advertised: list[str] = []
 
     def queues(self) -> list[Queue]:
         """Priority, then the held models' queues (most recent first), then the engine's queue."""
@@ -110,7 +117,10 @@ class Dispatch:
         return [Queue(name, connection=self.redis, serializer=JSONSerializer) for name in names]
 
     def advertise(self) -> None:
-        advertise(self.redis, self.settings, self.engine, self.resident())
+        held = self.resident()
+        dropped = [model for model in self._advertised if model not in held]
+        advertise(self.redis, self.settings, self.engine, held, dropped)
+        self._advertised = list(held)
 
     def steal(self, own: Sequence[Queue], *, min_age_s: float) -> tuple[Job, Queue] | None:
         """The oldest job at the head of another model's queue that has waited `min_age_s` or
@@ -126,8 +136,12 @@ class Dispatch:
             job_id = head.decode() if isinstance(head, bytes) else str(head)
             enqueued = self.redis.hget(f"{Job.redis_job_namespace_prefix}{job_id}", "enqueued_at")
             at = _parse(enqueued)
-            if at is None or (datetime.now(UTC) - at).total_seconds() < min_age_s:
+            if at is None:
                 continue
+            young = (datetime.now(UTC) - at).total_seconds() < min_age_s
+            model = queue.name.removeprefix(model_queue_name(self.settings, self.engine, ""))
+            if young and is_warm(self.redis, self.settings, self.engine, model):
+                continue  # a worker holding its model may yet take it
             candidates.append((at, queue, job_id))
         for _, queue, job_id in sorted(candidates, key=lambda c: c[0]):
             if self.redis.lrem(queue.key, 1, job_id) != 1:

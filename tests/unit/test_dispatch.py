@@ -75,6 +75,7 @@ def test_a_worker_takes_its_models_queues_before_the_engines_and_steals_only_old
         settings.queue_name("diffusers"),
     ]
     flux = model_queue_name(settings, "diffusers", "flux")
+    advertise(redis, settings, "diffusers", ["flux", "sd3"])  # another worker holds these
     enqueue(redis, flux, "young")
     assert [q.name for q in model_queues(redis, settings, "diffusers")] == [flux]
     assert dispatch.steal(dispatch.queues(), min_age_s=2.0) is None  # its warm worker may yet come
@@ -104,3 +105,22 @@ def test_a_burst_worker_drains_every_model_queue_and_records_where_each_job_ran(
         worker.note_dispatch(job)
         taken.append((job.id, job.meta["worker"] == worker.name, job.meta["warm"]))
     assert taken == [("general", True, True), ("elsewhere", True, False)]
+
+
+def test_a_job_of_a_model_its_worker_dropped_is_taken_at_once(tmp_path: Path, redis_url: str) -> None:
+    """One worker switching models: the job routed to the model it held must not wait the bound."""
+    redis = Redis.from_url(redis_url)
+    settings = settings_for(tmp_path, redis_url)
+    held = ["sd15"]
+    dispatch = Dispatch(redis, settings, "diffusers", lambda: held)
+    dispatch.advertise()
+    sd15 = model_queue_name(settings, "diffusers", "sd15")
+    assert queue_for(redis, settings, "diffusers", "sd15", priority=False) == sd15
+    enqueue(redis, sd15, "routed-while-warm")
+    held[:] = ["sdxl"]  # it loaded sdxl for another job, evicting sd15
+    assert dispatch.steal(dispatch.queues(), min_age_s=2.0) is None  # not said yet: it may come back
+    dispatch.advertise()
+    assert not is_warm(redis, settings, "diffusers", "sd15") and is_warm(redis, settings, "diffusers", "sdxl")
+    stolen = dispatch.steal(dispatch.queues(), min_age_s=2.0)
+    assert stolen is not None and stolen[0].id == "routed-while-warm"
+    assert queue_for(redis, settings, "diffusers", "sd15", priority=False) == settings.queue_name("diffusers")

@@ -76,16 +76,19 @@ class KittyWorker(SimpleWorker):
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         # RQ blocks (BLPOP) whole seconds at a time; a burst worker (timeout None) does not block.
         wait = None if timeout is None else max(1, math.ceil(dispatch.wait_s))
+        # A burst worker drains everything; a waiting one takes what waited long enough, or what no
+        # worker holds the model of any more.
+        min_age_s = 0.0 if wait is None else dispatch.wait_s
         idle_since = time.monotonic()
         while True:
             self._ordered_queues = dispatch.queues()
-            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            result = super().dequeue_job_and_maintain_ttl(None)  # its own queues, without blocking
             if result is None:
-                # A burst worker drains everything; a waiting one takes what waited long enough.
-                result = dispatch.steal(
-                    self._ordered_queues, min_age_s=0 if wait is None else dispatch.wait_s
-                )
+                result = dispatch.steal(self._ordered_queues, min_age_s=min_age_s)
             if result is not None or wait is None:
+                return result
+            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            if result is not None:
                 return result
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
