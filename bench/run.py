@@ -48,7 +48,7 @@ def configure_environment() -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 
-SECTIONS = ("latest", "queue", "submit", "delivery", "throughput", "batch", "peer", "gpu")
+SECTIONS = ("latest", "queue", "submit", "delivery", "throughput", "batch", "peer", "fleet", "gpu")
 """What `--only` can name, in the order they run."""
 
 log = logging.getLogger("bench")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {row.label}: {row.value} {row.unit} {row.note}".rstrip(), started)
 
     with tempfile.TemporaryDirectory(prefix="kitty-bench-") as tmp, ExitStack() as stack:
-        from . import batching, delivery, latest, peer, queue_overhead, submission, throughput
+        from . import batching, delivery, fleet, latest, peer, queue_overhead, submission, throughput
         from .processes import Processes, start_stack
 
         workdir = Path(tmp)
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         section("throughput", lambda: throughput.measure(workdir / "noop", redis_base))
         section("batch", lambda: batching.measure(models_yaml))
         section("peer", lambda: peer.measure(procs, redis_base))
+        section("fleet", lambda: fleet.measure(procs, redis_base))
         section("gpu", gpu_rows)
 
     machine["duration_s"] = round(time.perf_counter() - started, 1)
