@@ -48,7 +48,9 @@ def configure_environment() -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 
-SECTIONS = ("latest", "queue", "submit", "delivery", "throughput", "batch", "peer", "fleet", "gpu")
+SECTIONS = (
+    "latest", "queue", "submit", "delivery", "throughput", "batch", "previews", "peer", "fleet", "gpu"
+)
 """What `--only` can name, in the order they run."""
 
 log = logging.getLogger("bench")
@@ -166,7 +168,17 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {row.label}: {row.value} {row.unit} {row.note}".rstrip(), started)
 
     with tempfile.TemporaryDirectory(prefix="kitty-bench-") as tmp, ExitStack() as stack:
-        from . import batching, delivery, fleet, latest, peer, queue_overhead, submission, throughput
+        from . import (
+            batching,
+            delivery,
+            fleet,
+            latest,
+            peer,
+            previews,
+            queue_overhead,
+            submission,
+            throughput,
+        )
         from .processes import Processes, start_stack
 
         workdir = Path(tmp)
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"bench in {workdir}; machine: {machine['cpu']}, {machine['cpu_usable']} cores", started)
         redis_base = procs.redis()
         models_yaml = workdir / "models.yaml"
-        if {"queue", "submit", "batch"} & set(sections):
+        if {"queue", "submit", "batch", "previews"} & set(sections):
             from services.images_service.tiny import build_tiny_models
 
             _say("building the tiny models …", started)
@@ -191,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 section("delivery", lambda: delivery.measure(bench_stack))
         section("throughput", lambda: throughput.measure(workdir / "noop", redis_base))
         section("batch", lambda: batching.measure(models_yaml))
+        section("previews", lambda: previews.measure(models_yaml, redis_base))
         section("peer", lambda: peer.measure(procs, redis_base))
         section("fleet", lambda: fleet.measure(procs, redis_base))
         section("gpu", gpu_rows)

@@ -4,6 +4,7 @@ with a progress line, download with ``--out``), `images.jobs` and `images.cancel
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,11 +122,65 @@ def failure_of(view: JobView) -> ErrorInfo:
     )
 
 
-def follow(ctx: click.Context, client: ImagesClient, job_id: str) -> JobView:
-    """Wait for the job with a progress line on stderr; Ctrl-C stops waiting, not the job."""
+class PreviewFile:
+    """``--preview FILE``: each time a job view's `preview_step` changes, the job's live preview
+    (a small WebP) replaces FILE, written beside it and renamed, so a viewer never reads half a file."""
+
+    def __init__(self, client: ImagesClient, job_id: str, path: Path) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.path = path
+        self.step: int | None = None
+
+    def __call__(self, view: JobView) -> None:
+        if view.preview_step is None or view.preview_step == self.step:
+            return
+        self.step = view.preview_step
+        try:
+            data = self.client.preview(self.job_id)
+        except ApiError:
+            return  # gone between the view and the fetch (expired): the next step brings another
+        partial = self.path.with_name(f".{self.path.name}.part")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, self.path)
+        except OSError as exc:
+            raise click.FileError(str(self.path), hint=exc.strerror or str(exc)) from exc
+
+
+PREVIEW_OPTION = click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="FILE",
+    help="While waiting, keep FILE as the job's live preview (WebP, every few steps; the worker's "
+    "IMAGES_PREVIEW_EVERY turns them on).",
+)
+
+
+def check_preview_path(preview: Path | None, wait: bool) -> None:
+    """Refuse a ``--preview`` that cannot be written, or that nothing would write (no waiting)."""
+    if preview is None:
+        return
+    if not wait:
+        raise click.UsageError("--preview is written while waiting; it needs --wait.")
+    if not preview.parent.is_dir():
+        raise click.BadParameter(f"directory '{preview.parent}' does not exist", param_hint="'--preview'")
+
+
+def follow(ctx: click.Context, client: ImagesClient, job_id: str, preview: Path | None = None) -> JobView:
+    """Wait for the job with a progress line on stderr (and its live preview in `preview`); Ctrl-C
+    stops waiting, not the job."""
     progress = ProgressLine()
+    watchers: list[Callable[[JobView], None]] = [progress]
+    if preview is not None:
+        watchers.append(PreviewFile(client, job_id, preview))
+
+    def on_update(view: JobView) -> None:
+        for watcher in watchers:
+            watcher(view)
+
     try:
-        view = client.wait(job_id, on_update=progress, interval=state_of(ctx).poll_interval)
+        view = client.wait(job_id, on_update=on_update, interval=state_of(ctx).poll_interval)
     except KeyboardInterrupt:
         progress.finish()
         click.echo(f"Stopped waiting; the job keeps running: kitty-cli images.jobs {job_id}", err=True)
@@ -256,8 +311,11 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
 )
 @guide_options
 @job_output_options
+@PREVIEW_OPTION
 @click.pass_context
-def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **options: Any) -> None:
+def generate(
+    ctx: click.Context, wait: bool, as_json: bool, out: Path | None, preview: Path | None, **options: Any
+) -> None:
     """Queue PROMPT, show its progress on stderr, and print its image keys on stdout when it is done
     (or only the job id with --no-wait).
 
@@ -277,9 +335,11 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
       kitty-cli images.generate "a dancer on a stage" --control-image pose.png --control-type pose
       kitty-cli images.generate "her, as an astronaut" --reference-image me.jpg --consent --hires
       kitty-cli images.generate "a fox" --json | jq -r .result.png_key
+      kitty-cli images.generate "a fox" --preview live.webp   # refreshed every few steps
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
     """
     check_output(out, wait)
+    check_preview_path(preview, wait)
     options.update(preset_inputs(options.pop("preset_inputs"), options))
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
     options["beats"] = list(options["beats"]) or None
@@ -291,7 +351,7 @@ def generate(ctx: click.Context, wait: bool, as_json: bool, out: Path | None, **
     client = state_of(ctx).client()
     keys = {name: input_key(client, value, option_name(name)) for name, value in inputs.items()}
     request = request_from_options(guide_fields({**options, **keys}))
-    report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out)
+    report(ctx, client, client.generate(request), wait=wait, as_json=as_json, out=out, preview=preview)
 
 
 @click.command("images.rerun", short_help="Render image N (or KEY) again from its stored request.")
@@ -400,9 +460,11 @@ def report(
     wait: bool,
     as_json: bool,
     out: Path | None,
+    preview: Path | None = None,
 ) -> None:
-    """After a submit: the job id (--no-wait), or follow the job and print its keys or JSON, saving
-    the images with --out; a job that did not finish exits 1 with its reason."""
+    """After a submit: the job id (--no-wait), or follow the job (its live preview into `preview`)
+    and print its keys or JSON, saving the images with --out; a job that did not finish exits 1 with
+    its reason."""
     if not wait:
         if as_json:
             echo_json(submitted.model_dump(mode="json"))
@@ -410,7 +472,7 @@ def report(
             click.echo(submitted.job_id)
         return
 
-    view = follow(ctx, client, submitted.job_id)
+    view = follow(ctx, client, submitted.job_id, preview)
     if as_json:
         echo_json(view.model_dump(mode="json"))
     elif view.status is JobStatus.DONE:
@@ -435,9 +497,16 @@ def report(
 @click.option(
     "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="Without ID: how many."
 )
+@PREVIEW_OPTION
 @click.pass_context
 def jobs(
-    ctx: click.Context, job_id: str | None, wait: bool, as_json: bool, status: str | None, limit: int
+    ctx: click.Context,
+    job_id: str | None,
+    wait: bool,
+    as_json: bool,
+    status: str | None,
+    limit: int,
+    preview: Path | None,
 ) -> None:
     """Without ID: your jobs, newest first, from every client (one line each: id, status, engine,
     model, prompt). With ID: status (and what it waits for while queued), progress, engine and model,
@@ -449,8 +518,12 @@ def jobs(
       kitty-cli images.jobs --status error          # the failed ones (retry: images.retry ID)
       kitty-cli images.jobs 6f1c0e2a-…
       kitty-cli images.jobs "$JOB" --wait          # progress bar until it ends
+      kitty-cli images.jobs "$JOB" --wait --preview live.webp
       kitty-cli images.jobs "$JOB" --json | jq -r .status
     """
+    if preview is not None and job_id is None:
+        raise click.UsageError("--preview follows one job: give its ID and --wait.")
+    check_preview_path(preview, wait)
     client = state_of(ctx).client()
     if job_id is None:
         listing = client.jobs(status=status, limit=limit)
@@ -465,7 +538,7 @@ def jobs(
             where = f"{item.engine or '-'}  {item.model or '-'}"
             click.echo(f"{item.job_id}  {item.status.value:<8}{code}  {where}  {prompt}")
         return
-    view = follow(ctx, client, job_id) if wait else client.job(job_id)
+    view = follow(ctx, client, job_id, preview) if wait else client.job(job_id)
     if as_json:
         echo_json(view.model_dump(mode="json"))
         return

@@ -205,6 +205,17 @@ class ImagesClient:
     def job(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("GET", f"/api/images/jobs/{job_id}"))
 
+    def preview(self, job_id: str) -> bytes:
+        """The job's latest live preview, a small WebP (``GET /api/images/jobs/{id}/preview``); an
+        `ApiError` 404 ``NOT_FOUND`` while it has none (see `JobView.preview_step`)."""
+        try:
+            response = self._http.get(f"/api/images/jobs/{quote(job_id, safe='')}/preview")
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+        if response.status_code >= 400:
+            raise _error_from_response(response)
+        return response.content
+
     def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("POST", f"/api/images/jobs/{job_id}/cancel"))
 

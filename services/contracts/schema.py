@@ -489,6 +489,9 @@ class JobView(BaseModel):
     job_id: str
     status: JobStatus
     progress: Progress = Field(default_factory=Progress)
+    preview_step: int | None = None
+    """The step of the job's latest live preview (``GET /api/images/jobs/{job_id}/preview``); None
+    before the first, and for jobs that make none."""
     result: JobResult | None = None
     error: ErrorInfo | None = None
     engine: str | None = None
@@ -557,6 +560,10 @@ class LatestItem(BaseModel):
     job_id: str | None = None
     owner: str | None = None
     """The key id of the key that made it (absent when keys were off)."""
+    favourite: bool | None = None
+    """Whether the caller starred it (their own favourites, per API key)."""
+    boards: list[str] | None = None
+    """The caller's boards that hold it (absent when none)."""
 
 
 class LatestView(BaseModel):

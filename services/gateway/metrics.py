@@ -21,7 +21,7 @@ UPSTREAM_ERRORS = Counter(
     ["kind"],
 )
 
-_JOB_ACTIONS = frozenset({"events", "cancel"})
+_JOB_ACTIONS = frozenset({"events", "cancel", "preview"})
 _ROOT_ROUTES = frozenset({"generate", "rerun", "upscale", "latest", "select", "presets"})
 OTHER_ROUTE = "/api/images/{path}"
 """The one bucket for paths the gateway does not know, so label cardinality stays bounded."""

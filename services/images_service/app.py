@@ -22,6 +22,7 @@ from services.common.server import PortUnavailable, serve_http
 
 from . import __version__
 from .api import audit as audit_api
+from .api import collections as collections_api
 from .api import engines, handlers, health, images, painter, uploads, upscale
 from .audit import AuditLog
 from .errors import KittyError
@@ -100,6 +101,7 @@ def create_app(
             target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
         )
         rebuild.start()
+        app.state.gallery_rebuild = rebuild  # tests that write the index directly wait for it
         stop_janitor = threading.Event()
         janitor = threading.Thread(
             target=run_janitor, args=(app.state.queue, app.state.store, settings, stop_janitor), daemon=True
@@ -128,6 +130,7 @@ def create_app(
     app.include_router(engines.router)
     app.include_router(health.router)
     app.include_router(audit_api.router)
+    app.include_router(collections_api.router)
 
     return app
 

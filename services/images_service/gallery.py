@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from redis import Redis
 
 from services.contracts import LatestItem
 
+from .errors import ValidationFailed
 from .queue import redis_errors
 from .storage import Store
 from .storage.keys import meta_key_for
@@ -36,6 +38,15 @@ STAMP_DIGITS = 16
 
 REBUILD_BATCH = 500
 """Entries written per Redis round trip while rebuilding."""
+
+SEARCH_CHUNK = 200
+"""Index entries read per Redis round trip while a filtered page is gathered."""
+
+SEARCH_SCAN_BUDGET = 2_000
+"""Index entries one filtered page may examine. A page stops here even when it holds fewer than
+`limit` matches (possibly none) and answers a `next_cursor` to go on from: a rare match in a large
+gallery costs several requests, never one unbounded one. 2,000 entries are about 1.4 MB of item JSON."""
+
 
 THUMB_SUFFIX = ".thumb.webp"
 
@@ -142,6 +153,51 @@ class GalleryIndex:
         next_cursor = _text(members[limit - 1]) if len(members) > limit else None
         return items, next_cursor
 
+    def search(
+        self,
+        query: GalleryQuery,
+        limit: int,
+        cursor: str | None = None,
+        *,
+        source: str | None = None,
+        also_in: tuple[str, ...] = (),
+        oldest_first: bool = False,
+        scan_budget: int = SEARCH_SCAN_BUDGET,
+    ) -> tuple[list[LatestItem], str | None]:
+        """Up to `limit` items matching `query`, walking `source` (an order set: the gallery's, an
+        owner's, a board's) from `cursor`, keeping only members also in every sorted set of `also_in`.
+        At most `scan_budget` entries are examined; the cursor answered continues the walk (the same
+        `oldest_first` must be passed with it). A page may hold fewer than `limit` items and still have
+        a next cursor."""
+        if source is None:
+            source = self.order_key if query.owner is None else self.owner_order_key(query.owner)
+        found: list[LatestItem] = []
+        position, scanned = cursor, 0
+        with redis_errors():
+            while scanned < scan_budget:
+                count = min(SEARCH_CHUNK, scan_budget - scanned)
+                members = _scan_members(self.redis, source, position, query.lex_range(), count, oldest_first)
+                if not members:
+                    return found, None
+                with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hmget(self.items_key, [_key_of(m) for m in members])
+                    for other in also_in:
+                        pipe.zmscore(other, [_text(m) for m in members])
+                    raws, *memberships = pipe.execute()
+                for offset, (member, raw) in enumerate(zip(members, raws, strict=True)):
+                    position, scanned = _text(member), scanned + 1
+                    if not raw or any(scores[offset] is None for scores in memberships):
+                        continue
+                    item = LatestItem.model_validate_json(raw)
+                    if query.matches(item):
+                        found.append(item)
+                        if len(found) == limit:
+                            is_last = offset == len(members) - 1 and len(members) < count
+                            return found, None if is_last else position
+                if len(members) < count:
+                    return found, None
+        return found, position
+
     def rebuild(self, store: Store, prefix: str) -> int:
         """Make the index match what the store holds; returns the number of images indexed.
 
@@ -178,3 +234,75 @@ class GalleryIndex:
         except Exception:  # a missing or foreign sidecar must not stop a rebuild
             log.warning("image without a readable sidecar", extra={"key": key})
             return LatestItem(key=key, size=size, last_modified=last_modified.astimezone(UTC).isoformat())
+
+
+# --- finding images: filters over the index, with a bounded scan per page -------------------------
+def member_for(item: LatestItem) -> str:
+    """The item's member of the order sets (and of favourites and boards): ``<stamp>|<key>``."""
+    return f"{_stamp(datetime.fromisoformat(item.last_modified))}|{item.key}"
+
+
+@dataclass(frozen=True)
+class GalleryQuery:
+    """What a filtered listing keeps: every criterion given must hold (prompt text is a
+    case-insensitive substring; size is exact, min_* a lower bound; since/until bound the creation
+    time, since inclusive, until exclusive)."""
+
+    text: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    width: int | None = None
+    height: int | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    job_id: str | None = None
+    owner: str | None = None
+
+    def matches(self, item: LatestItem) -> bool:
+        if self.owner is not None and item.owner != self.owner:
+            return False
+        if self.text is not None and self.text.casefold() not in (item.prompt or "").casefold():
+            return False
+        exact = ((self.model, item.model), (self.engine, item.engine), (self.job_id, item.job_id))
+        if any(wanted is not None and actual != wanted for wanted, actual in exact):
+            return False
+        if (self.width is not None and item.width != self.width) or (
+            self.height is not None and item.height != self.height
+        ):
+            return False
+        if self.min_width is not None and (item.width or 0) < self.min_width:
+            return False
+        return self.min_height is None or (item.height or 0) >= self.min_height
+
+    def lex_range(self) -> tuple[str, str]:
+        """The (min, max) ZRANGEBYLEX bounds the creation-time criteria allow."""
+        low = f"[{_stamp(self.since)}" if self.since else "-"
+        high = f"({_stamp(self.until)}" if self.until else "+"
+        return low, high
+
+
+def parse_moment(value: str, field: str, *, is_end: bool = False) -> datetime:
+    """An ISO date or date-time from a query; a bare date as an `until` means the end of that day.
+    Times without a zone are UTC."""
+    try:
+        if len(value) == len("YYYY-MM-DD"):
+            moment = datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
+            return moment + timedelta(days=1) if is_end else moment
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(
+            f"'{field}' must be an ISO date or date-time, like 2025-01-31 or 2025-01-31T18:00:00Z",
+            detail={"field": field, "value": value[:64]},
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _scan_members(
+    redis: Redis, source: str, position: str | None, bounds: tuple[str, str], count: int, oldest_first: bool
+) -> list[bytes | str]:
+    low, high = bounds
+    if oldest_first:
+        return redis.zrangebylex(source, f"({position}" if position else low, high, start=0, num=count)
+    return redis.zrevrangebylex(source, high if position is None else f"({position}", low, start=0, num=count)

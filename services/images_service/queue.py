@@ -374,6 +374,7 @@ class JobQueue:
             job_id=job.id,
             status=status,
             progress=Progress.model_validate(meta.get("progress") or {}),
+            preview_step=meta.get("preview_step"),
             result=result,
             error=error,
             engine=meta.get("engine"),

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=600, ge=1, alias="IMAGES_JOB_TIMEOUT")
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, alias="IMAGES_RESULT_TTL")
     queue_prefix: str = Field(default="kitty-images", alias="IMAGES_QUEUE_PREFIX")
+    preview_every: int | None = Field(default=None, ge=0, alias="IMAGES_PREVIEW_EVERY")
+    """Steps between a diffusers job's live previews (0: off); unset: every 2 on CUDA/MPS, off on CPU."""
     lost_job_retries: int = Field(default=1, ge=0, le=5, alias="IMAGES_LOST_JOB_RETRIES")
     """Times a job whose worker died is run again (on any worker) before it ends as WORKER_LOST."""
     dispatch_wait_s: float = Field(default=2.0, ge=0, le=600, alias="IMAGES_DISPATCH_WAIT_S")

@@ -10,7 +10,15 @@
 import { api, isTerminal, upload, watchJob } from "./api.js";
 import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
 import { createGuide } from "./guide.js";
-import { isStoryboard, readyText, renderSteps, renderStoryboardImages, STATUS_LABELS, STEP_LABELS } from "./job-view.js";
+import {
+  isStoryboard,
+  readyText,
+  renderSteps,
+  renderStoryboardImages,
+  showPreview,
+  STATUS_LABELS,
+  STEP_LABELS,
+} from "./job-view.js";
 import { createPresetInputs } from "./preset-inputs.js";
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
@@ -385,6 +393,34 @@ export function createComposer({
     clearInvalid();
   }
 
+  /**
+   * Fill the form from settings read elsewhere (PNG Info: a dropped PNG's, see pnginfo.js): request
+   * fields as `prefill` takes them, plus `loras` (checked when registered here) and `hires`. Returns
+   * what the form could not take (a model or LoRA not registered here, a hires scale not offered).
+   */
+  function fillForm(settings) {
+    prefill(settings);
+    const skipped = [];
+    if (settings.model && !models.has(settings.model)) skipped.push(`model ${settings.model}`);
+    const wanted = new Map((settings.loras || []).map((lora) => [lora.name, lora]));
+    for (const { box, weight } of loraRows) {
+      const lora = wanted.get(box.value);
+      box.checked = Boolean(lora);
+      weight.disabled = !lora;
+      weight.value = lora && lora.weight !== undefined ? String(lora.weight) : "";
+      wanted.delete(box.value);
+    }
+    skipped.push(...[...wanted.keys()].map((name) => `LoRA ${name}`));
+    const scale = settings.hires ? String(settings.hires.scale) : "";
+    const isOffered = [...fields.hires_scale.options].some((option) => option.value === scale);
+    if (scale && !isOffered) skipped.push(`hires ×${scale}`);
+    fields.hires.checked = Boolean(scale && isOffered);
+    if (fields.hires.checked) fields.hires_scale.value = scale;
+    fields.hires.dispatchEvent(new Event("change")); // the guide shows its summary and scale
+    if (settings.scheduler) skipped.push(`sampler ${settings.scheduler} (the form has none: the model's runs)`);
+    return skipped;
+  }
+
   function clearInvalid() {
     for (const element of form.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
   }
@@ -466,6 +502,7 @@ export function createComposer({
     const steps = h("span", { class: "job-steps", text: WAITING_NOTE });
     const stages = h("ol", { class: "job-pipeline", "aria-label": "Steps", hidden: true });
     const images = h("div", { class: "job-images", hidden: true });
+    const preview = h("img", { class: "job-preview", alt: "", width: 128, hidden: true });
     const errorBox = h("div", { class: "error-box", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
     const retry = h("button", { type: "button", class: "link", text: "Retry", hidden: true });
@@ -475,6 +512,7 @@ export function createComposer({
       { class: "job", dataset: { jobId, status: "queued" }, "aria-label": `Job ${jobId}` },
       h("div", { class: "job-head" }, h("span", { class: "job-title", text: jobTitle(request, jobId) }), state),
       bar,
+      preview,
       stages,
       images,
       h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, cancel, retry, dismiss)),
@@ -536,6 +574,7 @@ export function createComposer({
       state.textContent = STATUS_LABELS[next.status] || next.status;
       const { step = 0, total = 0 } = next.progress || {};
       renderSteps(stages, next, { beats: beatsOf(next) });
+      showPreview(preview, routes.job(jobId), next);
       if (next.status === "queued") {
         // The service's words say what to do about it ("none serves engine …; start one with …").
         steps.textContent = next.waiting_for ? `Waiting for ${next.waiting_for}` : WAITING_NOTE;
@@ -602,6 +641,12 @@ export function createComposer({
     }
     submit(readForm());
   });
+  // Ctrl+Enter (⌘Enter) generates from any field, as in chat boxes and code editors.
+  form.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || event.isComposing) return;
+    event.preventDefault();
+    form.requestSubmit(submitButton);
+  });
   fields.model.addEventListener("change", applyDefaults);
   fields.preset.addEventListener("change", applyPreset);
   fields.quality.addEventListener("change", applyDefaults);
@@ -630,6 +675,7 @@ export function createComposer({
     loadModels,
     loadPresets,
     prefill,
+    fillForm,
     submit,
     rerun,
     upscale,

@@ -5,8 +5,11 @@
 
 import { keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
 import { createComposer } from "./composer.js";
+import { createFind } from "./find.js"; // issue 20 part 3: find bar, favourites, boards
 import { createGrid } from "./grid.js";
 import { createHistory } from "./history.js";
+import { createLayout } from "./layout.js";
+import { readSettingsFromFile } from "./pnginfo.js";
 import { createViewer } from "./viewer.js";
 
 /** Images per page of the grid (the seed's 36); `/vision?page=N` overrides it. */
@@ -118,10 +121,23 @@ const grid = createGrid({
   sentinel: document.getElementById("load-more"),
   empty: document.getElementById("empty"),
   routes: ROUTES,
-  onOpen: (item, card) => viewer.open(item, card),
+  onOpen: (item, card) => {
+    find.setCurrent(item); // issue 20 part 3: the boards menu adds the image opened last
+    viewer.open(item, card);
+  },
   onError: showFailure,
   pageSize: pageSize(),
+  onShowJob: (jobId) => find.showJob(jobId), // issue 20 part 3
 });
+
+// --- issue 20 part 3: the find bar above the grid (find.js) ---------------------------------------------
+const find = createFind({
+  container: document.getElementById("find"),
+  grid,
+  onStatus: showStatus,
+  onError: showFailure,
+});
+// --- end issue 20 part 3 --------------------------------------------------------------------------------
 
 // --- API key: asked for only when the gateway answers 401 ------------------------------------------
 const keyForm = document.getElementById("api-key-form");
@@ -157,12 +173,39 @@ document.getElementById("api-key-forget").addEventListener("click", () => {
 
 document.getElementById("refresh").addEventListener("click", () => grid.reload());
 
+// --- issue 20: the page's keys, density and phone drawer (layout.js); PNG Info (pnginfo.js) ----------
+/** A dropped PNG's settings fill the form; the status line says what was read, or why nothing was. */
+async function readDroppedPng(file) {
+  try {
+    const settings = await readSettingsFromFile(file);
+    const skipped = [...composer.fillForm(settings.fields), ...settings.unread];
+    const left = skipped.length ? ` Not taken: ${skipped.join(", ")}.` : "";
+    layout.openDrawer();
+    showStatus(`Read the ${settings.source} settings of ${file.name} into the form.${left}`);
+  } catch (error) {
+    const steps = (error.remediation || []).join(" ");
+    showStatus(`${error.code || "PNG_INFO"}: ${error.message}${steps ? ` ${steps}` : ""}`, { isError: true });
+  }
+}
+
+const layout = createLayout({
+  densityPick: document.getElementById("density"),
+  drawer: document.getElementById("composer"),
+  drawerToggle: document.getElementById("drawer-toggle"),
+  drawerClose: document.getElementById("drawer-close"),
+  gallery: document.getElementById("gallery"),
+  jobs: document.getElementById("jobs"),
+  onFile: readDroppedPng,
+});
+// --- end issue 20 -------------------------------------------------------------------------------------
+
 async function start() {
   await Promise.all([
     composer.loadModels().catch(showFailure),
     composer.loadPresets().catch(showFailure),
     grid.reload(),
     jobHistory.start(),
+    find.loadChoices(), // issue 20 part 3
   ]);
   document.body.dataset.ready = "true"; // for tests and for anyone waiting on the first render
 }

@@ -1,7 +1,8 @@
 // The grid of latest images: cards built from `GET /api/images/latest` items (small WebP thumbnails
 // only; the full PNG is fetched by the viewer), cursor pages loaded as the end of the grid nears.
+// Filters (find.js) narrow the listing; each card carries a favourite star and a link to its job's images.
 
-import { api } from "./api.js";
+import { api, keyPath } from "./api.js";
 import { excerpt, formatAge, formatSize, h, parseTime, safeUrl } from "./dom.js";
 
 /** Characters of the prompt a card shows; the rest is in its title and the viewer. */
@@ -13,8 +14,15 @@ const PREFETCH_MARGIN_PX = 600;
 /** Ages ("3 min ago") are refreshed this often. */
 const AGE_REFRESH_MS = 30_000;
 
-export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pageSize }) {
+/** Star or unstar an image for the caller (`PUT`/`DELETE /api/images/favourites/{key}`). */
+export function saveFavourite(key, isFavourite) {
+  return api(`/api/images/favourites/${keyPath(key)}`, { method: isFavourite ? "PUT" : "DELETE" });
+}
+
+export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pageSize, onShowJob = () => {} }) {
   const items = new Map(); // key -> LatestItem, in grid order
+  let filters = {}; // query parameters of `latest` besides limit and cursor (find.js sets them)
+  const emptyText = empty.textContent;
   let cursor = null;
   let isLoading = false;
   let isExhausted = false;
@@ -50,10 +58,52 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
         h("span", { class: "card-meta" }, meta),
       ),
     );
-    return h("li", { class: "card-item", dataset: { key: item.key } }, button);
+    const star = h("button", {
+      type: "button",
+      class: "card-star",
+      "aria-pressed": item.favourite ? "true" : "false",
+      "aria-label": "Favourite",
+      title: "Favourite",
+      text: item.favourite ? "★" : "☆",
+      onclick: () => setFavourite(item.key, !items.get(item.key)?.favourite),
+    });
+    const job = item.job_id
+      ? h("button", {
+          type: "button",
+          class: "card-job",
+          title: "This job's images",
+          "aria-label": "This job's images",
+          text: "⧉",
+          onclick: () => onShowJob(item.job_id),
+        })
+      : null;
+    return h("li", { class: "card-item", dataset: { key: item.key } }, button, h("span", { class: "card-tools" }, star, job));
+  }
+
+  /** Show `key`'s star as on or off wherever it is listed (the dialog may call this too). */
+  function markFavourite(key, isFavourite) {
+    const listed = items.get(key);
+    if (listed) listed.favourite = isFavourite;
+    const star = list.querySelector(`li[data-key="${CSS.escape(key)}"] .card-star`);
+    if (!star) return;
+    star.setAttribute("aria-pressed", isFavourite ? "true" : "false");
+    star.textContent = isFavourite ? "★" : "☆";
+  }
+
+  /** Star or unstar `key` (saved for the caller, then shown); failures go to onError. */
+  async function setFavourite(key, isFavourite) {
+    try {
+      await saveFavourite(key, isFavourite);
+      markFavourite(key, isFavourite);
+      // Unstarred while only favourites are listed: it no longer belongs here.
+      if (!isFavourite && filters.favourite) remove(key);
+    } catch (error) {
+      onError(error);
+    }
   }
 
   function updateEmpty() {
+    empty.textContent = Object.keys(filters).length ? "No images match these filters." : emptyText;
     empty.hidden = items.size > 0 || isLoading || !hasListed;
   }
 
@@ -72,7 +122,7 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
   }
 
   async function fetchPage(pageCursor) {
-    const query = new URLSearchParams({ limit: String(pageSize) });
+    const query = new URLSearchParams({ ...filters, limit: String(pageSize) });
     if (pageCursor) query.set("cursor", pageCursor);
     return api(`${routes.latest}?${query}`);
   }
@@ -115,6 +165,7 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
 
   /** Put images newer than the top card at the top (after a job is done); returns their keys. */
   async function refreshTop() {
+    if (filters.sort === "oldest") return []; // new images belong at the end, where scrolling finds them
     const page = await fetchPage(null);
     const fresh = [];
     for (const item of page.items) {
@@ -165,5 +216,11 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
     return items.get(key) || null;
   }
 
-  return { reload, refreshTop, remove, loadMore, item };
+  /** List only what `next` (latest's query parameters, e.g. {q, model, favourite}) selects; {} for all. */
+  function setFilters(next) {
+    filters = Object.fromEntries(Object.entries(next).filter(([, value]) => value !== "" && value != null));
+    return reload();
+  }
+
+  return { reload, refreshTop, remove, loadMore, item, setFilters, setFavourite, markFavourite };
 }

@@ -2,6 +2,7 @@
 // (one line each: render → post-processing) or a storyboard's (one line a shot, its render and the
 // steps after it, then the contact sheet), and a finished storyboard's images, the sheet first.
 
+import { storedApiKey } from "./api.js";
 import { excerpt, h, safeUrl } from "./dom.js";
 
 export const STATUS_LABELS = {
@@ -115,6 +116,29 @@ export function renderSteps(list, view, { beats = [] } = {}) {
       ? groupByShot(steps).map((line) => (line.shot ? shotLine(line, beats) : sheetLine(line.steps[0])))
       : steps.map(stepLine)),
   );
+}
+
+/**
+ * Show a running job's live preview in `img` when `view.preview_step` is new: fetched with the API
+ * key (an <img src> cannot send it) and swapped in as a blob URL, "Preview at step N" its alt text.
+ * A failed fetch keeps the last one: the next step brings another.
+ */
+export async function showPreview(img, jobPath, view) {
+  const step = view.preview_step;
+  if (step === null || step === undefined || img.dataset.step === String(step)) return;
+  img.dataset.step = String(step);
+  const key = storedApiKey();
+  try {
+    const response = await fetch(`${jobPath}/preview`, { headers: key ? { "X-API-Key": key } : {} });
+    if (!response.ok || img.dataset.step !== String(step)) return; // gone, or a newer one is coming
+    const url = URL.createObjectURL(await response.blob());
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = url;
+    img.alt = `Preview at step ${step}`;
+    img.hidden = false;
+  } catch {
+    // No answer this time; the view keeps coming.
+  }
 }
 
 /** What a finished job made, in words: "3 shots and a contact sheet ready", "2 images ready". */

@@ -42,10 +42,13 @@ from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from ..models import ADDON_SECTIONS, AddonEntry
 from ..ownership import Ownership, listing_owner
 from ..presets import preset_book
+from ..previews import PreviewNotFound, preview_key
+from ..queue import redis_errors
 from ..quotas import models_for_tier
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
 from ..submission import Admission, Admitted, rerun, retry_job, submit
+from .collections import CollectionsDep, FindDep
 from .deps import (
     BaseUrlDep,
     CallerDep,
@@ -168,6 +171,24 @@ async def job_events(job_id: str, queue: QueueDep, caller: CallerDep) -> Streami
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
+@router.get(
+    "/jobs/{job_id}/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}}, 404: {"model": ErrorBody}},
+)
+def job_preview(job_id: str, queue: QueueDep, caller: CallerDep) -> Response:
+    """The job's latest live preview, a small WebP (a pipeline's: its latest step's); 404
+    ``NOT_FOUND`` while there is none, ``JOB_NOT_FOUND`` for an unknown job or another key's."""
+    view = queue.view(job_id, caller)
+    candidates = [step.job_id for step in reversed(view.steps)] if view.steps else [job_id]
+    with redis_errors():
+        for candidate in candidates:
+            webp = queue.redis.get(preview_key(queue.settings.queue_prefix, candidate))
+            if webp:
+                return Response(webp, media_type="image/webp", headers={"Cache-Control": "no-store"})
+    raise PreviewNotFound(f"job {job_id} has no preview (yet)")
+
+
 @router.get("/jobs", response_model=JobsView, response_model_exclude_none=True)
 def jobs(
     queue: QueueDep,
@@ -215,14 +236,33 @@ def latest(
     store: StoreDep,
     base_url: BaseUrlDep,
     caller: CallerDep,
+    find: FindDep,
+    collections: CollectionsDep,
     limit: Annotated[int, Query(ge=1, le=LATEST_MAX)] = LATEST_DEFAULT,
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
     scope: Annotated[Literal["mine", "all"], Query()] = "mine",
 ) -> LatestView:
     """Newest first from the gallery index; `next_cursor` pages to older images. With API keys a
-    key lists its own images; an admin key lists everyone's with `scope=all`."""
+    key lists its own images; an admin key lists everyone's with `scope=all`. Filters (prompt text,
+    model, engine, dates, size, favourites, a board, a job's images) and `sort=oldest` walk the
+    index a bounded stretch per request: a filtered page may hold fewer than `limit` items, even
+    none, and still answer a `next_cursor` to go on with. Each item says whether the caller
+    starred it and which of its boards hold it."""
     owner = listing_owner(caller, everyone=scope == "all")
-    items, next_cursor = gallery_of(request).page(limit, cursor, owner=owner)
+    if find.is_plain:
+        items, next_cursor = gallery_of(request).page(limit, cursor, owner=owner)
+    else:
+        items, next_cursor = collections.find(
+            caller,
+            find.query,
+            limit,
+            cursor,
+            owner=owner,
+            favourite=find.favourite,
+            board=find.board,
+            oldest_first=find.oldest_first,
+        )
+    collections.annotate(caller, items)
     for item in items:
         if item.thumb_key:
             item.thumb_url = store.presign(item.thumb_key, THUMB_URL_TTL_S, base_url=base_url)

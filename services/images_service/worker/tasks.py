@@ -31,6 +31,7 @@ from ..metadata import build_sidecar, encode_png, encode_thumbnail, infotext
 from ..models import ModelRegistry
 from ..pipelines import POSTPROCESS_STEPS
 from ..postprocess import apply_steps
+from ..previews import PREVIEW_TTL_S, PreviewingProgress, preview_key
 from ..provenance import Provenance, provenance
 from ..queue import cancel_key
 from ..settings import Settings, get_settings
@@ -93,13 +94,31 @@ def get_runtime() -> Runtime:
 
 
 class JobReporter:
-    """Writes progress into the job's meta and turns a cancel request into `JobCanceled`."""
+    """Writes progress into the job's meta, turns a cancel request into `JobCanceled`, and keeps the
+    job's live preview (a `PreviewSink`)."""
 
-    def __init__(self, job: Job | None, redis: Redis | None, prefix: str) -> None:
+    def __init__(
+        self, job: Job | None, redis: Redis | None, prefix: str, preview_every: int | None = 0
+    ) -> None:
         self.job = job
         self.redis = redis
         self.prefix = prefix
         """IMAGES_QUEUE_PREFIX: the cancel requests of this deployment alone."""
+        self.preview_every = preview_every
+        """IMAGES_PREVIEW_EVERY (None: by device; 0: off)."""
+
+    @property
+    def previewing(self) -> ProgressFn:
+        """`progress`, carrying this reporter as the engine's preview sink."""
+        return PreviewingProgress(self.progress, self)
+
+    def publish_preview(self, webp: bytes, step: int) -> None:
+        if self.job is None or self.redis is None:
+            return
+        # The key first, then the step in the meta (written by the next `progress`): a client that
+        # sees `preview_step` finds the picture.
+        self.redis.set(preview_key(self.prefix, self.job.id), webp, ex=PREVIEW_TTL_S)
+        self.job.meta["preview_step"] = step
 
     def progress(self, step: int, total: int) -> None:
         if self.job is None or self.redis is None:
@@ -397,7 +416,9 @@ def _render(
     turn (`with_source`, with that image's seed), every image stored with its own source, progress
     across them all."""
     runtime = get_runtime()
-    reporter = JobReporter(job, job.connection if job else None, runtime.settings.queue_prefix)
+    reporter = JobReporter(
+        job, job.connection if job else None, runtime.settings.queue_prefix, runtime.settings.preview_every
+    )
     job_id = job.id if job else "local"
     spec = RenderSpec.model_validate(spec_data)
     if job is not None and job.enqueued_at is not None:
@@ -414,7 +435,7 @@ def _render(
         parts: list[JobResult] = []
         spooled = False
         for position, one in enumerate(passes):
-            progress = _pass_progress(reporter.progress, position, len(passes))
+            progress = _pass_progress(reporter.previewing, position, len(passes))
             if one.upscale is not None:
                 result = run_upscale(runtime, one, progress)
             elif one.postprocess is not None:

@@ -20,6 +20,7 @@ from services.contracts import RenderSpec
 from ...control_maps import control_map
 from ...errors import EngineError, KittyError
 from ...models import AddonEntry
+from ...previews import Previewer, preview_interval, preview_sink
 from ...refiner import REFINER_SPLIT, base_steps
 from ..acceleration import denoiser, set_vae_tiling
 from ..base import ImageLoader, JobCanceled, ProgressFn, RenderedImage, RenderResult
@@ -85,12 +86,14 @@ class StepReporter:
     """Turns the pipelines' per-iteration callbacks into one monotonic (step, total) sequence.
 
     A pass is given a share of `total`; its iterations (2n-1 of them for Heun, fewer for a partial
-    schedule) are scaled into that share, and a step is reported only when it advances.
+    schedule) are scaled into that share, and a step is reported only when it advances. With a
+    `previewer`, a step it is due at publishes the latents first, so the report carries its step.
     """
 
-    def __init__(self, progress: ProgressFn, total: int) -> None:
+    def __init__(self, progress: ProgressFn, total: int, previewer: Previewer | None = None) -> None:
         self._progress = progress
         self.total = total
+        self.previewer = previewer
         self._last = -1
 
     def report(self, step: int) -> None:
@@ -102,7 +105,11 @@ class StepReporter:
     def callback(self, offset: int, share: int) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
         def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             iterations = max(int(getattr(pipe, "_num_timesteps", 0) or 0), index + 1)
-            self.report(offset + (index + 1) * share // iterations)
+            step = min(offset + (index + 1) * share // iterations, self.total)
+            if self.previewer is not None and step > self._last and self.previewer.is_due(step):
+                family = model_family(type(pipe).__name__)
+                self.previewer.publish(tensors.get("latents"), family, step)
+            self.report(step)
             return tensors
 
         return on_step_end
@@ -179,7 +186,10 @@ def run_pipelines(job: PreparedJob, progress: ProgressFn, device: torch.device) 
     """Render with the job's pipeline (text-to-image, or image-to-image/inpainting when it has
     inputs), then its refiner if any, then its hires fix if any."""
     first = first_pass_steps(job)
-    reporter = StepReporter(progress, first + hires_steps(job.spec))
+    sink = preview_sink(progress)
+    every = preview_interval(sink.preview_every, device.type) if sink is not None else 0
+    previewer = Previewer(sink, every) if sink is not None and every > 0 else None
+    reporter = StepReporter(progress, first + hires_steps(job.spec), previewer)
     reporter.report(0)
     images = first_pass(job, reporter, first, device)
     if job.hires is not None:
