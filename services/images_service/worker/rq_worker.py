@@ -18,7 +18,10 @@ The touch points, each with a test in tests/unit/test_rq_worker.py:
   6. `BaseWorker.unsubscribe` is overridden: RQ 3 unsubscribes before it stops its pubsub thread,
      and redis-py 8's `stop()` then waits without bound for a thread that may sit in a 60 s wait
      (an idle worker took a minute to exit on SIGTERM, now and then);
-  7. `BaseWorker.dequeue_job_and_maintain_ttl` is wrapped for model-aware dispatch (dispatch.py):
+  7. `SimpleWorker.execute_job` also catches Redis connection errors out of `perform_job` (RQ's
+     worker loop would exit on them): a Redis restart or failover while a job ends costs that job a
+     lost-worker retry, not the worker;
+  8. `BaseWorker.dequeue_job_and_maintain_ttl` is wrapped for model-aware dispatch (dispatch.py):
      the worker's `_ordered_queues` are set before each dequeue (its held models' queues first),
      RQ blocks on them for at most IMAGES_DISPATCH_WAIT_S, then the worker may take a job that
      waited that long in another model's queue (`Queue._fetch_dequeued_job` after an LREM).
@@ -35,6 +38,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import Job
@@ -54,6 +59,9 @@ IDLE_HEARTBEAT_S = 15
 
 WORKER_TTL_S = IDLE_HEARTBEAT_S + 15
 """RQ's `worker_ttl`: a worker whose last heartbeat is older than this is not live."""
+
+REDIS_RETRY_MAX_S = 5.0
+"""Longest pause between PINGs of a worker waiting for Redis to come back after losing it mid-job."""
 
 
 class KittyWorker(SimpleWorker):
@@ -117,14 +125,35 @@ class KittyWorker(SimpleWorker):
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
         beat.start()
+        lost_redis = False
         try:
             self.perform_job(job, queue, execution)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis went away while RQ recorded the job's end (a restart, a Sentinel failover): the
+            # worker waits for it and lives on; the job, left started with no heartbeat, is put
+            # back by the janitor as a lost worker's (IMAGES_LOST_JOB_RETRIES).
+            log.error("lost Redis while ending a job", extra={"job_id": job.id, "error": str(exc)})
+            lost_redis = True
         finally:
             stop.set()
             beat.join()
-            if self.dispatch is not None:
-                self._advertise()
+        if lost_redis:
+            self.wait_for_redis()
+        if self.dispatch is not None:
+            self._advertise()
         self.set_state(WorkerStatus.IDLE)
+
+    def wait_for_redis(self) -> None:
+        """Return once Redis answers again (backing off to `REDIS_RETRY_MAX_S` between PINGs), so
+        RQ's loop, which quits on a Redis error outside its wait for jobs, goes on."""
+        delay = 0.5
+        while True:
+            try:
+                self.connection.ping()
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_S)
 
     def _advertise(self) -> None:
         try:

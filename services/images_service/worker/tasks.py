@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -106,6 +108,8 @@ class JobReporter:
         """IMAGES_QUEUE_PREFIX: the cancel requests of this deployment alone."""
         self.preview_every = preview_every
         """IMAGES_PREVIEW_EVERY (None: by device; 0: off)."""
+        self.redis_lost = False
+        """The last progress write found Redis unreachable (said once in the log, not every step)."""
 
     @property
     def previewing(self) -> ProgressFn:
@@ -125,10 +129,19 @@ class JobReporter:
             return
         self.job.meta["progress"] = {"step": step, "total": total}
         # One round trip per step: the meta write (what RQ's save_meta does) and the cancel check.
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
-            pipe.exists(cancel_key(self.prefix, self.job.id))
-            _, canceled = pipe.execute()
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
+                pipe.exists(cancel_key(self.prefix, self.job.id))
+                _, canceled = pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis restarting or failing over: the render goes on (its progress shows again at a
+            # later step, and its end is recorded once Redis is back); a cancel meanwhile waits.
+            if not self.redis_lost:
+                log.warning("progress not recorded: Redis unreachable", extra={"error": str(exc)})
+            self.redis_lost = True
+            return
+        self.redis_lost = False
         if canceled:
             raise JobCanceled(self.job.id)
 
