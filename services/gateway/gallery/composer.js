@@ -20,6 +20,7 @@ import {
   STEP_LABELS,
 } from "./job-view.js";
 import { createPresetInputs } from "./preset-inputs.js";
+import { showStateIn } from "./states.js"; // issue 20 part 6
 
 /** Sizes offered besides the default one (the preset's, else the model's). */
 const SIZE_PRESETS = [
@@ -72,6 +73,7 @@ function loraRef(name, weight) {
  * a dismissed or retried one) with the job's last view and its request, so the history can list it.
  * `onImagesReady(keys)` may return a promise: a storyboard's panel shows its images once it settles,
  * each as `itemFor(image)` gives it (the grid's item), opened with `onOpenImage(item, button)`.
+ * `onJobView(jobId, view)` sees every view a panel shows (the page names a missing worker from it).
  */
 export function createComposer({
   form,
@@ -82,6 +84,7 @@ export function createComposer({
   onJobGone = () => {},
   itemFor = (image) => image,
   onOpenImage = () => {},
+  onJobView = () => {},
 }) {
   const fields = form.elements;
   const submitButton = form.querySelector("button[type=submit]");
@@ -248,6 +251,7 @@ export function createComposer({
     if (view.default && models.has(view.default)) fields.model.value = view.default;
     renderLoras(view.loras || []);
     applyDefaults();
+    return view;
   }
 
   /** A checkbox and a weight per LoRA; the group stays hidden when none is registered. */
@@ -470,7 +474,7 @@ export function createComposer({
       trackJob(accepted.job_id, shown || body);
       onStatus(`Job ${accepted.job_id} queued.`);
     } catch (error) {
-      showError(errorBox, error);
+      if (!showStateIn(errorBox, error)) showError(errorBox, error); // a used-up quota, a key: a panel
       markInvalid(error);
       guide.markInvalid(error);
       errorBox.scrollIntoView({ block: "nearest" });
@@ -570,6 +574,7 @@ export function createComposer({
     function render(next) {
       if (last && isTerminal(last.status)) return; // a late view (a cancel's answer after the stream's end)
       last = next;
+      onJobView(jobId, next);
       panel.dataset.status = next.status;
       state.textContent = STATUS_LABELS[next.status] || next.status;
       const { step = 0, total = 0 } = next.progress || {};

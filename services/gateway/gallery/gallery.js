@@ -3,13 +3,15 @@
 // jobs of every client (history.js), the grid (grid.js), the image dialog (viewer.js) and the API key
 // prompt for gateways that require one.
 
-import { keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
+import { api, keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
 import { createComposer } from "./composer.js";
+import { h } from "./dom.js";
 import { createFind } from "./find.js"; // issue 20 part 3: find bar, favourites, boards
 import { createGrid } from "./grid.js";
 import { createHistory } from "./history.js";
 import { createLayout } from "./layout.js";
 import { readSettingsFromFile } from "./pnginfo.js";
+import { ADD_MODEL_STEPS, createStates, stateOfError } from "./states.js"; // issue 20 part 6
 import { createViewer } from "./viewer.js";
 
 /** Images per page of the grid (the seed's 36); `/vision?page=N` overrides it. */
@@ -19,6 +21,7 @@ const MAX_PAGE_SIZE = 500;
 /** The API routes the gallery calls, in one place; the gateway serves the images-service's. */
 const ROUTES = {
   models: "/api/images/models",
+  engines: "/api/images/engines",
   presets: "/api/images/presets",
   generate: "/api/images/generate",
   rerun: "/api/images/rerun",
@@ -54,6 +57,88 @@ function showFailure(error) {
   showStatus(`${error.code}: ${error.message}`, { isError: true });
 }
 
+// --- issue 20 part 6: states that explain themselves (states.js) -----------------------------------------
+const pageStates = createStates(document.getElementById("states"));
+const queueStates = createStates(document.getElementById("queue-states"));
+
+/** Show a failure that is the page's state (service down, key missing) as its panel; whether it was. */
+function showPageState(error) {
+  const state = stateOfError(error);
+  if (!state || state.name === "quota") return false; // a used-up quota is the form's to show
+  const retry = h("button", { type: "button", class: "button small", text: "Retry", onclick: retryService });
+  pageStates.show(state.name, {
+    title: state.title,
+    code: error.code,
+    message: error.message,
+    remediation: error.remediation,
+    actions: state.name === "down" ? [retry] : [],
+  });
+  return true;
+}
+
+function showLoadFailure(error) {
+  if (!showPageState(error)) showFailure(error);
+}
+
+/** Ask again for what the page lists; a service still down shows its panel again. */
+async function retryService() {
+  pageStates.hide("down");
+  await Promise.all([loadModels(), composer.loadPresets().catch(showLoadFailure), grid.reload()]);
+}
+
+/** What to do about an empty models listing, in the service's words where the engines matrix has them. */
+async function addModelSteps() {
+  let said = [];
+  try {
+    const matrix = await api(ROUTES.engines);
+    said = matrix.engines.map((row) => row.detail || "").filter((detail) => /no models registered/i.test(detail));
+  } catch {
+    // The matrix is a nicety here: the steps below say the same.
+  }
+  const steps = said.length ? [...new Set(said), ADD_MODEL_STEPS[1]] : [...ADD_MODEL_STEPS];
+  if (storedApiKey()) steps.push("If models are registered, this key's tier may use none of them: ask for another key.");
+  return steps;
+}
+
+async function loadModels() {
+  let view;
+  try {
+    view = await composer.loadModels();
+  } catch (error) {
+    showLoadFailure(error);
+    return;
+  }
+  if (view.models.length) {
+    pageStates.hide("models");
+    return;
+  }
+  pageStates.show("models", {
+    title: "No models are registered yet",
+    message: "The service has no model to draw with, so Generate cannot start a job.",
+    remediation: await addModelSteps(),
+  });
+}
+
+/** Queued jobs that wait because no worker serves their engine: the service's words name the command. */
+const jobsWithoutWorker = new Map();
+
+function noteWaitingJob(jobId, view) {
+  // `waiting_for` is "a worker: none serves engine 'E' now; start one with `CMD`" in that case.
+  if (view.status === "queued" && /none serves/.test(view.waiting_for || "")) jobsWithoutWorker.set(jobId, view.waiting_for);
+  else jobsWithoutWorker.delete(jobId);
+  if (!jobsWithoutWorker.size) {
+    queueStates.hide("worker");
+    return;
+  }
+  const waiting = jobsWithoutWorker.size;
+  queueStates.show("worker", {
+    title: "No worker is running for this engine",
+    message: `${waiting} job${waiting === 1 ? "" : "s"} will wait in the queue until one starts.`,
+    remediation: [...new Set(jobsWithoutWorker.values())].map((said) => `Waiting for ${said}`),
+  });
+}
+// --- end issue 20 part 6 --------------------------------------------------------------------------------
+
 let refreshing = Promise.resolve();
 
 /** New images are ready: bring the grid's top up to date, one refresh after the other. */
@@ -79,6 +164,7 @@ const composer = createComposer({
   // A storyboard's panel shows its images as the grid lists them (thumbnail, settings), once listed.
   itemFor: (image) => grid.item(image.key) || image,
   onOpenImage: (item, button) => viewer.open(item, button),
+  onJobView: noteWaitingJob, // issue 20 part 6
 });
 
 const jobHistory = createHistory({
@@ -125,7 +211,7 @@ const grid = createGrid({
     find.setCurrent(item); // issue 20 part 3: the boards menu adds the image opened last
     viewer.open(item, card);
   },
-  onError: showFailure,
+  onError: showLoadFailure, // issue 20 part 6: a service down or a key missing shows its panel
   pageSize: pageSize(),
   onShowJob: (jobId) => find.showJob(jobId), // issue 20 part 3
 });
@@ -135,7 +221,7 @@ const find = createFind({
   container: document.getElementById("find"),
   grid,
   onStatus: showStatus,
-  onError: showFailure,
+  onError: showLoadFailure, // issue 20 part 6
 });
 // --- end issue 20 part 3 --------------------------------------------------------------------------------
 
@@ -151,8 +237,9 @@ function showKeyForm() {
   keyInput.focus();
 }
 
-onUnauthorized(() => {
+onUnauthorized((error) => {
   if (keyForm.hidden) showKeyForm();
+  showPageState(error); // issue 20 part 6: what the key is for, in the API's words
   showStatus("This gateway needs an API key.", { isError: true });
 });
 
@@ -163,6 +250,7 @@ keyForm.addEventListener("submit", (event) => {
   storeApiKey(keyInput.value.trim());
   keyForm.hidden = true;
   keyToggle.hidden = !storedApiKey();
+  pageStates.hide("key");
   start();
 });
 document.getElementById("api-key-forget").addEventListener("click", () => {
@@ -201,8 +289,8 @@ const layout = createLayout({
 
 async function start() {
   await Promise.all([
-    composer.loadModels().catch(showFailure),
-    composer.loadPresets().catch(showFailure),
+    loadModels(), // issue 20 part 6: an empty listing shows how to add a model
+    composer.loadPresets().catch(showLoadFailure),
     grid.reload(),
     jobHistory.start(),
     find.loadChoices(), // issue 20 part 3
