@@ -50,7 +50,8 @@ def install_error_handlers(app: FastAPI) -> None:
             code=ErrorCode.VALIDATION_ERROR,
             message=f"invalid request: {summary}",
             remediation=[
-                "Fix the fields listed in detail; GET /openapi.json on the images-service shows the schema."
+                "Fix the fields listed in detail (each names the field and what it accepts); the README's "
+                "API section describes every request."
             ],
             detail=fields,
         )
