@@ -73,7 +73,7 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
           class: "card-job",
           title: "This job's images",
           "aria-label": "This job's images",
-          text: "⧉",
+          text: "▣",  // Geometric Shapes: in the fonts Debian's chromium and most systems carry (⧉ was a blank box)
           onclick: () => onShowJob(item.job_id),
         })
       : null;
