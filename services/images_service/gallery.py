@@ -108,7 +108,7 @@ class GalleryIndex:
         return [self.order_key, *([self.owner_order_key(item.owner)] if item.owner else [])]
 
     def _write(self, pipe: Any, item: LatestItem) -> None:
-        member = f"{_stamp(datetime.fromisoformat(item.last_modified))}|{item.key}"
+        member = member_for(item)
         for order_key in self._order_keys(item):
             pipe.zadd(order_key, {member: 0})
         pipe.hset(self.items_key, item.key, item.model_dump_json(exclude={"thumb_url"}))
@@ -123,7 +123,7 @@ class GalleryIndex:
         with redis_errors(), self.redis.pipeline() as pipe:
             if raw:
                 item = LatestItem.model_validate_json(raw)
-                member = f"{_stamp(datetime.fromisoformat(item.last_modified))}|{key}"
+                member = member_for(item)
                 for order_key in self._order_keys(item):
                     pipe.zrem(order_key, member)
             pipe.hdel(self.items_key, key)
