@@ -240,12 +240,11 @@ def admit(
         claim = outcome
     try:
         spec = resolve()
-        check_prompt(spec, admission.settings)  # IMAGES_PROMPT_BLOCKLIST: 400 SAFETY_FILTER
         if admission.ownership is not None:
             admission.ownership.require_inputs(caller, spec)
         steps = plan(spec) if plan is not None else []
-        for checked in (spec, *(step.spec for step in steps)):
-            check_prompt(checked, admission.settings)  # a storyboard's beats too
+        for checked in [step.spec for step in steps] or [spec]:  # a plan's first job is `spec`
+            check_prompt(checked, admission.settings)  # IMAGES_PROMPT_BLOCKLIST (a storyboard's beats too)
             check_ceilings(checked, caller, admission.settings)
         check_model_tier(spec, caller, admission.registry)
         check_servable(spec.engine, admission)
