@@ -9,12 +9,11 @@
   (``IMAGES_DISPATCH_WAIT_S=2``, the default) and with first come first served (``=0``).
 - The gallery index at 1,000,000 images: Redis memory per indexed image on a redis-server of its
   own, and ``latest`` p50 against 200 images through two images-service processes. The entries are
-  written by `GalleryIndex`'s own code (`_write`, as `rebuild` does), not stored as images.
+  written by `GalleryIndex`'s own code (`write_to`, as `rebuild` does), not stored as images.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -490,12 +489,12 @@ def index_items(count: int, now: datetime) -> Iterator[LatestItem]:
 
 
 def fill_index(index: GalleryIndex, items: Iterator[LatestItem]) -> int:
-    """Write `items` with the index's own `_write` (what `add` and `rebuild` run), `FILL_BATCH` a
+    """Write `items` with the index's own `write_to` (what `add` and `rebuild` run), `FILL_BATCH` a
     round trip; returns how many."""
     written = 0
     pipe = index.redis.pipeline(transaction=False)
     for item in items:
-        index._write(pipe, item)
+        index.write_to(pipe, item)
         written += 1
         if written % FILL_BATCH == 0:
             pipe.execute()
@@ -523,12 +522,12 @@ def measure_index(
             fill_s = time.perf_counter() - started
             after = used_memory(redis)
             key_bytes = {
-                "order (sorted set)": int(redis.memory_usage(big.order_key, samples=0) or 0),
-                "items (hash)": int(redis.memory_usage(big.items_key, samples=0) or 0),
+                "index (sorted set)": int(redis.memory_usage(big.index_key, samples=0) or 0),
+                "aliases (hash)": int(redis.memory_usage(big.aliases_key, samples=0) or 0),
             }
             fill_index(GalleryIndex(redis, f"bench-index-{small}"), index_items(small, now))
             assert big.count() == large, big.count()
-            sample = redis.hget(big.items_key, big.page(1)[0][0].key) or b""
+            sample = redis.zrevrangebylex(big.index_key, "+", "-", start=0, num=1)[0]
         log.info("index filled", extra={"images": large, "seconds": round(fill_s, 1)})
         urls = {}
         for size in sizes:
@@ -541,7 +540,7 @@ def measure_index(
             urls[size] = own.images_service(f"images-index-{size}", env)
         p50_ms = _time_latest(urls)
     rows = index_rows(p50_ms, (before, after), key_bytes, sizes)
-    rows[1].detail.update(fill_s=round(fill_s, 1), item_json_bytes=len(sample), item_json=json.loads(sample))
+    rows[1].detail.update(fill_s=round(fill_s, 1), member_bytes=len(sample), member=sample.decode())
     return rows
 
 

@@ -246,8 +246,8 @@ def _measure(procs: Processes, redis_base: str, sizes: tuple[int, ...]) -> list[
             s3_prefix = f"bench-s3-{size}"
             index = GalleryIndex(redis, s3_prefix)
             source = GalleryIndex(redis, fs_prefix)
-            redis.copy(source.order_key, index.order_key, replace=True)
-            redis.copy(source.items_key, index.items_key, replace=True)
+            redis.copy(source.index_key, index.index_key, replace=True)
+            redis.copy(source.aliases_key, index.aliases_key, replace=True)
             fill_seconds[f"s3-{size}"] = round(time.perf_counter() - started, 2)
             s3_service_env = clean_env(
                 REDIS_URL=redis_url,

@@ -25,6 +25,7 @@ from .api import audit as audit_api
 from .api import collections as collections_api
 from .api import engines, handlers, health, images, painter, uploads, upscale
 from .audit import AuditLog
+from .collections import Collections
 from .errors import KittyError
 from .gallery import GalleryIndex
 from .idempotency import IdempotencyStore
@@ -44,11 +45,17 @@ REBUILD_JOIN_S = 30.0
 """At shutdown, how long to let a gallery rebuild still running finish before closing Redis."""
 
 
-def rebuild_gallery_if_empty(gallery: GalleryIndex, store: Store, settings: Settings) -> None:
-    """A lost or new Redis starts with an empty index; storage is the truth, so rebuild from it."""
+def rebuild_gallery_if_empty(
+    gallery: GalleryIndex, store: Store, settings: Settings, ownership: Ownership
+) -> None:
+    """A lost or new Redis starts with an empty index; storage is the truth, so rebuild from it.
+    Then favourites and boards of the first index layout are rewritten and its keys dropped (both
+    nothing to do once done)."""
     try:
         if gallery.count() == 0:
             gallery.rebuild(store, settings.s3_prefix)
+        Collections(gallery.redis, gallery.prefix, gallery, ownership).migrate_legacy()
+        gallery.drop_legacy()
     except KittyError as exc:
         log.warning("gallery index not rebuilt", extra={"code": exc.code.value, "error": exc.message})
 
@@ -98,7 +105,9 @@ def create_app(
         app.state.idempotency = IdempotencyStore(connection, settings.queue_prefix)
         app.state.audit = AuditLog(connection, settings)
         rebuild = threading.Thread(
-            target=rebuild_gallery_if_empty, args=(app.state.gallery, app.state.store, settings), daemon=True
+            target=rebuild_gallery_if_empty,
+            args=(app.state.gallery, app.state.store, settings, app.state.ownership),
+            daemon=True,
         )
         rebuild.start()
         app.state.gallery_rebuild = rebuild  # tests that write the index directly wait for it

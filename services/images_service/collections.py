@@ -1,7 +1,7 @@
 """Favourites and boards (named collections) of images, kept per caller in Redis: each API key has
 its own, invisible to every other key; without keys there is one shared namespace.
 
-Layout: favourites and each board are sorted sets with the gallery's members (``<stamp>|<key>``,
+Layout: favourites and each board are sorted sets of the gallery's tokens (an image's time and id,
 score 0), so a board pages newest first exactly as the gallery does and a filtered listing can walk
 it instead of the whole index; a set per owner names its boards. An image deleted later simply stops
 being listed (its entry is gone from the index), so nothing has to be cleaned up at once.
@@ -18,7 +18,7 @@ from services.common.api_keys import ApiKey
 from services.contracts import ErrorCode, LatestItem
 
 from .errors import KeyNotFound, KittyError, ValidationFailed
-from .gallery import GalleryIndex, GalleryQuery, member_for
+from .gallery import GalleryIndex, GalleryQuery, ids_of, token_for
 from .ownership import Ownership
 from .queue import redis_errors
 
@@ -107,20 +107,20 @@ class Collections:
         return self.board_key(caller, name)
 
     # --- images -----------------------------------------------------------------------------------
-    def visible_member(self, caller: ApiKey | None, key: str) -> str:
-        """The order member of an indexed image the caller may see; 404 otherwise (another key's
+    def visible_token(self, caller: ApiKey | None, key: str) -> str:
+        """The gallery token of an indexed image the caller may see; 404 otherwise (another key's
         image answers as one that does not exist)."""
         item = self.gallery.get(key)
         if item is None:
             raise KeyNotFound(f"no image with key '{key}'")
         self.ownership.require_image(caller, key)
-        return member_for(item)
+        return token_for(item)
 
     def _add(self, set_key: str, caller: ApiKey | None, key: str, cap: int, what: str) -> None:
-        member = self.visible_member(caller, key)
+        token = self.visible_token(caller, key)
         with redis_errors():
-            if self.redis.zadd(set_key, {member: 0}) and self.redis.zcard(set_key) > cap:
-                self.redis.zrem(set_key, member)  # added past the cap (or raced to it): undo
+            if self.redis.zadd(set_key, {token: 0}) and self.redis.zcard(set_key) > cap:
+                self.redis.zrem(set_key, token)  # added past the cap (or raced to it): undo
                 raise CollectionFull(
                     f"{what} already holds {cap:,} images",
                     remediation=[f"Remove images you no longer need from {what} first."],
@@ -132,14 +132,18 @@ class Collections:
         a 404, as everywhere else."""
         item = self.gallery.get(key)
         with redis_errors():
-            if item is not None and self.redis.zrem(set_key, member_for(item)):
+            if item is not None and self.redis.zrem(set_key, token_for(item)):
                 return
-            # An image since deleted (or re-indexed with another time): find its entry by key.
-            members = [m for m, _ in self.redis.zscan_iter(set_key, match=f"*|{_glob_escape(key)}")]
-            if members:
-                self.redis.zrem(set_key, *members)
+            # An image since deleted (or re-indexed with another time): find its token by the key's id.
+            tokens = [
+                token
+                for id_part in ids_of(key)
+                for token, _ in self.redis.zscan_iter(set_key, match=f"*{_glob_escape(id_part)}")
+            ]
+            if tokens:
+                self.redis.zrem(set_key, *tokens)
                 return
-        self.visible_member(caller, key)
+        self.visible_token(caller, key)
 
     def favourite(self, caller: ApiKey | None, key: str) -> None:
         self._add(self.favourites_key(caller), caller, key, MAX_FAVOURITES, "your favourites")
@@ -187,6 +191,29 @@ class Collections:
     def remove_from_board(self, caller: ApiKey | None, name: str, key: str) -> None:
         self._remove(self.existing_board_key(caller, name), caller, key)
 
+    # --- the first layout ---------------------------------------------------------------------------
+    def migrate_legacy(self) -> int:
+        """Rewrite favourites and boards of the first gallery layout (members ``<stamp>|<key>``) as
+        tokens of the images the index holds now, dropping images gone since; returns how many
+        members were rewritten. Idempotent; run after the index is rebuilt."""
+        rewritten = 0
+        with redis_errors():
+            for pattern in (FAVOURITES_KEY, BOARD_KEY):
+                match = pattern.format(prefix=_glob_escape(self.prefix), owner="*", name="*")
+                for set_key in self.redis.scan_iter(match=match):
+                    legacy = [_text(m) for m, _ in self.redis.zscan_iter(set_key, match="*|*")]
+                    if not legacy:
+                        continue
+                    items = [self.gallery.get(member.split("|", 1)[1]) for member in legacy]
+                    with self.redis.pipeline() as pipe:
+                        pipe.zrem(set_key, *legacy)
+                        tokens = {token_for(item): 0 for item in items if item is not None}
+                        if tokens:
+                            pipe.zadd(set_key, tokens)
+                        pipe.execute()
+                    rewritten += len(legacy)
+        return rewritten
+
     # --- listings ---------------------------------------------------------------------------------
     def find(
         self,
@@ -225,7 +252,7 @@ class Collections:
         trip, two when the caller has boards."""
         if not items:
             return
-        members = [member_for(item) for item in items]
+        members = [token_for(item) for item in items]
         with redis_errors():
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zmscore(self.favourites_key(caller), members)

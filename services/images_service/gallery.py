@@ -4,16 +4,33 @@ instead of listing the whole bucket (S3 lists in name order only, 1,000 keys a c
 Storage stays the source of truth: the worker adds an entry after the PNG and sidecar are stored,
 and `rebuild` recreates the index from the bucket (`kitty-images reindex`, or on start when empty).
 
-Layout: one sorted set whose members are ``<created_at µs, 16 digits>|<key>`` with score 0, so
-ZREVRANGEBYLEX walks them newest first and a member is an exact, tie-free cursor; one hash maps each
-key to its item's JSON. Each owner (the key id that made an image) has a sorted set of its own,
-same members, so a key's own images page as fast as all of them.
+Layout — one sorted set, one member an image (274 bytes each at a million in `make bench`):
+
+- ``{prefix}:gallery:index`` holds ``<token>|<compact item>`` with score 0. The *token* is the
+  image's creation time in microseconds (16 digits, so members sort by time) followed by its id: the
+  8 hex digits of a key named by `new_image_key` (``…/20250101_120000_ab12cd34.png``), or ``~`` and a
+  hash of any other key. ZREVRANGEBYLEX walks the gallery newest first, and a token is an exact,
+  tie-free cursor. The compact item is a JSON array of the card's fields in `FIELDS` order, trailing
+  nulls dropped, the key written as its folder only when the token says the rest.
+- A key names its own second (the worker makes the key and the creation time from one clock
+  reading), so `get` finds an image by a ZRANGEBYLEX over that second. The few images whose key does
+  not (foreign PNGs found by a rebuild, test fixtures) have their token in ``{prefix}:gallery:aliases``.
+- Each owner (the key id that made an image) has a sorted set of tokens,
+  ``{prefix}:gallery:owner:{owner}``, so a key's own images page as fast as all of them; favourites
+  and boards (collections.py) hold tokens too.
+
+The first layout (an order set of ``<stamp>|<key>`` and a hash of item JSON, 726 bytes an image) is
+left behind by the new key names: the start-up "rebuild when empty" fills the new index from storage,
+then `drop_legacy` deletes the old keys and `Collections.migrate_legacy` rewrites old favourites.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -25,19 +42,35 @@ from services.contracts import LatestItem
 from .errors import ValidationFailed
 from .queue import redis_errors
 from .storage import Store
-from .storage.keys import meta_key_for
+from .storage.keys import KEY_TIME_FORMAT, meta_key_for
 
 log = logging.getLogger("kitty.images.gallery")
 
-ORDER_KEY = "{prefix}:gallery:order"
-ITEMS_KEY = "{prefix}:gallery:items"
-OWNER_ORDER_KEY = "{prefix}:gallery:order:{owner}"
+INDEX_KEY = "{prefix}:gallery:index"
+ALIASES_KEY = "{prefix}:gallery:aliases"
+OWNER_KEY = "{prefix}:gallery:owner:{owner}"
+LEGACY_KEYS = ("{prefix}:gallery:order", "{prefix}:gallery:items")
+LEGACY_OWNER_PATTERN = "{prefix}:gallery:order:*"
 
 STAMP_DIGITS = 16
 """Microseconds since the epoch fit in 16 digits until the year 2286; fixed width sorts as numbers."""
 
+TOKEN_PATTERN = r"\d{16}(?:[0-9a-f]{8}|~[0-9a-f]{8})"
+"""A token, which is also the gallery's cursor."""
+
+FIELDS = (
+    "key", "size", "thumb_key", "prompt", "negative_prompt", "model", "engine", "seed", "width",
+    "height", "steps", "cfg", "scheduler", "refiner", "preset", "quality", "job_id", "owner", "meta_key",
+)  # fmt: skip
+"""The compact item's positions. `last_modified` is the token's time; `key` is the key's folder when
+the token says the rest (else the whole key); `thumb_key` and `meta_key` are 1 and null when they are
+the key's own (`thumb_key_for`, `meta_key_for`), 0 or null for none, else spelled out."""
+
 REBUILD_BATCH = 500
 """Entries written per Redis round trip while rebuilding."""
+
+SCAN_CHUNK = 10_000
+"""Index entries read per round trip while a rebuild looks for images gone from storage."""
 
 SEARCH_CHUNK = 200
 """Index entries read per Redis round trip while a filtered page is gathered."""
@@ -45,10 +78,12 @@ SEARCH_CHUNK = 200
 SEARCH_SCAN_BUDGET = 2_000
 """Index entries one filtered page may examine. A page stops here even when it holds fewer than
 `limit` matches (possibly none) and answers a `next_cursor` to go on from: a rare match in a large
-gallery costs several requests, never one unbounded one. 2,000 entries are about 1.4 MB of item JSON."""
-
+gallery costs several requests, never one unbounded one. 2,000 entries are about 400 KB."""
 
 THUMB_SUFFIX = ".thumb.webp"
+
+_MADE_KEY = re.compile(r"(?P<folder>.*?)(?P<time>\d{8}_\d{6})_(?P<id>[0-9a-f]{8})\.png")
+"""A key `new_image_key` made: its folder, its UTC second, its id."""
 
 
 def thumb_key_for(png_key: str) -> str:
@@ -59,12 +94,109 @@ def _text(member: bytes | str) -> str:
     return member.decode() if isinstance(member, bytes) else member
 
 
-def _key_of(member: bytes | str) -> str:
-    return _text(member).split("|", 1)[1]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 
 def _stamp(moment: datetime) -> str:
-    return f"{int(moment.timestamp() * 1_000_000):0{STAMP_DIGITS}d}"
+    """`moment` (UTC when naive) as 16 digits of microseconds since the epoch, exactly."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return f"{(aware - EPOCH) // MICROSECOND:0{STAMP_DIGITS}d}"
+
+
+def _moment(stamp: str) -> datetime:
+    return EPOCH + int(stamp) * MICROSECOND
+
+
+def _hash_id(key: str) -> str:
+    return "~" + hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
+
+
+def ids_of(key: str) -> tuple[str, ...]:
+    """The token id parts `key` may have: a made key's own 8 hex digits (when its time is the
+    image's), or ``~`` and 8 hex digits of its hash (any key whose token cannot say it)."""
+    made = _MADE_KEY.fullmatch(key)
+    return (made["id"], _hash_id(key)) if made else (_hash_id(key),)
+
+
+def token_for(item: LatestItem) -> str:
+    """The item's place in the index (and its member in owner sets, favourites and boards): its
+    creation time to the microsecond, then an id. Unique as long as no two images of the same
+    microsecond share 32 random bits of id."""
+    stamp = _stamp(datetime.fromisoformat(item.last_modified))
+    return stamp + (_MADE_KEY.fullmatch(item.key)["id"] if _told_by(stamp, item.key) else _hash_id(item.key))  # type: ignore[index]
+
+
+def _told_by(stamp: str, key: str) -> bool:
+    """Whether a token of `stamp` with the key's own id, and the key's folder, say the whole key (so
+    no alias is needed): a key `new_image_key` made at the image's creation time."""
+    made = _MADE_KEY.fullmatch(key)
+    return bool(
+        made
+        and not made["folder"].endswith(".png")
+        and made["time"] == _moment(stamp[:STAMP_DIGITS]).strftime(KEY_TIME_FORMAT)
+    )
+
+
+def _entry_range(token: str) -> tuple[str, str]:
+    """ZRANGEBYLEX bounds of the index member of `token` (``|`` < ``}``)."""
+    return f"[{token}|", f"({token}}}"
+
+
+def _second_range(key: str) -> tuple[str, str] | None:
+    """ZRANGEBYLEX bounds of the index members made in the second a made key names."""
+    made = _MADE_KEY.fullmatch(key)
+    try:
+        second = datetime.strptime(made["time"], KEY_TIME_FORMAT).replace(tzinfo=UTC) if made else None
+    except ValueError:  # shaped like a made key, but no real time (second 61…): found by its alias
+        second = None
+    if second is None:
+        return None
+    return f"[{_stamp(second)}", f"({_stamp(second + timedelta(seconds=1))}"
+
+
+def encode(item: LatestItem) -> str:
+    """The item's index member: ``<token>|<compact item>``."""
+    token = token_for(item)
+    key = item.key
+    own_thumb, own_meta = thumb_key_for(key), meta_key_for(key)
+    values: dict[str, Any] = item.model_dump(include=set(FIELDS))
+    values["key"] = _MADE_KEY.fullmatch(key)["folder"] if _told_by(token, key) else key  # type: ignore[index]
+    values["thumb_key"] = 1 if item.thumb_key == own_thumb else item.thumb_key
+    values["meta_key"] = None if item.meta_key == own_meta else (item.meta_key or 0)
+    if item.cfg is not None and item.cfg == int(item.cfg):
+        values["cfg"] = int(item.cfg)
+    if item.refiner is not None:
+        values["refiner"] = int(item.refiner)
+    row = [values[name] for name in FIELDS]
+    while row and row[-1] is None:
+        row.pop()
+    return f"{token}|{json.dumps(row, separators=(',', ':'), ensure_ascii=False)}"
+
+
+def decode(member: bytes | str) -> LatestItem:
+    token, _, body = _text(member).partition("|")
+    row = json.loads(body)
+    values = dict(zip(FIELDS, row + [None] * (len(FIELDS) - len(row)), strict=True))
+    stamp = token[:STAMP_DIGITS]
+    made = _moment(stamp)
+    spelled: str = values["key"]
+    key = (
+        spelled
+        if spelled.endswith(".png")
+        else f"{spelled}{made.strftime(KEY_TIME_FORMAT)}_{token[STAMP_DIGITS:]}.png"
+    )
+    values.update(
+        key=key,
+        last_modified=made.isoformat(),
+        thumb_key=thumb_key_for(key) if values["thumb_key"] == 1 else values["thumb_key"],
+        meta_key=meta_key_for(key) if values["meta_key"] is None else values["meta_key"] or None,
+    )
+    return LatestItem.model_validate(values)
+
+
+def _token_of(member: bytes | str) -> str:
+    return _text(member).partition("|")[0]
 
 
 def item_from_sidecar(sidecar: dict[str, Any], *, size: int, last_modified: datetime) -> LatestItem:
@@ -98,59 +230,98 @@ class GalleryIndex:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.order_key = ORDER_KEY.format(prefix=prefix)
-        self.items_key = ITEMS_KEY.format(prefix=prefix)
+        self.index_key = INDEX_KEY.format(prefix=prefix)
+        self.aliases_key = ALIASES_KEY.format(prefix=prefix)
 
-    def owner_order_key(self, owner: str) -> str:
-        return OWNER_ORDER_KEY.format(prefix=self.prefix, owner=owner)
+    def owner_key(self, owner: str) -> str:
+        return OWNER_KEY.format(prefix=self.prefix, owner=owner)
 
-    def _order_keys(self, item: LatestItem) -> list[str]:
-        return [self.order_key, *([self.owner_order_key(item.owner)] if item.owner else [])]
-
-    def _write(self, pipe: Any, item: LatestItem) -> None:
-        member = member_for(item)
-        for order_key in self._order_keys(item):
-            pipe.zadd(order_key, {member: 0})
-        pipe.hset(self.items_key, item.key, item.model_dump_json(exclude={"thumb_url"}))
+    # --- writing ----------------------------------------------------------------------------------
+    def write_to(self, pipe: Any, item: LatestItem) -> None:
+        """Queue the commands that put `item` in the index on `pipe`, replacing its entry of the
+        same time (what a rebuild writes again)."""
+        member = encode(item)
+        token = _token_of(member)
+        pipe.zremrangebylex(self.index_key, *_entry_range(token))
+        pipe.zadd(self.index_key, {member: 0})
+        if item.owner:
+            pipe.zadd(self.owner_key(item.owner), {token: 0})
+        if not _told_by(token, item.key):
+            pipe.hset(self.aliases_key, item.key, token)
 
     def add(self, item: LatestItem) -> None:
+        """Index `item`; an entry of the same key at another time (a rebuilt sidecar's) is replaced."""
+        token = token_for(item)
+        stale = [m for m in self._entries(item.key) if _token_of(m) != token]
         with redis_errors(), self.redis.pipeline() as pipe:
-            self._write(pipe, item)
+            self._unwrite(pipe, stale)
+            self.write_to(pipe, item)
             pipe.execute()
 
     def remove(self, key: str) -> None:
-        raw = self.redis.hget(self.items_key, key)
+        entries = self._entries(key)
         with redis_errors(), self.redis.pipeline() as pipe:
-            if raw:
-                item = LatestItem.model_validate_json(raw)
-                member = member_for(item)
-                for order_key in self._order_keys(item):
-                    pipe.zrem(order_key, member)
-            pipe.hdel(self.items_key, key)
+            self._unwrite(pipe, entries)
+            pipe.hdel(self.aliases_key, key)
             pipe.execute()
 
-    def get(self, key: str) -> LatestItem | None:
+    def _unwrite(self, pipe: Any, members: list[bytes | str]) -> None:
+        for member in members:
+            pipe.zrem(self.index_key, member)
+            owner = decode(member).owner
+            if owner:
+                pipe.zrem(self.owner_key(owner), _token_of(member))
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _entries(self, key: str) -> list[bytes | str]:
+        """The index members of `key` (one, or none; two only while a re-timed entry is replaced):
+        found in the second the key names, or through its alias."""
+        second = _second_range(key)
+        wanted = ids_of(key)[0]
         with redis_errors():
-            raw = self.redis.hget(self.items_key, key)
-        return LatestItem.model_validate_json(raw) if raw else None
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self.aliases_key, key)
+                if second:
+                    pipe.zrangebylex(self.index_key, *second)
+                alias, *in_second = pipe.execute()
+            candidates = [m for m in (in_second[0] if in_second else []) if _token_of(m).endswith(wanted)]
+            if alias:
+                candidates += self.redis.zrangebylex(self.index_key, *_entry_range(_text(alias)))
+        found = {_text(m): m for m in candidates if decode(m).key == key}
+        return list(found.values())
+
+    def get(self, key: str) -> LatestItem | None:
+        entries = self._entries(key)
+        return decode(entries[0]) if entries else None
+
+    def items_of(self, tokens: Sequence[bytes | str]) -> list[LatestItem | None]:
+        """The item of each token (None for one no longer indexed), in one round trip."""
+        if not tokens:
+            return []
+        with redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.zrangebylex(self.index_key, *_entry_range(_text(token)), start=0, num=1)
+            found = pipe.execute()
+        return [decode(members[0]) if members else None for members in found]
 
     def count(self) -> int:
         with redis_errors():
-            return int(self.redis.zcard(self.order_key))
+            return int(self.redis.zcard(self.index_key))
 
     def page(
         self, limit: int, cursor: str | None = None, *, owner: str | None = None
     ) -> tuple[list[LatestItem], str | None]:
         """The `limit` newest items older than `cursor` (of `owner` only, when given), and the
         cursor of the page after them."""
-        upper = f"({cursor}" if cursor else "+"
-        order_key = self.order_key if owner is None else self.owner_order_key(owner)
+        source = self.index_key if owner is None else self.owner_key(owner)
         with redis_errors():
-            members = self.redis.zrevrangebylex(order_key, upper, "-", start=0, num=limit + 1)
-            keys = [_key_of(m) for m in members[:limit]]
-            raws = self.redis.hmget(self.items_key, keys) if keys else []
-        items = [LatestItem.model_validate_json(raw) for raw in raws if raw]
-        next_cursor = _text(members[limit - 1]) if len(members) > limit else None
+            members = self.redis.zrevrangebylex(source, _after(cursor, False), "-", start=0, num=limit + 1)
+        shown = members[:limit]
+        if owner is None:
+            items = [decode(m) for m in shown]
+        else:
+            items = [item for item in self.items_of(shown) if item is not None]
+        next_cursor = _token_of(members[limit - 1]) if len(members) > limit else None
         return items, next_cursor
 
     def search(
@@ -164,13 +335,13 @@ class GalleryIndex:
         oldest_first: bool = False,
         scan_budget: int = SEARCH_SCAN_BUDGET,
     ) -> tuple[list[LatestItem], str | None]:
-        """Up to `limit` items matching `query`, walking `source` (an order set: the gallery's, an
-        owner's, a board's) from `cursor`, keeping only members also in every sorted set of `also_in`.
-        At most `scan_budget` entries are examined; the cursor answered continues the walk (the same
-        `oldest_first` must be passed with it). A page may hold fewer than `limit` items and still have
-        a next cursor."""
+        """Up to `limit` items matching `query`, walking `source` (the index, or a set of tokens: an
+        owner's, a board's, the favourites) from `cursor`, keeping only images also in every token
+        set of `also_in`. At most `scan_budget` entries are examined; the cursor answered continues
+        the walk (the same `oldest_first` must be passed with it). A page may hold fewer than `limit`
+        items and still have a next cursor."""
         if source is None:
-            source = self.order_key if query.owner is None else self.owner_order_key(query.owner)
+            source = self.index_key if query.owner is None else self.owner_key(query.owner)
         found: list[LatestItem] = []
         position, scanned = cursor, 0
         with redis_errors():
@@ -179,16 +350,19 @@ class GalleryIndex:
                 members = _scan_members(self.redis, source, position, query.lex_range(), count, oldest_first)
                 if not members:
                     return found, None
+                tokens = [_token_of(m) for m in members]
                 with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hmget(self.items_key, [_key_of(m) for m in members])
                     for other in also_in:
-                        pipe.zmscore(other, [_text(m) for m in members])
-                    raws, *memberships = pipe.execute()
-                for offset, (member, raw) in enumerate(zip(members, raws, strict=True)):
-                    position, scanned = _text(member), scanned + 1
-                    if not raw or any(scores[offset] is None for scores in memberships):
+                        pipe.zmscore(other, tokens)
+                    memberships = pipe.execute() if also_in else []
+                if source == self.index_key:
+                    items: list[LatestItem | None] = [decode(m) for m in members]
+                else:
+                    items = self.items_of(tokens)
+                for offset, (token, item) in enumerate(zip(tokens, items, strict=True)):
+                    position, scanned = token, scanned + 1
+                    if item is None or any(scores[offset] is None for scores in memberships):
                         continue
-                    item = LatestItem.model_validate_json(raw)
                     if query.matches(item):
                         found.append(item)
                         if len(found) == limit:
@@ -198,6 +372,7 @@ class GalleryIndex:
                     return found, None
         return found, position
 
+    # --- rebuilding -------------------------------------------------------------------------------
     def rebuild(self, store: Store, prefix: str) -> int:
         """Make the index match what the store holds; returns the number of images indexed.
 
@@ -212,15 +387,38 @@ class GalleryIndex:
             for start in range(0, len(objects), REBUILD_BATCH):
                 with self.redis.pipeline() as pipe:
                     for obj in objects[start : start + REBUILD_BATCH]:
-                        self._write(pipe, self._item_for(store, obj.key, obj.size, obj.last_modified))
+                        self.write_to(pipe, self._item_for(store, obj.key, obj.size, obj.last_modified))
                     pipe.execute()
-            older = self.redis.zrangebylex(self.order_key, "-", f"({listing_started}")
-            stale = [m for m in older if _key_of(m) not in listed]
-            for member in stale:
-                self.remove(_key_of(member))
-                self.redis.zrem(self.order_key, member)  # a member whose item was already gone
+            stale = [m for m in self._older_than(listing_started) if decode(m).key not in listed]
+            for start in range(0, len(stale), REBUILD_BATCH):
+                with self.redis.pipeline() as pipe:
+                    batch = stale[start : start + REBUILD_BATCH]
+                    self._unwrite(pipe, batch)
+                    pipe.hdel(self.aliases_key, *[decode(m).key for m in batch])
+                    pipe.execute()
         log.info("gallery index rebuilt", extra={"images": len(objects), "dropped": len(stale)})
         return len(objects)
+
+    def _older_than(self, stamp: str) -> Iterator[bytes | str]:
+        """Every index member made before `stamp`, oldest first, `SCAN_CHUNK` a round trip."""
+        position = "-"
+        while True:
+            members = self.redis.zrangebylex(self.index_key, position, f"({stamp}", start=0, num=SCAN_CHUNK)
+            yield from members
+            if len(members) < SCAN_CHUNK:
+                return
+            position = _after(_token_of(members[-1]), True)
+
+    def drop_legacy(self) -> int:
+        """Delete the first layout's keys (an order set, an items hash, owner order sets); returns how
+        many there were. Run once the new index is filled."""
+        with redis_errors():
+            legacy = [name.format(prefix=self.prefix) for name in LEGACY_KEYS]
+            legacy += [_text(k) for k in self.redis.scan_iter(match=_glob(self.prefix) + ":gallery:order:*")]
+            dropped = int(self.redis.delete(*legacy)) if legacy else 0
+        if dropped:
+            log.info("old gallery index layout dropped", extra={"keys": dropped})
+        return dropped
 
     @staticmethod
     def _item_for(store: Store, key: str, size: int, last_modified: datetime) -> LatestItem:
@@ -236,12 +434,20 @@ class GalleryIndex:
             return LatestItem(key=key, size=size, last_modified=last_modified.astimezone(UTC).isoformat())
 
 
+def _after(token: str | None, oldest_first: bool) -> str:
+    """The ZRANGEBYLEX bound just past `token` in the walk's direction, in the index and in token
+    sets alike (no token is a prefix of another, and ``|`` < ``}``)."""
+    if token is None:
+        return "-" if oldest_first else "+"
+    return f"({token}}}" if oldest_first else f"({token}"
+
+
+def _glob(text: str) -> str:
+    """`text` matched literally by a Redis glob (MATCH)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 # --- finding images: filters over the index, with a bounded scan per page -------------------------
-def member_for(item: LatestItem) -> str:
-    """The item's member of the order sets (and of favourites and boards): ``<stamp>|<key>``."""
-    return f"{_stamp(datetime.fromisoformat(item.last_modified))}|{item.key}"
-
-
 @dataclass(frozen=True)
 class GalleryQuery:
     """What a filtered listing keeps: every criterion given must hold (prompt text is a
@@ -304,5 +510,9 @@ def _scan_members(
 ) -> list[bytes | str]:
     low, high = bounds
     if oldest_first:
-        return redis.zrangebylex(source, f"({position}" if position else low, high, start=0, num=count)
-    return redis.zrevrangebylex(source, high if position is None else f"({position}", low, start=0, num=count)
+        return redis.zrangebylex(
+            source, low if position is None else _after(position, True), high, start=0, num=count
+        )
+    return redis.zrevrangebylex(
+        source, high if position is None else _after(position, False), low, start=0, num=count
+    )

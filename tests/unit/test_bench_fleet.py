@@ -4,7 +4,7 @@ themselves (a minute of real workers) run in `python -m bench.run --only fleet`,
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from bench import fleet, run
 from bench.fleet import JobRecord
-from services.images_service.gallery import GalleryIndex
+from services.images_service.gallery import GalleryIndex, decode
 from services.images_service.models import parse_models_yaml
 from services.images_service.storage.keys import validate_image_key
 
@@ -102,6 +102,9 @@ class RecordingPipeline:
     def zadd(self, key: str, mapping: dict[str, float]) -> None:
         self.commands.append(("zadd", (key, mapping)))
 
+    def zremrangebylex(self, key: str, low: str, high: str) -> None:
+        self.commands.append(("zremrangebylex", (key, low, high)))
+
     def hset(self, key: str, field: str, value: str) -> None:
         self.commands.append(("hset", (key, field, value)))
 
@@ -125,13 +128,19 @@ def test_the_million_is_written_in_the_index_layout_in_batches(monkeypatch: pyte
 
     assert fleet.fill_index(index, fleet.index_items(7, now)) == 7
 
-    assert redis.pipe.executed == [6, 12, 14]  # two commands an image, a round trip every 3 images
+    # One entry an image (its old entry of the same time replaced first), no alias, no owner set;
+    # a round trip every 3 images.
+    assert redis.pipe.executed == [6, 12, 14]
+    assert {args[0] for _, args in redis.pipe.commands} == {index.index_key}
     members = [next(iter(args[1])) for name, args in redis.pipe.commands if name == "zadd"]
-    keys = [args[1] for name, args in redis.pipe.commands if name == "hset"]
-    assert all(args[0] == index.order_key for name, args in redis.pipe.commands if name == "zadd")
-    assert members == sorted(members) and len(set(keys)) == 7  # one a second, oldest first
-    assert [member.split("|", 1)[1] for member in members] == keys
-    assert all(validate_image_key(key, fleet.PREFIX) == key for key in keys)
+    assert members == sorted(members) and len(members) == 7  # one a second, oldest first
+    items = [decode(member) for member in members]
+    assert [item.last_modified for item in items] == [
+        (now - timedelta(seconds=7 - i)).isoformat() for i in range(7)
+    ]
+    assert len({item.key for item in items}) == 7
+    assert all(validate_image_key(item.key, fleet.PREFIX) == item.key for item in items)
+    assert all(len(member) < 200 for member in members)  # the compact entry the memory row measures
 
 
 def test_the_fleets_models_are_registered_where_the_service_finds_them(tmp_path: Path) -> None:

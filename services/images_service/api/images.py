@@ -37,7 +37,7 @@ from services.contracts import (
 from ..audit import audit_cancel, audit_event, audit_image, audit_submission
 from ..delivery import DEFAULT_QUALITY, FORMATS, DeliveryFormat, convert, copies_of, ensure_copy
 from ..errors import KeyNotFound, KittyError, ModelNotFound, Unauthorized, ValidationFailed
-from ..gallery import THUMB_SUFFIX, GalleryIndex
+from ..gallery import THUMB_SUFFIX, TOKEN_PATTERN, GalleryIndex
 from ..idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from ..models import ADDON_SECTIONS, AddonEntry
 from ..ownership import Ownership, listing_owner
@@ -72,7 +72,7 @@ EVENTS_POLL_S = 0.2
 EVENTS_KEEPALIVE_S = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
 
-CURSOR_PATTERN = r"^\d{16}\|[A-Za-z0-9._/-]{1,1024}$"
+CURSOR_PATTERN = rf"^{TOKEN_PATTERN}$"
 
 MEDIA_TYPES = {
     ".png": "image/png",
