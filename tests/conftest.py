@@ -7,4 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.support.servers", "tests.support.tiny_models", "tests.support.harness"]
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.tiny_models",
+    "tests.support.tiny_video",
+    "tests.support.harness",
+]
