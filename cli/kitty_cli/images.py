@@ -9,10 +9,27 @@ from .catalog import engines, models, presets
 from .context import EXIT_FAILED, EXIT_INTERRUPTED
 from .gallery import delete, latest, select
 from .jobs import cancel, generate, jobs, rerun, retry, upscale
+from .queue import front, pause, resume
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "images"]
 
-COMMANDS = (generate, rerun, upscale, latest, select, jobs, retry, cancel, models, presets, engines, delete)
+COMMANDS = (
+    generate,
+    rerun,
+    upscale,
+    latest,
+    select,
+    jobs,
+    retry,
+    cancel,
+    pause,
+    resume,
+    front,
+    models,
+    presets,
+    engines,
+    delete,
+)
 """Every images command, registered on the root group as ``images.NAME``."""
 
 GROUP_PREFIX = "images."

@@ -536,7 +536,8 @@ def jobs(
             prompt = str((item.request or {}).get("prompt") or "")[:60]
             code = f" {item.error.code.value}" if item.error else ""
             where = f"{item.engine or '-'}  {item.model or '-'}"
-            click.echo(f"{item.job_id}  {item.status.value:<8}{code}  {where}  {prompt}")
+            state = "paused" if item.paused else item.status.value  # queued, held by images.pause
+            click.echo(f"{item.job_id}  {state:<8}{code}  {where}  {prompt}")
         return
     view = follow(ctx, client, job_id, preview) if wait else client.job(job_id)
     if as_json:

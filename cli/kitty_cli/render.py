@@ -231,6 +231,10 @@ def job_lines(view: JobView) -> list[str]:
     fields: list[tuple[str, str]] = [("job", view.job_id), ("status", view.status.value)]
     if view.waiting_for:
         fields.append(("waiting for", view.waiting_for))
+    if view.position is not None:
+        fields.append(("position", f"{view.position} (1 = next)"))
+    if view.paused:
+        fields.append(("paused", "yes: `kitty-cli images.resume` starts it again"))
     if view.progress.total:
         fields.append(("progress", f"{view.progress.step}/{view.progress.total}"))
     for label, value in (("engine", view.engine), ("model", view.model)):

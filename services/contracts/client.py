@@ -21,6 +21,7 @@ from .schema import (
     LatestView,
     ModelsView,
     PresetsView,
+    QueueView,
     SelectView,
     UploadView,
     UpscaleRequest,
@@ -218,6 +219,24 @@ class ImagesClient:
 
     def cancel(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("POST", f"/api/images/jobs/{job_id}/cancel"))
+
+    def to_front(self, job_id: str) -> JobView:
+        """Move a queued job before the caller's other queued jobs (``POST /api/images/jobs/{id}/front``)."""
+        return JobView.model_validate(self._call("POST", f"/api/images/jobs/{quote(job_id, safe='')}/front"))
+
+    def queue(self) -> QueueView:
+        """Whether the caller's queue is paused (``GET /api/images/queue``)."""
+        return QueueView.model_validate(self._call("GET", "/api/images/queue"))
+
+    def pause(self, *, everyone: bool = False) -> QueueView:
+        """Hold the caller's queued jobs (`everyone`, admin keys: the whole queue)."""
+        params = {"scope": "all" if everyone else "mine"}
+        return QueueView.model_validate(self._call("POST", "/api/images/queue/pause", params=params))
+
+    def resume(self, *, everyone: bool = False) -> QueueView:
+        """Start the caller's held jobs again, in their order (`everyone`: the whole queue)."""
+        params = {"scope": "all" if everyone else "mine"}
+        return QueueView.model_validate(self._call("POST", "/api/images/queue/resume", params=params))
 
     def jobs(self, status: str | None = None, limit: int = 36, cursor: str | None = None) -> JobsView:
         """The caller's jobs newest first (``GET /api/images/jobs``), `status` only when given."""

@@ -483,6 +483,32 @@ class StepView(BaseModel):
     error: ErrorInfo | None = None
 
 
+class WaitReason(StrEnum):
+    """Why a queued job has not started (`JobWaiting.reason`)."""
+
+    NO_WORKER = "no_worker"
+    """No live worker serves its engine: it waits until one starts."""
+    PAUSED = "paused"
+    """Its owner paused their queue (``POST /api/images/queue/pause``)."""
+    QUEUE_PAUSED = "queue_paused"
+    """An admin paused the whole queue: workers take no new job."""
+    BUSY = "busy"
+    """It is next, and every worker of its engine is busy."""
+    TURN = "turn"
+    """Jobs ahead of it (`JobWaiting.ahead`)."""
+
+
+class JobWaiting(BaseModel):
+    """What a queued job waits for, for a program to act on (`JobView.waiting_for` says it in words)."""
+
+    reason: WaitReason
+    message: str
+    engine: str | None = None
+    ahead: int | None = None
+    """Jobs its engine's workers take before it (reason ``turn``)."""
+    remediation: list[str] = Field(default_factory=list)
+
+
 class JobView(BaseModel):
     """``GET /api/images/jobs/{job_id}``."""
 
@@ -501,6 +527,14 @@ class JobView(BaseModel):
     ended_at: str | None = None
     waiting_for: str | None = None
     """While queued: what the job waits for, in words (no worker serves its engine; N jobs ahead)."""
+    waiting: JobWaiting | None = None
+    """While queued: the same, structured (a reason code, the engine, what to do)."""
+    position: int | None = None
+    """While queued in a queue: its place, 1 = the next its engine's workers take (None for a held
+    job of a paused queue and a pipeline step waiting for the step before it)."""
+    paused: bool = False
+    """While queued: its owner paused their queue, or an admin the whole queue; it starts after a
+    resume, in its place."""
     worker: str | None = None
     """The worker that took it (its RQ name; its card in GET /api/images/engines gives host and pid)."""
     warm: bool | None = None
@@ -510,6 +544,19 @@ class JobView(BaseModel):
     steps: list[StepView] | None = None
     """A pipeline's steps in order (None for a single job); `progress` counts across them and
     `result` holds the last step's images."""
+
+
+class QueueView(BaseModel):
+    """``GET /api/images/queue`` and what its pause and resume answer: the caller's queue."""
+
+    paused: bool
+    """The caller's queued jobs wait (`POST /api/images/queue/pause`) until a resume."""
+    everyone_paused: bool = False
+    """An admin paused the whole queue: no worker takes a new job, whoever's."""
+    held: int = 0
+    """The caller's jobs a worker reached while paused, set aside in their order until the resume."""
+    resumed: int | None = None
+    """A resume's answer: how many held jobs went back to the front of their queues."""
 
 
 class JobsView(BaseModel):

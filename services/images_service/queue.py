@@ -27,6 +27,7 @@ from services.common.api_keys import ApiKey, caller_var, can_see
 from services.common.logs import request_id_var
 from services.common.redisconn import connect
 from services.contracts import ErrorCode, ErrorInfo, JobResult, JobStatus, JobView, Progress, RenderSpec
+from services.contracts.schema import JobWaiting, QueueView, WaitReason
 
 from .dispatch import model_queues, queue_for
 from .engines import ENGINES
@@ -34,6 +35,7 @@ from .engines.descriptors import worker_command
 from .errors import EngineError, EngineTimeout, JobNotFound, QueueUnavailable
 from .pipelines import PipelineRecord, cancel_pipeline, load_pipeline, pipeline_request, pipeline_view
 from .presets import failure_remediation, preset_book
+from .queue_control import JobNotMovable, PauseState, QueueControl, owner_of_job, owner_token
 from .redaction import redact
 from .settings import Settings
 from .worker.rq_worker import live_workers
@@ -140,6 +142,19 @@ def error_from_failure(job: Job) -> ErrorInfo:
     return EngineError("the job failed without a recorded reason").to_info()
 
 
+def waiting(
+    reason: WaitReason,
+    message: str,
+    engine: str | None,
+    remediation: list[str] | None = None,
+    *,
+    ahead: int | None = None,
+) -> JobWaiting:
+    return JobWaiting(
+        reason=reason, message=message, engine=engine, ahead=ahead, remediation=remediation or []
+    )
+
+
 def engine_queues(redis: Redis, settings: Settings, engine: str) -> list[Queue]:
     """The queues of `engine` in the order a worker takes from them: priority first (RQ's workers
     try their queues in order, and block on all of them at once when every one is empty)."""
@@ -155,6 +170,7 @@ class JobQueue:
         self.settings = settings
         self._live: dict[str, tuple[float, int]] = {}
         self._live_lock = threading.Lock()
+        self.control = QueueControl(redis, settings)
 
     def queue(self, engine: str, *, priority: bool = False) -> Queue:
         name = self.settings.queue_name(engine, priority=priority)
@@ -274,6 +290,7 @@ class JobQueue:
         views: list[JobView] = []
         next_cursor: str | None = None
         with redis_errors():
+            paused = self.control.state()  # once per listing, not per job
             while len(views) < limit:
                 batch: list[tuple[bytes, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
                     key, upper, "-inf", start=0, num=JOBS_PAGE_SCAN, withscores=True
@@ -284,7 +301,7 @@ class JobQueue:
                     job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
                     upper = f"({score!r}"
                     try:
-                        view = self.view(job_id)
+                        view = self.view(job_id, paused=paused)
                     except JobNotFound:  # expired from RQ: no longer history
                         self.redis.zrem(key, job_id)
                         continue
@@ -329,13 +346,14 @@ class JobQueue:
             raise JobNotFound(f"no job with id '{job_id}'")
         return record
 
-    def view(self, job_id: str, caller: ApiKey | None = None) -> JobView:
-        """The job's or pipeline's state for `caller` (None: keys off, or the service itself)."""
+    def view(self, job_id: str, caller: ApiKey | None = None, *, paused: PauseState | None = None) -> JobView:
+        """The job's or pipeline's state for `caller` (None: keys off, or the service itself);
+        `paused`: the pause flags when already read (a listing reads them once)."""
         record = self.pipeline_record(job_id, caller)
         if record is not None:
             with redis_errors():
                 return pipeline_view(self, record)
-        return self.view_job(self.fetch_visible(job_id, caller))
+        return self.view_job(self.fetch_visible(job_id, caller), paused=paused)
 
     def _with_preset_advice(self, error: ErrorInfo, job: Job) -> ErrorInfo:
         """`error` with what the job's preset says to do about its code first (its failure modes)."""
@@ -348,15 +366,18 @@ class JobQueue:
             update={"remediation": advice + [s for s in error.remediation if s not in advice]}
         )
 
-    def view_job(self, job: Job) -> JobView:
+    def view_job(self, job: Job, *, paused: PauseState | None = None) -> JobView:
         """One RQ job's state (a pipeline's step, or a job of its own)."""
         with redis_errors():
             rq_status = job.get_status(refresh=False)
             meta: dict[str, Any] = job.meta or {}
             status = _STATUS.get(rq_status, JobStatus.QUEUED) if rq_status else JobStatus.QUEUED
-            result = error = waiting_for = None
+            result = error = waiting_for = waiting = position = None
+            is_paused = False
             if status is JobStatus.QUEUED:
-                waiting_for = self.waiting_for(job, meta.get("engine"))
+                paused = paused if paused is not None else self.control.state()
+                is_paused = paused.is_paused(owner_of_job(job))
+                waiting_for, waiting, position = self.waiting(job, meta.get("engine"), paused)
             elif status is JobStatus.DONE and meta.get("upload") == "pending":
                 # Rendered, but its images wait in the worker's spool for storage to return.
                 status = JobStatus.STARTED
@@ -383,6 +404,9 @@ class JobQueue:
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),
             waiting_for=waiting_for,
+            waiting=waiting,
+            position=position,
+            paused=is_paused,
             worker=meta.get("worker"),
             warm=meta.get("warm"),
         )
@@ -403,6 +427,7 @@ class JobQueue:
             status = job.get_status(refresh=True)
             if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):
                 job.cancel()
+                self.control.forget(job)  # set aside by a pause: out of its held list too
             elif status == RQStatus.STARTED:
                 key = cancel_key(self.settings.queue_prefix, job.id)
                 self.redis.set(key, 1, ex=self.settings.job_timeout_s + 60)
@@ -428,21 +453,111 @@ class JobQueue:
             self._live[engine] = (now, count)
         return count
 
-    def waiting_for(self, job: Job, engine: str | None) -> str | None:
-        """Why a queued job has not started, in words a user can act on."""
+    def waiting(
+        self, job: Job, engine: str | None, paused: PauseState
+    ) -> tuple[str | None, JobWaiting | None, int | None]:
+        """Why a queued job has not started: in words that follow "waiting for", and structured
+        for a program to act on; and its place in its queue (1: next), when it is in one."""
+        position = self.position(job, engine)
+        if paused.everyone:
+            message = "an admin paused the whole queue: no worker takes a new job until it is resumed"
+            remediation = ["An admin resumes it: `kitty-cli images.resume --everyone`."]
+            return (
+                f"a resume: {message}",
+                waiting(WaitReason.QUEUE_PAUSED, message, engine, remediation),
+                position,
+            )
+        if owner_of_job(job) in paused.owners:
+            message = "your queue is paused: this job starts after a resume, in its place"
+            remediation = ["Resume it: Resume in the gallery's queue, or `kitty-cli images.resume`."]
+            return f"a resume: {message}", waiting(WaitReason.PAUSED, message, engine, remediation), position
         if engine is None:
-            return None
+            return None, None, position
         if self.live_workers(engine) == 0:
             command = worker_command(engine, self.settings.image_engine)
-            return f"a worker: none serves engine '{engine}' now; start one with `{command}`"
-        position = job.get_position()
+            message = f"no worker serves engine '{engine}' now"
+            remediation = [
+                f"Start one: `{command}`.",
+                "Or cancel it and submit it to an engine with a worker (`kitty-cli images.engines`).",
+            ]
+            said = f"a worker: none serves engine '{engine}' now; start one with `{command}`"
+            return said, waiting(WaitReason.NO_WORKER, message, engine, remediation), position
         if position is None:
+            return None, None, None  # a pipeline step waiting for the step before it
+        if position == 1:
+            message = "every worker serving this engine is busy"
+            return (
+                "a worker: every one serving this engine is busy",
+                waiting(WaitReason.BUSY, message, engine, ahead=0),
+                position,
+            )
+        ahead = position - 1
+        message = f"{ahead} job{'s' if ahead != 1 else ''} ahead"
+        return f"its turn: {message}", waiting(WaitReason.TURN, message, engine, ahead=ahead), position
+
+    def position(self, job: Job, engine: str | None) -> int | None:
+        """The job's place among those its engine's workers take (1: next): the priority queue
+        first. None when it is in no queue (held by a pause, deferred)."""
+        index = job.get_position()
+        if index is None or engine is None:
             return None
         priority = self.settings.queue_name(engine, priority=True)
-        ahead = position + (0 if job.origin == priority else self.queue(engine, priority=True).count)
-        if ahead == 0:
-            return "a worker: every one serving this engine is busy"
-        return f"its turn: {ahead} job{'s' if ahead != 1 else ''} ahead"
+        return index + 1 + (0 if job.origin == priority else self.queue(engine, priority=True).count)
+
+    # --- pausing and reordering (queue_control.py) -------------------------------------------------
+    def queue_view(self, caller: ApiKey | None, *, resumed: int | None = None) -> QueueView:
+        owner = owner_token(caller.key_id if caller else None)
+        with redis_errors():
+            paused = self.control.state()
+            held = self.control.held(owner)
+        return QueueView(
+            paused=owner in paused.owners, everyone_paused=paused.everyone, held=held, resumed=resumed
+        )
+
+    def pause(self, caller: ApiKey | None, *, everyone: bool = False) -> QueueView:
+        """Hold the caller's queued jobs after their running one (an admin's `everyone`: every
+        caller's; workers take no new job)."""
+        with redis_errors():
+            if everyone:
+                self.control.pause_everyone()
+            else:
+                self.control.pause(owner_token(caller.key_id if caller else None))
+        return self.queue_view(caller)
+
+    def resume(self, caller: ApiKey | None, *, everyone: bool = False) -> QueueView:
+        """Start the caller's held jobs again, in their places (`everyone`: the whole queue; each
+        caller's own pause stays)."""
+        resumed = None
+        with redis_errors():
+            if everyone:
+                self.control.resume_everyone()
+            else:
+                resumed = self.control.resume(owner_token(caller.key_id if caller else None))
+        return self.queue_view(caller, resumed=resumed)
+
+    def to_front(self, job_id: str, caller: ApiKey | None) -> JobView:
+        """Move a queued job before the caller's other queued jobs in its queue (an admin's, or
+        any without keys: to the very front)."""
+        if self.pipeline_record(job_id, caller) is not None:
+            raise JobNotMovable(
+                f"job {job_id} is a pipeline: its steps are queued one after the other",
+                remediation=["Move its queued step: the pipeline's view lists each step's job_id."],
+                detail={"job_id": job_id},
+            )
+        job = self.fetch_visible(job_id, caller)
+        with redis_errors():
+            status = job.get_status(refresh=True)
+            if status != RQStatus.QUEUED:
+                shown = _STATUS.get(status, JobStatus.QUEUED) if status else JobStatus.QUEUED
+                state = "waiting for the step before it" if status == RQStatus.DEFERRED else shown.value
+                raise JobNotMovable(
+                    f"job {job_id} is {state}: only a job waiting in a queue can be moved",
+                    remediation=["Move a job whose status is queued; `kitty-cli images.jobs` lists them."],
+                    detail={"job_id": job_id, "status": shown.value},
+                )
+            own = caller is not None and not caller.is_admin
+            self.control.to_front(job, caller.key_id if own and caller else None)
+        return self.view_job(job)
 
     def depth(self, engine: str) -> int:
         """Jobs waiting for `engine`, in its queues and its models' queues."""

@@ -1,5 +1,6 @@
-"""`/api/images/*`: generate and re-run, job views and their event stream, cancel, latest, select,
-delete, models, presets, and the filesystem store's signed downloads."""
+"""`/api/images/*`: generate and re-run, job views and their event stream, cancel, pause, resume and
+reorder the queue, latest, select, delete, models, presets, and the filesystem store's signed
+downloads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from services.common.api_keys import ApiKey
 from services.contracts import (
     LATEST_DEFAULT,
     LATEST_MAX,
@@ -33,6 +35,7 @@ from services.contracts import (
     SelectRequest,
     SelectView,
 )
+from services.contracts.schema import QueueView
 
 from ..audit import audit_cancel, audit_event, audit_image, audit_submission
 from ..delivery import DEFAULT_QUALITY, FORMATS, DeliveryFormat, convert, copies_of, ensure_copy
@@ -44,6 +47,7 @@ from ..ownership import Ownership, listing_owner
 from ..presets import preset_book
 from ..previews import PreviewNotFound, preview_key
 from ..queue import redis_errors
+from ..queue_control import AdminOnly
 from ..quotas import models_for_tier
 from ..storage import FilesystemStore
 from ..storage.keys import meta_key_for, validate_image_key
@@ -230,6 +234,52 @@ def cancel(job_id: str, request: Request, queue: QueueDep, caller: CallerDep) ->
     return audit_cancel(request, queue.cancel(job_id, caller))
 
 
+@router.post("/jobs/{job_id}/front", response_model=JobView)
+def to_front(job_id: str, queue: QueueDep, caller: CallerDep) -> JobView:
+    """Move a queued job before the caller's other queued jobs in its queue; other callers' jobs
+    keep their places. An admin key moves any job to the very front of its queue. 409 for a job
+    that is not waiting in a queue (running, finished, a pipeline)."""
+    return queue.to_front(job_id, caller)
+
+
+ADMIN_ONLY: dict[int | str, dict[str, object]] = {403: {"model": ErrorBody}}
+"""`scope=all` from a key that is not an admin's."""
+
+QueueScope = Annotated[Literal["mine", "all"], Query()]
+"""``mine``: the caller's queued jobs; ``all`` (admin keys): the whole queue."""
+
+
+def is_everyone(caller: ApiKey | None, scope: str) -> bool:
+    if scope == "all" and caller is not None and not caller.is_admin:
+        raise AdminOnly("only an admin key may pause or resume the whole queue (scope=all)")
+    return scope == "all"
+
+
+@router.get("/queue", response_model=QueueView, response_model_exclude_none=True)
+def queue_state(queue: QueueDep, caller: CallerDep) -> QueueView:
+    """Whether the caller's queue is paused (and the whole queue), and how many of the caller's
+    jobs a worker set aside while paused."""
+    return queue.queue_view(caller)
+
+
+@router.post("/queue/pause", response_model=QueueView, response_model_exclude_none=True, responses=ADMIN_ONLY)
+def pause_queue(queue: QueueDep, caller: CallerDep, scope: QueueScope = "mine") -> QueueView:
+    """Hold the caller's queued jobs, and those submitted meanwhile, after the running one: each
+    keeps its place, and stays listed, queued with `paused: true`, cancelable. With `scope=all`
+    (admin keys) every caller's: workers take no new job."""
+    return queue.pause(caller, everyone=is_everyone(caller, scope))
+
+
+@router.post(
+    "/queue/resume", response_model=QueueView, response_model_exclude_none=True, responses=ADMIN_ONLY
+)
+def resume_queue(queue: QueueDep, caller: CallerDep, scope: QueueScope = "mine") -> QueueView:
+    """Start the caller's held jobs again, in their places and their order (`resumed`: how many a
+    worker had set aside). With `scope=all` (admin keys): the whole queue; each caller's own pause
+    stays."""
+    return queue.resume(caller, everyone=is_everyone(caller, scope))
+
+
 @router.get("/latest", response_model=LatestView, response_model_exclude_none=True)
 def latest(
     request: Request,
@@ -269,7 +319,7 @@ def latest(
     return LatestView(items=items, next_cursor=next_cursor)
 
 
-@router.post("/select", response_model=SelectView, dependencies=[JsonBody])
+@router.post("/select", response_model=SelectView, response_model_exclude_none=True, dependencies=[JsonBody])
 def select(
     body: SelectRequest,
     request: Request,
@@ -383,7 +433,7 @@ def download(
         )
     suffix = next((s for s in MEDIA_TYPES if key.endswith(s)), None)
     if suffix is None:
-        raise ValidationFailed(f"'{key}' is not an image, sidecar or thumbnail")
+        raise ValidationFailed(f"'{key}' is not an image, clip, sidecar, thumbnail or poster")
     data, media_type = store.get(key), MEDIA_TYPES[suffix]
     if format is not None and suffix == ".png":
         data, media_type = convert(data, format, quality), FORMATS[format][1]

@@ -24,7 +24,11 @@ The touch points, each with a test in tests/unit/test_rq_worker.py:
   8. `BaseWorker.dequeue_job_and_maintain_ttl` is wrapped for model-aware dispatch (dispatch.py):
      the worker's `_ordered_queues` are set before each dequeue (its held models' queues first),
      RQ blocks on them for at most IMAGES_DISPATCH_WAIT_S, then the worker may take a job that
-     waited that long in another model's queue (`Queue._fetch_dequeued_job` after an LREM).
+     waited that long in another model's queue (`Queue._fetch_dequeued_job` after an LREM);
+  9. the same wrapper hands each dequeued job to `QueueControl.divert` (queue_control.py): a job of
+     a paused owner is set aside, and while an admin paused the whole queue the worker takes none
+     (it waits as RQ's `check_for_suspension` does, `WorkerStatus.SUSPENDED`, heartbeating);
+     tested with the queue (tests/integration/test_queue_control.py, tests/e2e/test_queue_pause.py).
 RQ's public API covers the rest: `Queue`, `Job`, `StartedJobRegistry.cleanup` (the janitor).
 """
 
@@ -46,6 +50,7 @@ from rq.job import Job
 from rq.worker import BaseWorker, WorkerStatus
 
 from ..dispatch import Dispatch
+from ..queue_control import PAUSE_POLL_S, Diverted, QueueControl
 
 log = logging.getLogger("kitty.images.worker")
 
@@ -71,12 +76,48 @@ class KittyWorker(SimpleWorker):
     """Seconds between heartbeats while a job runs (IMAGES_WORKER_HEARTBEAT)."""
     dispatch: Dispatch | None = None
     """Model-aware dispatch (None: the queues given, in order, as RQ takes them)."""
+    control: QueueControl | None = None
+    """Pauses (None: from the dispatch's settings when there is one, else none are honoured)."""
 
     def __init__(self, queues: list[Queue], **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_S)
         super().__init__(queues, **kwargs)
 
     def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        control = self.queue_control()
+        while True:
+            if control is not None and control.is_everyone_paused():
+                if timeout is None:
+                    return None  # a burst worker has nothing it may take
+                self.wait_while_paused(control)
+                if self._stop_requested:
+                    return None
+            result = self.dequeue_dispatched(timeout, max_idle_time)
+            if result is None or control is None:
+                return result
+            diverted = control.divert(*result)
+            if diverted is Diverted.RUN:
+                return result
+            if diverted is Diverted.PUT_BACK and timeout is None:
+                return None
+
+    def queue_control(self) -> QueueControl | None:
+        if self.control is None and self.dispatch is not None:
+            self.control = QueueControl(self.connection, self.dispatch.settings)
+        return self.control
+
+    def wait_while_paused(self, control: QueueControl) -> None:
+        """Take no job while the whole queue is paused: heartbeat, and look again every second."""
+        self.set_state(WorkerStatus.SUSPENDED)
+        log.info("the whole queue is paused: taking no new job", extra={"worker": self.name})
+        while not self._stop_requested and control.is_everyone_paused():
+            self.heartbeat()
+            time.sleep(PAUSE_POLL_S)
+        self.set_state(WorkerStatus.IDLE)
+
+    def dequeue_dispatched(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         dispatch = self.dispatch
