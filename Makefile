@@ -19,7 +19,18 @@ $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed
+# axe-core for the gallery's accessibility test (tests/browser/test_gallery_a11y.py), the exact version
+# of its package-lock.json; re-installed when that changes. Without npm it is left out, and the test
+# says so (it fails in CI, where .ci/run installs npm first).
+AXE_DIR := tests/browser/axe
+AXE_INSTALLED := $(AXE_DIR)/node_modules/.installed
+NPM := $(shell command -v npm 2>/dev/null)
+
+$(AXE_INSTALLED): $(AXE_DIR)/package.json $(AXE_DIR)/package-lock.json
+	npm ci --prefix $(AXE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(if $(NPM),$(AXE_INSTALLED))
 
 # Re-resolve the lock after editing pyproject.toml: pins already in the lock are kept where the ranges
 # allow. Upgrade on purpose with UPGRADE="rq redis" (those packages) or UPGRADE=all (everything),

@@ -85,7 +85,8 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = REPO / "test-output"
 DOCS_SCREENSHOT = REPO / "docs" / "gallery.png"
 UPDATE_SCREENSHOT_ENV = "KITTY_UPDATE_SCREENSHOT"
-"""Set to 1 to refresh the README's screenshot (docs/gallery.png); CI leaves the tree alone."""
+"""Set to 1 to refresh the README's screenshots (docs/gallery.png, docs/screenshots/); CI leaves the
+tree alone."""
 
 DOCS_SCREENSHOT_COLORS = 128
 """The README's copy is palette-quantized: the grid is noise from random weights and compresses badly."""
@@ -233,13 +234,14 @@ def save_screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def publish_screenshot(path: Path) -> None:
-    """Refresh the README's screenshot when asked to (KITTY_UPDATE_SCREENSHOT=1), kept small."""
+def publish_screenshot(path: Path, target: Path = DOCS_SCREENSHOT) -> None:
+    """Refresh a screenshot of the docs (the README's by default) when asked to
+    (KITTY_UPDATE_SCREENSHOT=1), kept small."""
     if os.environ.get(UPDATE_SCREENSHOT_ENV) != "1":
         return
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(path) as shot:
-        shot.convert("RGB").quantize(colors=DOCS_SCREENSHOT_COLORS).save(DOCS_SCREENSHOT, optimize=True)
+        shot.convert("RGB").quantize(colors=DOCS_SCREENSHOT_COLORS).save(target, optimize=True)
 
 
 def brightness(css_color: str) -> float:

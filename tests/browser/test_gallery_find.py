@@ -109,3 +109,55 @@ def test_a_board_is_made_filled_and_viewed(gallery: Gallery) -> None:
     expect(page.locator("#grid .card")).to_have_count(1)
     expect(page.locator("#grid .card").first).to_contain_text("ramen")
     expect(page.locator("#find-board")).to_have_value("Keepers")
+
+
+def test_the_dialog_stars_an_image_and_puts_it_on_boards_that_filters_then_list(gallery: Gallery) -> None:
+    page = gallery.page
+    cards = page.locator("#grid .card")
+    card_star = gallery.card("fox").locator("xpath=..").locator(".card-star")
+    gallery.card("fox").click()
+    star = page.locator("#viewer").get_by_role("button", name="Favourite")
+    expect(star).to_have_attribute("aria-pressed", "false")
+    star.click()
+    expect(star).to_have_attribute("aria-pressed", "true")
+    expect(card_star).to_have_attribute("aria-pressed", "true")  # the grid's card shows it too
+    # A new board, named in the dialog, gets the image at once.
+    page.locator("#viewer-board").select_option(label="New board…")
+    expect(page.locator("#viewer-board-name")).to_be_focused()
+    page.keyboard.type("Dinner")
+    page.locator("#viewer").get_by_role("button", name="Add", exact=True).click()
+    expect(page.locator("#viewer-boards")).to_have_text("On Dinner")
+    expect(page.locator("#viewer-board")).to_contain_text("Dinner ✓")
+    page.keyboard.press("Escape")
+    # Another image joins that board from the dialog's list of boards.
+    gallery.card("ramen").click()
+    page.locator("#viewer-board").select_option("Dinner")
+    page.locator("#viewer").get_by_role("button", name="Add", exact=True).click()
+    expect(page.locator("#viewer-boards")).to_contain_text("Dinner")
+    page.keyboard.press("Escape")
+
+    # A fresh page: the star and the boards are the service's.
+    gallery.open()
+    expect(card_star).to_have_attribute("aria-pressed", "true")
+    gallery.card("fox").click()
+    expect(star).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#viewer-boards")).to_have_text("On Dinner")
+    page.keyboard.press("Escape")
+    page.locator("#find-favourites").check()
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_contain_text("watercolor fox")
+    page.locator("#find-favourites").uncheck()
+    page.locator("#find-board").select_option("Dinner")
+    expect(cards).to_have_count(2)
+    expect(page.locator("#grid")).to_contain_text("fox")
+    expect(page.locator("#grid")).to_contain_text("ramen")
+
+    # Unstarred in the dialog: off the card too, and off the favourites after a reload.
+    gallery.card("fox").click()
+    star.click()
+    expect(star).to_have_attribute("aria-pressed", "false")
+    expect(card_star).to_have_attribute("aria-pressed", "false")
+    page.keyboard.press("Escape")
+    gallery.open()
+    page.locator("#find-favourites").check()
+    expect(page.locator("#empty")).to_have_text("No images match these filters.")

@@ -11,6 +11,7 @@ import { api, isTerminal, upload, watchJob } from "./api.js";
 import { clearError, excerpt, h, safeUrl, showError } from "./dom.js";
 import { createGuide } from "./guide.js";
 import {
+  createQueuePlace, // issue 20 part 1
   isStoryboard,
   readyText,
   renderSteps,
@@ -511,6 +512,12 @@ export function createComposer({
     const cancel = h("button", { type: "button", class: "link", text: "Cancel" });
     const retry = h("button", { type: "button", class: "link", text: "Retry", hidden: true });
     const dismiss = h("button", { type: "button", class: "link", text: "Dismiss", hidden: true });
+    // issue 20 part 1: position, worker, why it waits, Move to front (job-view.js)
+    const place = createQueuePlace(routes.job(jobId), {
+      title: jobTitle(request, jobId),
+      onView: (moved) => render(moved),
+      onError: (error) => showError(errorBox, error),
+    });
     const panel = h(
       "article",
       { class: "job", dataset: { jobId, status: "queued" }, "aria-label": `Job ${jobId}` },
@@ -519,7 +526,9 @@ export function createComposer({
       preview,
       stages,
       images,
-      h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, cancel, retry, dismiss)),
+      place.info,
+      place.waiting,
+      h("div", { class: "job-foot" }, steps, h("span", { class: "job-actions" }, place.front, cancel, retry, dismiss)),
       errorBox,
     );
     jobs.prepend(panel);
@@ -579,6 +588,7 @@ export function createComposer({
       state.textContent = STATUS_LABELS[next.status] || next.status;
       const { step = 0, total = 0 } = next.progress || {};
       renderSteps(stages, next, { beats: beatsOf(next) });
+      place.render(next);
       showPreview(preview, routes.job(jobId), next);
       if (next.status === "queued") {
         // The service's words say what to do about it ("none serves engine …; start one with …").

@@ -1,7 +1,8 @@
 // The find bar above the grid: prompt search (layout.js focuses #search on `/`), filters (model, engine,
 // date range, size, favourites, board), sort, the boards menu (create a board, add the last opened image
 // to one, view one) and "this job's images". It only sets the grid's filters: the listing is
-// `GET /api/images/latest` with query parameters, and favourites and boards are kept per API key.
+// `GET /api/images/latest` with query parameters, and favourites and boards are kept per API key. The
+// image dialog makes boards and fills them through it too (makeBoard, addToBoard).
 
 import { api, keyPath } from "./api.js";
 import { excerpt, h } from "./dom.js";
@@ -198,31 +199,37 @@ export function createFind({ container, grid, onStatus, onError }) {
     return apply();
   }
 
+  /** Make board `name` (one of that name already there is kept); rejects with the API's refusal. */
+  async function makeBoard(name) {
+    showBoards((await api(ROUTES.boards, { method: "POST", body: { name } })).boards);
+  }
+
   async function createBoard() {
     const name = boardName.value.trim();
     if (!name) return;
     try {
-      showBoards((await api(ROUTES.boards, { method: "POST", body: { name } })).boards);
+      await makeBoard(name);
       boardName.value = "";
       target.value = name;
+      addButton.disabled = !currentItem;
       onStatus(`Board “${name}” is ready.`);
     } catch (error) {
       onError(error);
     }
   }
 
-  /** Put `key` on board `name` (the dialog may call this for the open image). */
+  /** Put `key` on board `name` (the image dialog calls this too); rejects with the API's refusal. */
   async function addToBoard(key, name) {
     await api(ROUTES.boardItem(name, key), { method: "PUT" });
     await loadBoards();
     onStatus(`Added to “${name}”.`);
+    if (board.value === name) await apply(); // that board is listed: show it with its new image
   }
 
   addButton.addEventListener("click", async () => {
     if (!currentItem || !target.value) return;
     try {
       await addToBoard(currentItem.key, target.value);
-      if (board.value === target.value) await apply();
     } catch (error) {
       onError(error);
     }
@@ -246,5 +253,10 @@ export function createFind({ container, grid, onStatus, onError }) {
     options(model, "Any model", models.models.map((entry) => entry.name));
   }
 
-  return { showJob, setCurrent, addToBoard, loadChoices, loadBoards, viewBoard };
+  /** The caller's board names, as last listed. */
+  function boardNames() {
+    return [...target.options].slice(1).map((option) => option.value);
+  }
+
+  return { showJob, setCurrent, addToBoard, makeBoard, boardNames, loadChoices, loadBoards, viewBoard };
 }

@@ -4,6 +4,7 @@
 // prompt for gateways that require one.
 
 import { api, keyPath, onUnauthorized, storeApiKey, storedApiKey } from "./api.js";
+import { createCompare } from "./compare.js"; // issue 20 part 3: compare two images
 import { createComposer } from "./composer.js";
 import { h } from "./dom.js";
 import { createFind } from "./find.js"; // issue 20 part 3: find bar, favourites, boards
@@ -30,6 +31,9 @@ const ROUTES = {
   jobs: "/api/images/jobs",
   job: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}`,
   retry: (jobId) => `/api/images/jobs/${encodeURIComponent(jobId)}/retry`,
+  queue: "/api/images/queue", // issue 20 part 1: pause / resume (history.js)
+  queuePause: "/api/images/queue/pause",
+  queueResume: "/api/images/queue/resume",
   latest: "/api/images/latest",
   select: "/api/images/select",
   item: (key) => `/api/images/items/${keyPath(key)}`,
@@ -174,6 +178,7 @@ const jobHistory = createHistory({
   routes: ROUTES,
   composer,
   onImagesReady: showNewImages,
+  queueBar: document.getElementById("queue-bar"), // issue 20 part 1
 });
 
 const viewer = createViewer({
@@ -200,6 +205,11 @@ const viewer = createViewer({
     showStatus("Image deleted.");
   },
   onStatus: showStatus,
+  // issue 20 part 3: the dialog's star and "Add to board", kept by the grid's cards and the find bar
+  onFavourite: (item, isFavourite) => grid.star(item.key, isFavourite),
+  boardNames: () => find.boardNames(),
+  onCreateBoard: (name) => find.makeBoard(name),
+  onAddToBoard: (item, name) => find.addToBoard(item.key, name),
 });
 
 const grid = createGrid({
@@ -214,7 +224,12 @@ const grid = createGrid({
   onError: showLoadFailure, // issue 20 part 6: a service down or a key missing shows its panel
   pageSize: pageSize(),
   onShowJob: (jobId) => find.showJob(jobId), // issue 20 part 3
+  compareButton: (item) => compare.button(item), // issue 20 part 3
 });
+
+// issue 20 part 3: compare two images: a card's ◧ toggle or the dialog's "Compare with…" (compare.js)
+const compare = createCompare({ dialog: document.getElementById("compare"), routes: ROUTES, onStatus: showStatus });
+compare.attachViewer(viewer, document.getElementById("viewer-compare"));
 
 // --- issue 20 part 3: the find bar above the grid (find.js) ---------------------------------------------
 const find = createFind({

@@ -19,7 +19,7 @@ export function saveFavourite(key, isFavourite) {
   return api(`/api/images/favourites/${keyPath(key)}`, { method: isFavourite ? "PUT" : "DELETE" });
 }
 
-export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pageSize, onShowJob = () => {} }) {
+export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pageSize, onShowJob = () => {}, compareButton = () => null }) {
   const items = new Map(); // key -> LatestItem, in grid order
   let filters = {}; // query parameters of `latest` besides limit and cursor (find.js sets them)
   const emptyText = empty.textContent;
@@ -77,7 +77,7 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
           onclick: () => onShowJob(item.job_id),
         })
       : null;
-    return h("li", { class: "card-item", dataset: { key: item.key } }, button, h("span", { class: "card-tools" }, star, job));
+    return h("li", { class: "card-item", dataset: { key: item.key } }, button, h("span", { class: "card-tools" }, star, job, compareButton(item))); // compareButton: issue 20 part 3, compare.js
   }
 
   /** Show `key`'s star as on or off wherever it is listed (the dialog may call this too). */
@@ -90,16 +90,21 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
     star.textContent = isFavourite ? "★" : "☆";
   }
 
-  /** Star or unstar `key` (saved for the caller, then shown); failures go to onError. */
+  /** The card's star: star or unstar `key`; failures go to onError. */
   async function setFavourite(key, isFavourite) {
     try {
-      await saveFavourite(key, isFavourite);
-      markFavourite(key, isFavourite);
-      // Unstarred while only favourites are listed: it no longer belongs here.
-      if (!isFavourite && filters.favourite) remove(key);
+      await star(key, isFavourite);
     } catch (error) {
       onError(error);
     }
+  }
+
+  /** Star or unstar `key` for the caller, then show it (the image dialog's star); rejects on a refusal. */
+  async function star(key, isFavourite) {
+    await saveFavourite(key, isFavourite);
+    markFavourite(key, isFavourite);
+    // Unstarred while only favourites are listed: it no longer belongs here.
+    if (!isFavourite && filters.favourite) remove(key);
   }
 
   function updateEmpty() {
@@ -222,5 +227,5 @@ export function createGrid({ list, sentinel, empty, routes, onOpen, onError, pag
     return reload();
   }
 
-  return { reload, refreshTop, remove, loadMore, item, setFilters, setFavourite, markFavourite };
+  return { reload, refreshTop, remove, loadMore, item, setFilters, setFavourite, star, markFavourite };
 }

@@ -3,7 +3,8 @@
 // A queued or running job that no panel shows yet gets one (the composer's: live progress from its
 // event stream, its images into the grid when done); a finished one a row under "Recent jobs", with
 // its state, its error and, when it failed or was canceled, Retry. A service without the listing
-// (404: an older one) shows no history and is not asked again.
+// (404: an older one) shows no history and is not asked again. Above the panels, Pause / Resume holds
+// the caller's queued jobs (`POST /api/images/queue/pause|resume`), its state asked for at each look.
 
 import { api, isTerminal } from "./api.js";
 import { jobTitle, RETRYABLE_STATUSES } from "./composer.js";
@@ -51,7 +52,60 @@ function jobTime(view) {
   return Number.isNaN(when.getTime()) ? new Date() : when;
 }
 
-export function createHistory({ section, list, count, routes, composer, onImagesReady }) {
+/**
+ * The caller's queue: one button that pauses it or resumes it, and a note that says which it is (and
+ * an admin's pause of the whole queue). Hidden while the service has no such routes (an older one).
+ */
+function createQueueBar({ bar, routes, onChange }) {
+  const button = bar.querySelector("#queue-pause");
+  const note = bar.querySelector("#queue-note");
+  const errorBox = bar.querySelector(".error-box");
+  let state = null; // the service's QueueView, once known
+  let resumed = 0; // what the last Resume put back in line: said until the next pause
+
+  function show(view) {
+    state = view;
+    if (view.paused) resumed = 0;
+    else if (view.resumed !== undefined && view.resumed !== null) resumed = view.resumed;
+    bar.hidden = false;
+    bar.dataset.paused = String(view.paused);
+    button.textContent = view.paused ? "Resume my queue" : "Pause my queue";
+    button.title = view.paused
+      ? "Your queued jobs start again, in their places and their order"
+      : "Your queued jobs wait after the running one; they stay listed and can be canceled";
+    const parts = [];
+    if (view.paused) parts.push(`Paused: your queued jobs wait${view.held ? ` (${view.held} set aside)` : ""}.`);
+    if (view.everyone_paused) parts.push("An admin paused the whole queue: no new job starts.");
+    if (resumed) parts.push(`${resumed} job${resumed === 1 ? "" : "s"} back in line.`);
+    note.textContent = parts.join(" ");
+  }
+
+  async function look() {
+    try {
+      show(await api(routes.queue));
+    } catch (error) {
+      if (UNSUPPORTED_STATUSES.has(error.status)) bar.hidden = true;
+    }
+  }
+
+  button.addEventListener("click", async () => {
+    if (!state) return;
+    button.disabled = true;
+    clearError(errorBox);
+    try {
+      show(await api(state.paused ? routes.queueResume : routes.queuePause, { method: "POST" }));
+      onChange();
+    } catch (error) {
+      showError(errorBox, error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  return { look };
+}
+
+export function createHistory({ section, list, count, routes, composer, onImagesReady, queueBar = null }) {
   const rows = new Map(); // job id -> {row, time, age}: the finished jobs listed, newest first
   const seen = new Set(); // every job id met, so one that left (a dismissed panel, an old row) stays gone
   let timer = null;
@@ -59,6 +113,8 @@ export function createHistory({ section, list, count, routes, composer, onImages
   let paused = true; // until start(); again after a 401 or 403, until a key is saved
   let unsupported = false;
   let initial = true; // the first look: finished jobs are old news, the grid already has their images
+  // issue 20 part 1: Pause / Resume of the caller's queue, its state asked for at each look
+  const queue = queueBar && routes.queue ? createQueueBar({ bar: queueBar, routes, onChange: () => poll() }) : null;
 
   section.open = storedOpen();
   section.addEventListener("toggle", () => storeOpen(section.open));
@@ -83,7 +139,8 @@ export function createHistory({ section, list, count, routes, composer, onImages
 
   async function look() {
     try {
-      const page = await api(`${routes.jobs}?${new URLSearchParams({ limit: String(HISTORY_LIMIT) })}`);
+      const listing = api(`${routes.jobs}?${new URLSearchParams({ limit: String(HISTORY_LIMIT) })}`);
+      const [page] = await Promise.all([listing, queue ? queue.look() : null]);
       absorb((page && page.jobs) || []);
       initial = false;
     } catch (error) {

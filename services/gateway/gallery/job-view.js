@@ -1,8 +1,9 @@
 // A job's view in words, for its panel and its history row: the status labels, a pipeline's steps
 // (one line each: render → post-processing) or a storyboard's (one line a shot, its render and the
-// steps after it, then the contact sheet), and a finished storyboard's images, the sheet first.
+// steps after it, then the contact sheet), a finished storyboard's images, the sheet first, and a
+// queued job's place (its position, the worker that took it, why it waits, Move to front).
 
-import { storedApiKey } from "./api.js";
+import { api, isTerminal, storedApiKey } from "./api.js";
 import { excerpt, h, safeUrl } from "./dom.js";
 
 export const STATUS_LABELS = {
@@ -186,3 +187,70 @@ export function renderStoryboardImages(container, view, { beats = [], itemFor, o
   );
   container.hidden = images.length === 0;
 }
+
+// --- issue 20 part 1: a job's place in the queue -------------------------------------------------------
+
+/** Waits whose reasons a card spells out with what to do (the others: the place line says it all). */
+const EXPLAINED_WAITS = new Set(["no_worker", "paused", "queue_paused"]);
+
+/** "2nd in line · paused", "Next in line", "On worker host-1.42": where a job stands, in a few words. */
+export function placeText(view) {
+  if (view.status === "started" && view.worker) return `On worker ${view.worker}`;
+  if (view.status !== "queued") return "";
+  const parts = [];
+  if (view.position === 1) parts.push("Next in line");
+  else if (view.position) parts.push(`#${view.position} in line`);
+  if (view.paused) parts.push(view.position ? "paused" : "Paused");
+  return parts.join(" · ");
+}
+
+/**
+ * A job card's place in the queue: `info` (its position or worker), `waiting` (why it waits, with the
+ * remediation, when no worker serves its engine or a pause holds it) and `front`, a "Move to front"
+ * button (`POST {jobPath}/front`) on a queued job that is not next. `onView(view)` gets the moved
+ * job's view; `onError(error)` a refusal. Call `render(view)` with each view the card shows.
+ */
+export function createQueuePlace(jobPath, { title, onView, onError }) {
+  const info = h("span", { class: "job-place", hidden: true });
+  const waiting = h("div", { class: "job-waiting", role: "note", hidden: true });
+  const front = h("button", {
+    type: "button",
+    class: "link job-front",
+    text: "Move to front",
+    title: "Start this job before your other queued jobs",
+    "aria-label": `Move to front: ${title}`,
+    hidden: true,
+  });
+  front.addEventListener("click", async () => {
+    front.disabled = true;
+    try {
+      onView(await api(`${jobPath}/front`, { method: "POST" }));
+    } catch (error) {
+      onError(error);
+    } finally {
+      front.disabled = false;
+    }
+  });
+
+  function render(view) {
+    const place = placeText(view);
+    info.textContent = place;
+    info.hidden = !place;
+    const wait = view.status === "queued" ? view.waiting : null;
+    waiting.hidden = !(wait && EXPLAINED_WAITS.has(wait.reason));
+    if (!waiting.hidden) {
+      const steps = wait.remediation || [];
+      waiting.dataset.reason = wait.reason;
+      waiting.replaceChildren(
+        h("p", { class: "job-waiting-message", text: `Waiting: ${wait.message}.` }),
+        steps.length ? h("ul", { class: "remediation" }, steps.map((step) => h("li", { text: step }))) : null,
+      );
+    }
+    const movable = view.status === "queued" && !view.steps && view.position !== 1;
+    // The button just used stays where it is (a no-op now) rather than drop the keyboard's focus.
+    front.hidden = isTerminal(view.status) || (!movable && document.activeElement !== front);
+  }
+
+  return { info, waiting, front, render };
+}
+// --- end issue 20 part 1 ------------------------------------------------------------------------------

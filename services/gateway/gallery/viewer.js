@@ -4,10 +4,12 @@
 // image, followed in a job panel), Download, Delete with a confirmation. Once the PNG's text chunks
 // have arrived (pnginfo.js), every setting and timing its `kitty` record holds, and the prompt or the
 // A1111 infotext to copy. ← and → move to the previous and next image of the list it was opened from.
+// Its star and "Add to board" are viewer-collect.js's.
 
 import { api } from "./api.js";
 import { clearError, formatSize, h, parseTime, safeUrl, showError } from "./dom.js";
 import { A1111_SAMPLERS, fetchTextChunks, settingsFromChunks } from "./pnginfo.js";
+import { createCollect } from "./viewer-collect.js"; // issue 20 part 3: the star and "Add to board"
 
 /** How long "Copied" stays next to the Copy button. */
 const COPIED_NOTE_MS = 2_500;
@@ -52,7 +54,21 @@ function listText(values) {
   return values.filter(Boolean).join(" · ");
 }
 
-export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, onUpscale, onDeleted, onStatus }) {
+export function createViewer({
+  dialog,
+  routes,
+  onRerun,
+  onEdit,
+  onUseAsInput,
+  onUpscale,
+  onDeleted,
+  onStatus,
+  // issue 20 part 3: star the image (`onFavourite(item, isFavourite)`), put it on a board
+  onFavourite,
+  boardNames,
+  onCreateBoard,
+  onAddToBoard,
+}) {
   const $ = (selector) => dialog.querySelector(selector);
   const preview = $("#viewer-preview");
   const full = $("#viewer-full");
@@ -78,6 +94,14 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
   let current = null; // the LatestItem shown
   let reading = null; // the AbortController of the text chunks' download in flight
   let trigger = null; // the card that opened the dialog, focused again on close
+  const collect = createCollect({
+    root: $(".collect"),
+    onFavourite,
+    boardNames,
+    onCreateBoard,
+    onAddToBoard,
+    onError: (error) => showError(errorBox, error),
+  });
 
   function setting(label, value, className) {
     if (value === undefined || value === null || value === "") return [];
@@ -240,6 +264,7 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
     confirm.hidden = true;
     copyNote.textContent = "";
     clearError(errorBox);
+    collect.show(item);
     if (!dialog.open) dialog.showModal();
     loadFull(item);
   }
@@ -399,5 +424,5 @@ export function createViewer({ dialog, routes, onRerun, onEdit, onUseAsInput, on
     onDeleted(item.key);
   });
 
-  return { open, close };
+  return { open, close, current: () => current }; // current: compare.js's "Compare with…" (issue 20 part 3)
 }
