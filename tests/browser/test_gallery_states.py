@@ -180,12 +180,16 @@ def test_a_job_queued_for_an_engine_without_a_worker_names_the_command_to_start_
     with page.expect_response("**/api/images/generate") as answered:
         page.get_by_role("button", name="Generate", exact=True).click()
     job_id = answered.value.json()["job_id"]
-    said = httpx.get(f"{gallery.base_url}/api/images/jobs/{job_id}").json()["waiting_for"]
-    assert "start one with `images-worker`" in said
+    view = httpx.get(f"{gallery.base_url}/api/images/jobs/{job_id}").json()
+    assert "start one with `images-worker`" in view["waiting_for"]
+    waiting = view["waiting"]
+    assert waiting["reason"] == "no_worker" and waiting["engine"] == "diffusers"
+    assert waiting["remediation"][0] == "Start one: `images-worker`."
 
     note = page.locator('#queue-states .state-panel[data-state="worker"]')
     expect(note.locator(".state-title")).to_have_text("No worker is running for this engine")
-    expect(note.locator(".remediation li")).to_have_text([f"Waiting for {said}"])
+    expect(note.locator(".error-message")).to_contain_text("1 job for 'diffusers' will wait")
+    expect(note.locator(".remediation li")).to_have_text(waiting["remediation"])
     save_screenshot(page, "gallery-state-no-worker.png")
 
     job = page.locator(f'.job[data-job-id="{job_id}"]')

@@ -123,22 +123,26 @@ async function loadModels() {
   });
 }
 
-/** Queued jobs that wait because no worker serves their engine: the service's words name the command. */
+/** Queued jobs that wait because no worker serves their engine, by job id: the engine and what to do. */
 const jobsWithoutWorker = new Map();
 
 function noteWaitingJob(jobId, view) {
-  // `waiting_for` is "a worker: none serves engine 'E' now; start one with `CMD`" in that case.
-  if (view.status === "queued" && /none serves/.test(view.waiting_for || "")) jobsWithoutWorker.set(jobId, view.waiting_for);
+  const wait = view.status === "queued" ? view.waiting : null;
+  if (wait && wait.reason === "no_worker") jobsWithoutWorker.set(jobId, wait);
   else jobsWithoutWorker.delete(jobId);
   if (!jobsWithoutWorker.size) {
     queueStates.hide("worker");
     return;
   }
-  const waiting = jobsWithoutWorker.size;
+  const waits = [...jobsWithoutWorker.values()];
+  const engines = [...new Set(waits.map((w) => w.engine).filter(Boolean))];
+  const count = waits.length;
   queueStates.show("worker", {
     title: "No worker is running for this engine",
-    message: `${waiting} job${waiting === 1 ? "" : "s"} will wait in the queue until one starts.`,
-    remediation: [...new Set(jobsWithoutWorker.values())].map((said) => `Waiting for ${said}`),
+    message:
+      `${count} job${count === 1 ? "" : "s"} for ${engines.map((e) => `'${e}'`).join(", ") || "an engine"}` +
+      " will wait in the queue until a worker starts.",
+    remediation: [...new Set(waits.flatMap((w) => w.remediation || []))],
   });
 }
 // --- end issue 20 part 6 --------------------------------------------------------------------------------
