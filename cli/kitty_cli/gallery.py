@@ -115,7 +115,7 @@ def select(ctx: click.Context, which: str, format_: str, quality: int | None) ->
     key = resolve_key(client, which)
     if key != which:
         click.echo(f"Selected #{which}: {key}", err=True)
-    echo_json(client.select(key, format_, quality).model_dump(mode="json"))
+    echo_json(client.select(key, format_, quality).model_dump(mode="json", exclude_none=True))
 
 
 @click.command("images.delete", short_help="Delete image N (or KEY) with its sidecar and thumbnail.")

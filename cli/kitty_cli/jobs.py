@@ -229,7 +229,7 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     """Download each image of a finished job through its imageRef into ``out`` (and its siblings)."""
     keys = image_keys(view)
     for key, path in zip(keys, out_paths(out, len(keys)), strict=True):
-        data = client.download(client.select(key).imageRef.downloadUrl)
+        data = client.download(client.select(key).image_ref.downloadUrl)
         try:
             path.write_bytes(data)
         except OSError as exc:

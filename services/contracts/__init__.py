@@ -47,10 +47,16 @@ from .schema import (
     UploadView,
     UpscaleRequest,
     UpscaleSpec,
+    VideoInfo,
+    VideoRef,
+    VideoSettings,
     error_body,
 )
 
 __all__ = [
+    "VideoInfo",
+    "VideoRef",
+    "VideoSettings",
     "AddonInfo",
     "A1111_SAMPLERS",
     "QUALITY_NAMES",

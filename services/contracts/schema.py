@@ -10,7 +10,16 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 MAX_PROMPT_CHARS = 10_000
 """HIP-35's prompt limit; the AInfluencer seed's 2,000 is a preset concern, not the wire's."""
@@ -201,6 +210,16 @@ PIPELINE_STEP_KINDS = ("refine", "upscale", "postprocess")
 (`refine`), `upscale` (as POST /upscale), `postprocess` (grain, tone mapping, LUT, sharpen, denoise)."""
 MAX_PIPELINE_STEPS = 6
 
+MIN_FRAMES, MAX_FRAMES = 2, 64
+"""Frames a video job may ask for: SVD renders 14-25 and AnimateDiff 16-32 typically; 64 is HIP-35's
+GIF ceiling. A family's own maximum (a motion adapter's) binds below it at submit time."""
+MIN_FPS, MAX_FPS = 1, 60
+MAX_MOTION_BUCKET = 255
+MAX_NOISE_AUG = 1.0
+
+JobKind = Literal["image", "video"]
+"""What a generate request renders: pictures (the default) or one clip."""
+
 MIN_BEATS, MAX_BEATS, MAX_BEAT_CHARS = 2, 10, 500
 """A storyboard's shots: one per beat (`GenerateRequest.beats`)."""
 
@@ -236,11 +255,13 @@ def prompt_not_blank(value: str) -> str:
 
 
 class GenerateRequest(BaseModel):
-    """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time."""
+    """``POST /api/images/generate``. Absent fields take the model's defaults at enqueue time.
+    ``kind: "video"`` renders one clip with a video model (`frames`, `fps`, and SVD's start `image`,
+    `motion_bucket_id` and `noise_aug_strength`); `prompt` is required for images and AnimateDiff."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
@@ -288,6 +309,15 @@ class GenerateRequest(BaseModel):
     """A storyboard: one shot per beat (`"{beat}, {prompt}"` through the preset, one seed for all),
     each shot through the pipeline's steps, then a contact sheet of them all. The job id answered is
     the storyboard's; its result lists the shots' final images and then the sheet."""
+    kind: JobKind = "image"
+    frames: int | None = Field(default=None, ge=MIN_FRAMES, le=MAX_FRAMES)
+    """Video: the clip's length in frames (absent: the model's default)."""
+    fps: int | None = Field(default=None, ge=MIN_FPS, le=MAX_FPS)
+    """Video: the rate it plays at (SVD is also conditioned on it)."""
+    motion_bucket_id: int | None = Field(default=None, ge=0, le=MAX_MOTION_BUCKET)
+    """SVD: how much motion (more is more; 127 when absent)."""
+    noise_aug_strength: float | None = Field(default=None, ge=0.0, le=MAX_NOISE_AUG)
+    """SVD: noise added to the start image (more frees the clip from it; 0.02 when absent)."""
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -295,6 +325,40 @@ class GenerateRequest(BaseModel):
         if isinstance(value, str) and value not in SCHEDULER_NAMES:
             return SCHEDULER_ALIASES.get(value.strip().lower(), value)
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _image_needs_a_prompt(
+        cls, data: Any, handler: ModelWrapValidatorHandler[GenerateRequest]
+    ) -> GenerateRequest:
+        """`prompt` is optional on the wire for SVD's clips alone: an image request without one is
+        refused as a missing field, as it was when `prompt` was required."""
+        request = handler(data)
+        if request.kind == "image" and not request.prompt:
+            missing = InitErrorDetails(type="missing", loc=("prompt",), input=data)
+            raise ValidationError.from_exception_data(cls.__name__, [missing])
+        return request
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> GenerateRequest:
+        if self.kind == "image":
+            video_only = [name for name in VIDEO_FIELDS if getattr(self, name) is not None]
+            if video_only:
+                raise ValueError(f'{", ".join(f"`{n}`" for n in video_only)} need `kind: "video"`')
+            return self
+        image_only = [name for name in IMAGE_ONLY_FIELDS if self._is_set(name)]
+        if image_only:
+            raise ValueError(
+                f"a video job takes none of {', '.join(f'`{n}`' for n in image_only)}: drop them, "
+                "or send an image job"
+            )
+        return self
+
+    def _is_set(self, name: str) -> bool:
+        """Whether field `name` asks for something: not absent, not false, not its default."""
+        value = getattr(self, name)
+        default = type(self).model_fields[name].get_default(call_default_factory=True)
+        return value is not None and value is not False and value != default
 
     @model_validator(mode="after")
     def _image_fields_need_an_image(self) -> GenerateRequest:
@@ -333,6 +397,28 @@ class GenerateRequest(BaseModel):
     _prompt_not_blank = field_validator("prompt")(prompt_not_blank)
 
 
+VIDEO_FIELDS = ("frames", "fps", "motion_bucket_id", "noise_aug_strength")
+"""Request fields only a video job takes."""
+
+IMAGE_ONLY_FIELDS = (
+    "num_images",
+    "workflow",
+    "mask",
+    "strength",
+    "loras",
+    "controls",
+    "reference_image",
+    "hires",
+    "pipeline",
+    "beats",
+    "refiner",
+    "preset",
+    "quality",
+    "scheduler",
+)
+"""Request fields a video job refuses (each renders pictures, or is a picture's pipeline)."""
+
+
 def hires_side(side: int, scale: float) -> int:
     """A first-pass side times the hires scale, rounded down to a multiple of 8."""
     return int(side * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE
@@ -369,6 +455,21 @@ class ContactSheetSpec(BaseModel):
     columns: int = Field(ge=1)
     shot_size: tuple[int, int]
     """The size of the shots the layout was made for (`storyboard.sheet_layout`)."""
+
+
+class VideoSettings(BaseModel):
+    """A video job's clip, resolved: what the worker renders and the sidecar records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["svd", "animatediff"]
+    frames: int = Field(ge=1)
+    fps: int = Field(ge=MIN_FPS, le=MAX_FPS)
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    """SVD's; None for AnimateDiff."""
+    decode_chunk_size: int = Field(default=8, ge=1)
+    """Frames the VAE decodes at once: SVD's pixels depend on it, so a re-run keeps it."""
 
 
 class RenderSpec(BaseModel):
@@ -418,6 +519,8 @@ class RenderSpec(BaseModel):
     upscale: UpscaleSpec | None = None
     """Set on an upscale job (``POST /api/images/upscale``): the whole job is upscaling `source`;
     prompt, model and seed are the source's, `width`/`height` the result's."""
+    video: VideoSettings | None = None
+    """Set on a video job: one clip of `width`×`height` (`image` is SVD's start picture)."""
 
     @property
     def is_sampled(self) -> bool:
@@ -462,10 +565,26 @@ class ImageInfo(BaseModel):
     height: int | None = None
 
 
+class VideoInfo(BaseModel):
+    """One stored clip: the MP4, its WebP poster (first frame) and its sidecar."""
+
+    key: str
+    poster_key: str
+    meta_key: str
+    frames: int
+    fps: int
+    width: int
+    height: int
+    seed: int | None = None
+
+
 class JobResult(BaseModel):
     png_key: str
+    """The first stored object's key: the first image's PNG, or a video job's MP4."""
     meta_key: str
     images: list[ImageInfo] = Field(default_factory=list)
+    videos: list[VideoInfo] = Field(default_factory=list)
+    """A video job's clip (its `images` is empty)."""
 
 
 class StepView(BaseModel):
@@ -636,8 +755,26 @@ class ImageRef(BaseModel):
     storageUri: str  # noqa: N815
 
 
+class VideoRef(BaseModel):
+    """A stored clip, fetchable by any plain HTTP client: the MP4 and its WebP poster."""
+
+    downloadUrl: str  # noqa: N815
+    storageUri: str  # noqa: N815
+    posterUrl: str  # noqa: N815
+
+
 class SelectView(BaseModel):
-    imageRef: ImageRef  # noqa: N815
+    """An image's `imageRef`, or a video's `videoRef` (the other is absent)."""
+
+    imageRef: ImageRef | None = None  # noqa: N815
+    videoRef: VideoRef | None = None  # noqa: N815
+
+    @property
+    def image_ref(self) -> ImageRef:
+        """`imageRef`, for a key known to be an image's; `ValueError` when the key was a video's."""
+        if self.imageRef is None:
+            raise ValueError("the selected key is a video: it has a videoRef, not an imageRef")
+        return self.imageRef
 
 
 class EngineRow(BaseModel):
@@ -664,7 +801,9 @@ class ModelInfo(BaseModel):
     description: str | None = None
     license: str | None = None
     family: str | None = None
-    """sd15, sdxl, sd3 or flux, as models.yaml declares it."""
+    """sd15, sdxl, sd3, flux, svd or animatediff, as models.yaml declares it."""
+    kind: JobKind = "image"
+    """What it renders: ``video`` for the svd and animatediff families (a request's `kind`)."""
     sha256: dict[str, str] | str | None = None
     """Recorded weight digests: relative file path → hex for a folder, one hex for a single file
     (`kitty-images models verify` re-checks them); local paths are never shown."""

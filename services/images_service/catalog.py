@@ -331,8 +331,15 @@ def verify_addon(entry: AddonEntry) -> list[str]:
 
 
 def verify_entry(entry: ModelEntry) -> list[str]:
-    """What is wrong with `entry`'s files against its recorded ``sha256`` (empty: all match)."""
-    return verify_files(Path(entry.source), entry.sha256)
+    """What is wrong with `entry`'s files against its recorded ``sha256`` (empty: all match), and an
+    AnimateDiff model's motion adapter against ``motion_adapter_sha256`` when recorded."""
+    problems = verify_files(Path(entry.source), entry.sha256)
+    if entry.motion_adapter and entry.motion_adapter_sha256 is not None:
+        problems += [
+            f"motion adapter: {problem}"
+            for problem in verify_files(Path(entry.motion_adapter), entry.motion_adapter_sha256)
+        ]
+    return problems
 
 
 def verify_files(path: Path, recorded_digests: dict[str, str] | str | None) -> list[str]:

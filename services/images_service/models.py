@@ -47,13 +47,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from services.common.api_keys import TIER_NAMES
 
 from .errors import ModelNotFound, ValidationFailed
+from .video.families import VideoFamily, is_video_family
 
 CATALOG: dict[str, dict[str, Any]] = {
     "sdxl_base": {
@@ -155,6 +156,15 @@ class ModelEntry:
     """A single-file checkpoint's diffusers configs: an absolute diffusers folder (or the hub id of a
     registered hub model), from its ``config:`` (a folder, or a registered model's name) or else the
     first registered local diffusers folder of its ``family``; None: none found (`resolve_configs`)."""
+    motion_adapter: str | None = None
+    """An AnimateDiff model's motion adapter folder (absolute), beside its SD1.5 ``path``."""
+    motion_adapter_sha256: dict[str, str] | None = None
+    """The adapter folder's weight digests, as ``sha256`` is the model's."""
+
+    @property
+    def kind(self) -> Literal["image", "video"]:
+        """``video`` for a video family (svd, animatediff), else ``image``: what a request's `kind` is."""
+        return "video" if is_video_family(self.family) else "image"
 
     @property
     def resolved_defaults(self) -> ModelDefaults:
@@ -201,6 +211,7 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
         candidate = base_dir / candidate
     # A hub id looks like "org/name"; anything that exists on disk, or was given as `path`, is local.
     is_local = path is not None or candidate.exists() or source.startswith((".", "/", "~"))
+    family = _optional_str(raw.pop("family", None))
     return ModelEntry(
         name=name,
         source=str(candidate.resolve()) if is_local else source,
@@ -209,13 +220,27 @@ def _parse_entry(name: str, raw: Any, base_dir: Path) -> ModelEntry:
         defaults=dict(raw.pop("defaults", {}) or {}),
         origin=origin,
         license=_optional_str(raw.pop("license", None)),
-        family=_optional_str(raw.pop("family", None)),
+        family=family,
         sha256=_parse_digests(name, raw.pop("sha256", None)),
         allow_pickle=bool(raw.pop("allow_pickle", False)),
         tiers=_parse_tiers(name, raw.pop("tiers", None)),
         config=_optional_str(raw.pop("config", None)),
+        motion_adapter=_motion_adapter(name, family, raw.pop("motion_adapter", None), base_dir),
+        motion_adapter_sha256=_encoder_digests(name, raw.pop("motion_adapter_sha256", None)),
         extra=raw,
     )
+
+
+def _motion_adapter(name: str, family: str | None, adapter: Any, base_dir: Path) -> str | None:
+    """An entry's ``motion_adapter`` folder: required by, and only taken by, the animatediff family."""
+    if family == VideoFamily.ANIMATEDIFF and not adapter:
+        raise ValidationFailed(
+            f"models.yaml entry '{name}' (family animatediff) needs 'motion_adapter': the motion "
+            "adapter's diffusers folder beside its SD1.5 'path'"
+        )
+    if adapter and family != VideoFamily.ANIMATEDIFF:
+        raise ValidationFailed(f"models.yaml entry '{name}': only family animatediff takes 'motion_adapter'")
+    return _absolute(adapter, base_dir) if adapter else None
 
 
 def resolve_configs(entries: dict[str, ModelEntry], base_dir: Path) -> dict[str, ModelEntry]:
@@ -242,9 +267,7 @@ def _parse_tiers(name: str, raw: Any) -> tuple[str, ...] | None:
         return None
     tiers = [raw] if isinstance(raw, str) else raw
     if not isinstance(tiers, list) or not all(tier in TIER_NAMES for tier in tiers):
-        raise ValidationFailed(
-            f"models.yaml entry '{name}': tiers must be a list of {', '.join(TIER_NAMES)}"
-        )
+        raise ValidationFailed(f"models.yaml entry '{name}': tiers must be a list of {', '.join(TIER_NAMES)}")
     return tuple(tiers)
 
 

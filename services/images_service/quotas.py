@@ -66,6 +66,12 @@ it too. A deployment's IMAGES_MAX_SIDE / IMAGES_MAX_IMAGES bind below any tier (
 
 assert tuple(TIERS) == TIER_NAMES, "the tiers keys may name and the tiers with limits must agree"
 
+VIDEO_BUDGET_FRAMES = 16
+"""A video job may cost (frames × width × height × steps) what this many of its tier's largest images
+at its most steps cost: free allows SVD's 14 frames of 1024×576 at 25 steps (0.21 of its budget) and
+AnimateDiff's 32 of 512×512 at 30, not 64 frames of 1024×1024 at 30. Proportional to the image
+ceilings, so IMAGES_MAX_SIDE and the tiers bind clips as they bind pictures."""
+
 QUOTA_KEY = "{prefix}:quota:{key_id}:{day}"
 """One counter per key id and UTC day (``YYYYmmdd``)."""
 
@@ -181,8 +187,35 @@ def check_ceilings(spec: RenderSpec, caller: ApiKey | None, settings: Settings |
             limits.max_images,
             f"Set num_images to {limits.max_images} or less.",
         )
+    if spec.video is not None:
+        check_video_budget(spec, limits)
     if spec.workflow is not None:
         admit_workflow(spec.workflow, limits, _workflow_node_types(settings))
+
+
+def video_budget(limits: Tier | Limits) -> int:
+    """The most frames × pixels × steps one video job of `limits` may ask for."""
+    return limits.max_pixels * limits.max_steps * VIDEO_BUDGET_FRAMES
+
+
+def check_video_budget(spec: RenderSpec, limits: Tier | Limits) -> None:
+    assert spec.video is not None
+    frames = spec.video.frames
+    work = frames * spec.width * spec.height * spec.steps
+    budget = video_budget(limits)
+    if work <= budget:
+        return
+    most_frames = budget // (spec.width * spec.height * spec.steps)
+    raise _refuse(
+        limits,
+        f"video jobs of at most {budget:,} frames × pixels × steps ({VIDEO_BUDGET_FRAMES} of its largest "
+        "images at its most steps)",
+        "video",
+        f"{frames} × {spec.width}×{spec.height} × {spec.steps} = {work:,}",
+        budget,
+        f"Ask for fewer frames (at most {most_frames} at this size and steps), a smaller size, "
+        "or fewer steps.",
+    )
 
 
 def check_model_tier(spec: RenderSpec, caller: ApiKey | None, registry: ModelRegistry) -> None:

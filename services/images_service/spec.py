@@ -17,6 +17,7 @@ from .refiner import wants_refiner
 from .settings import Settings
 from .storage import Store
 from .uploads import resolve_inputs
+from .video.requests import refuse_video_model, resolve_video_spec
 from .webhooks import check_webhook_url
 
 
@@ -24,7 +25,10 @@ def resolve_spec(
     request: GenerateRequest, registry: ModelRegistry, settings: Settings, store: Store | None = None
 ) -> RenderSpec:
     """`store` is where `image`/`mask` keys are looked up (404 when missing) and the input's size
-    is read; without one they are checked for shape only and the size comes from the model."""
+    is read; without one they are checked for shape only and the size comes from the model. A video
+    request resolves through `video.requests`."""
+    if request.kind == "video":
+        return resolve_video_spec(request, registry, settings, store)
     descriptor = descriptor_for(request.engine or settings.image_engine)
     engine = descriptor.name
     if request.workflow is not None and not descriptor.capabilities.raw_workflow:
@@ -39,6 +43,7 @@ def resolve_spec(
         # A local engine loads its models from models.yaml.
         model = request.model or registry.default_name()
         entry = registry.get(model)
+        refuse_video_model(entry)
     else:
         # A server engine renders with its own checkpoints: `model` names one of them, or none
         # for whatever it has loaded. A models.yaml entry of that name still lends its defaults.

@@ -65,7 +65,7 @@ def _image_refs(client: ImagesClient, view: JobView) -> list[dict[str, Any]]:
         return []
     refs = []
     for image in view.result.images:
-        ref = client.select(image.key).imageRef
+        ref = client.select(image.key).image_ref
         refs.append({"key": image.key, "seed": image.seed, "imageRef": ref.model_dump()})
     return refs
 
@@ -143,7 +143,7 @@ class KittyTools:
         return self._with_client(run)
 
     def select_image(self, key: str) -> dict[str, Any]:
-        return self._with_client(lambda client: {"imageRef": client.select(key).imageRef.model_dump()})
+        return self._with_client(lambda client: {"imageRef": client.select(key).image_ref.model_dump()})
 
 
 async def _in_thread(call: Callable[[], T]) -> T:

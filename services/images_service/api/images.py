@@ -34,6 +34,7 @@ from services.contracts import (
     RetryRequest,
     SelectRequest,
     SelectView,
+    VideoRef,
 )
 from services.contracts.schema import QueueView
 
@@ -49,8 +50,15 @@ from ..previews import PreviewNotFound, preview_key
 from ..queue import redis_errors
 from ..queue_control import AdminOnly
 from ..quotas import models_for_tier
-from ..storage import FilesystemStore
-from ..storage.keys import meta_key_for, validate_image_key
+from ..storage import FilesystemStore, Store
+from ..storage.keys import (
+    MEDIA_SUFFIXES,
+    VIDEO_SUFFIX,
+    is_video_key,
+    meta_key_for,
+    poster_key_for,
+    validate_image_key,
+)
 from ..submission import Admission, Admitted, rerun, retry_job, submit
 from .collections import CollectionsDep, FindDep
 from .deps import (
@@ -82,6 +90,7 @@ MEDIA_TYPES = {
     ".png": "image/png",
     ".json": "application/json",
     THUMB_SUFFIX: "image/webp",
+    VIDEO_SUFFIX: "video/mp4",
     **{suffix: media for suffix, media, _ in FORMATS.values()},  # delivery copies (.jpg, .webp)
 }
 
@@ -328,17 +337,35 @@ def select(
     base_url: BaseUrlDep,
     caller: CallerDep,
 ) -> SelectView:
-    key = validate_image_key(body.key, settings.s3_prefix)
+    """An image's `imageRef`, or a video job's clip's `videoRef` (its key ends in ``.mp4``)."""
+    key = validate_image_key(body.key, settings.s3_prefix, suffixes=MEDIA_SUFFIXES)
     if store.head(key) is None:
-        raise KeyNotFound(f"no image with key '{key}'")
+        raise KeyNotFound(f"no {'video' if is_video_key(key) else 'image'} with key '{key}'")
     ownership_of(request).require_image(caller, key)
     audit_image(request, "select", key)
+    if is_video_key(key):
+        return select_video(key, body, store, settings.url_ttl_s, base_url)
     # A JPEG/WebP copy is made once and cached beside the PNG: an S3 URL can only name an object.
     delivered = ensure_copy(store, key, body.format, body.quality)
     return SelectView(
         imageRef=ImageRef(
             downloadUrl=store.presign(delivered, settings.url_ttl_s, base_url=base_url),
             storageUri=store.storage_uri(delivered),
+        )
+    )
+
+
+def select_video(key: str, body: SelectRequest, store: Store, ttl_s: int, base_url: str) -> SelectView:
+    if "format" in body.model_fields_set and body.format != "png":
+        raise ValidationFailed(
+            f"`format` converts an image; '{key}' is a video (MP4)",
+            remediation=["Drop `format`: a clip is delivered as its stored MP4."],
+        )
+    return SelectView(
+        videoRef=VideoRef(
+            downloadUrl=store.presign(key, ttl_s, base_url=base_url),
+            storageUri=store.storage_uri(key),
+            posterUrl=store.presign(poster_key_for(key), ttl_s, base_url=base_url),
         )
     )
 
@@ -379,6 +406,7 @@ def models(registry: RegistryDep, caller: CallerDep) -> ModelsView:
                 description=e.extra.get("description"),
                 license=e.license,
                 family=e.family,
+                kind=e.kind,
                 sha256=e.sha256,
                 tiers=list(e.tiers) if e.tiers is not None else None,
             )

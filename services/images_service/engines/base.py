@@ -34,6 +34,15 @@ class RenderedImage:
 
 
 @dataclass
+class RenderedVideo:
+    """A video job's clip: its frames (PIL, one size) and the rate they play at."""
+
+    frames: list[Image.Image]
+    fps: int
+    seed: int
+
+
+@dataclass
 class RenderResult:
     images: list[RenderedImage]
     device: str
@@ -46,6 +55,8 @@ class RenderResult:
     """When the request's steps/cfg/sampler did not drive the render (a raw graph carries its own):
     what did, as far as the engine can tell (``steps``, ``cfg``, ``sampler``, ``scheduler``; None
     where it cannot). The image's infotext and sidecar record these instead of the request's."""
+    video: RenderedVideo | None = None
+    """A video job's clip (`images` is then empty)."""
 
 
 HealthStatus = Literal["ready", "offline", "misconfigured"]

@@ -173,7 +173,7 @@ DESCRIPTORS = (
         name="diffusers",
         class_path="services.images_service.engines.diffusers.engine:DiffusersEngine",
         kind="local",
-        capabilities=replace(IMAGES, lora=True, refiner=True, reference=True, upscale=True),
+        capabilities=replace(IMAGES, lora=True, refiner=True, reference=True, upscale=True, video=True),
         construct=construct_local_engine,
     ),
     EngineDescriptor(

@@ -22,6 +22,12 @@ MAX_KEY_CHARS = 1024
 
 IMAGE_SUFFIX = ".png"
 META_SUFFIX = ".json"
+VIDEO_SUFFIX = ".mp4"
+"""A video job's stored original (H.264), beside its sidecar and poster."""
+POSTER_SUFFIX = ".poster.webp"
+"""A clip's poster frame (WebP), beside it."""
+MEDIA_SUFFIXES = (IMAGE_SUFFIX, VIDEO_SUFFIX)
+"""What `select` and delete accept: an image's or a clip's key."""
 
 _KEY_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -34,9 +40,24 @@ def new_image_key(prefix: str, now: datetime | None = None) -> str:
 
 
 def meta_key_for(png_key: str) -> str:
-    """The sidecar's key of an image: ``.png`` replaced by ``.json``."""
-    stem = png_key[: -len(IMAGE_SUFFIX)] if png_key.endswith(IMAGE_SUFFIX) else png_key
-    return stem + META_SUFFIX
+    """The sidecar's key of an image or a clip: ``.png`` (``.mp4``) replaced by ``.json``."""
+    return media_stem(png_key) + META_SUFFIX
+
+
+def media_stem(key: str) -> str:
+    """`key` without its ``.png`` or ``.mp4``."""
+    for suffix in MEDIA_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def is_video_key(key: str) -> bool:
+    return key.endswith(VIDEO_SUFFIX)
+
+
+def poster_key_for(video_key: str) -> str:
+    return media_stem(video_key) + POSTER_SUFFIX
 
 
 def validate_image_key(

@@ -8,7 +8,6 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,13 @@ from ..engines.diffusers.device import (
 from ..engines.diffusers.render import StepReporter
 from ..errors import EngineError, KittyError, ModelNotFound, ValidationFailed
 from .encode import check_fps
+from .families import DECODE_CHUNK_FRAMES, SVD_MOTION_BUCKET, SVD_NOISE_AUG, VideoFamily
 
 logger = logging.getLogger("kitty.images.video")
 
 SIZE_MULTIPLE = 8
 """Widths and heights must be multiples of this: both pipelines' own checks refuse others (their VAEs
 downsample by 8)."""
-
-DECODE_CHUNK_FRAMES = 8
-"""Frames the VAE decodes at once: the decoder's activations for all 25 frames of an SVD clip at
-1024x576 outgrow a 24 GB GPU; diffusers' SVD guide suggests 8, and lower still where memory is short.
-SVD's decoder is temporal: it sees the frames of one chunk together, so the chunk size changes the
-pixels a little. AnimateDiff's decodes each frame alone, so only memory changes."""
-
-SVD_MOTION_BUCKET = 127
-"""SVD's motion conditioning (0–255, more is more motion): the value it was trained around."""
-
-SVD_NOISE_AUG = 0.02
-"""Noise added to SVD's start image: more frees the clip from the picture, less keeps to it."""
 
 SVD_MIN_GUIDANCE = 1.0
 """SVD ramps guidance across the clip from this (first frame, which the image pins) up to the job's cfg."""
@@ -58,13 +46,6 @@ ANIMATEDIFF_SCHEDULER = {
 }
 """DDIM with these settings over the base model's scheduler config: the schedule AnimateDiff's motion
 modules were trained with (diffusers' AnimateDiff guide); SD1.5's own PNDM gives washed-out motion."""
-
-
-class VideoFamily(StrEnum):
-    SVD = "svd"
-    """Stable Video Diffusion: one start image to a clip; no prompt."""
-    ANIMATEDIFF = "animatediff"
-    """AnimateDiff: a prompt to a clip, through an SD1.5 model and a motion adapter."""
 
 
 PIPELINE_FAMILIES = {

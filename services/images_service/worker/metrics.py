@@ -40,6 +40,6 @@ QUEUE_WAIT_SECONDS = Histogram(
 )
 BYTES_STORED = Counter(
     "images_bytes_stored_total",
-    "Bytes written to storage by jobs, by kind (png, sidecar, thumbnail).",
+    "Bytes written to storage by jobs, by kind (png, sidecar, thumbnail, video).",
     ["kind"],
 )

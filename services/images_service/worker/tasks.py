@@ -42,6 +42,7 @@ from ..storage.keys import new_image_key
 from ..storyboard import compose_sheet, sheet_layout
 from ..uploads import read_image
 from ..upscale_jobs import UPSCALE_STEPS
+from ..video.storing import frames_as_images, prepare_video_objects, with_frames
 from ..webhooks import job_ended
 from .metrics import BYTES_STORED, JOB_RUN_SECONDS, JOBS_FINISHED, QUEUE_WAIT_SECONDS
 from .spool import UPLOAD_META, Spool, StoredObject, put_with_retry
@@ -223,7 +224,12 @@ def prepare_objects(
     return objects, items, JobResult(png_key=images[0].key, meta_key=images[0].meta_key, images=images)
 
 
-OBJECT_KINDS = {"application/json": "sidecar", "image/webp": "thumbnail", "image/png": "png"}
+OBJECT_KINDS = {
+    "application/json": "sidecar",
+    "image/webp": "thumbnail",
+    "image/png": "png",
+    "video/mp4": "video",
+}
 
 
 def store_result(
@@ -237,8 +243,15 @@ def store_result(
     pipeline: dict[str, Any] | None = None,
 ) -> tuple[JobResult, bool]:
     """Store the job's images, then index them. When storage stays down through the retries, the
-    rest go to the worker's spool; returns the result and whether anything was spooled."""
-    objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine, owner, pipeline)
+    rest go to the worker's spool; returns the result and whether anything was spooled. A clip is
+    stored as MP4, poster and sidecar, and not indexed (the gallery lists images)."""
+    if result.video is not None:
+        objects, job_result = prepare_video_objects(
+            runtime.settings.s3_prefix, job_id, spec, result, engine, owner, pipeline
+        )
+        items: list[LatestItem] = []
+    else:
+        objects, items, job_result = prepare_objects(runtime, job_id, spec, result, engine, owner, pipeline)
     for position, obj in enumerate(objects):
         try:
             put_with_retry(runtime.store, obj)
@@ -458,8 +471,11 @@ def _render(
             else:
                 result = runtime.engine(one.engine).render(one, progress)
             result.timings.setdefault("total_s", time.perf_counter() - started)
-            # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing.
-            result = finish_render(runtime.settings, runtime.registry, one, result, tier=tier, key_id=owner)
+            # Content gate (may raise SafetyFiltered: nothing stored) and watermark, before storing;
+            # a clip's every frame goes through them as an image would.
+            checked = frames_as_images(result) if result.video is not None else result
+            checked = finish_render(runtime.settings, runtime.registry, one, checked, tier=tier, key_id=owner)
+            result = with_frames(result, checked) if result.video is not None else checked
             part, part_spooled = store_result(
                 runtime, job_id, one, result, one.engine, index, owner, pipeline
             )

@@ -238,6 +238,15 @@ class ModelCache:
     def base(self, entry: ModelEntry) -> Resident:
         """`entry`'s text-to-image pipeline: the resident one (now the most recently used), or one
         loaded after evicting the least recently used unpinned ones until there is room."""
+        return self._resident_or_load(entry, lambda: self._load(entry, AutoPipelineForText2Image))
+
+    def video(self, entry: ModelEntry) -> Resident:
+        """`entry`'s video pipeline (SVD, or AnimateDiff with its motion adapter), held in the same
+        LRU as the image models: a worker switching between a clip and a picture evicts as it would
+        between two image models."""
+        return self._resident_or_load(entry, lambda: self._load_video(entry))
+
+    def _resident_or_load(self, entry: ModelEntry, load: Any) -> Resident:
         resident = self._resident.get(entry.name)
         if resident is not None and resident.source == entry.source:
             self._resident.move_to_end(entry.name)
@@ -257,9 +266,41 @@ class ModelCache:
             del self._resident[evicted]
             logger.info("evicting model %s to make room for %s", evicted, entry.name)
             self.free_memory()
-        resident = self._load(entry, AutoPipelineForText2Image)
+        resident = load()
         self._resident[entry.name] = resident
         return resident
+
+    def _load_video(self, entry: ModelEntry) -> Resident:
+        from ...video.pipelines import load_video_pipeline
+
+        if not entry.is_local:
+            raise ModelNotFound(
+                f"video model '{entry.name}' must be a local diffusers folder, not {entry.source}",
+                remediation=["Download it, and set its models.yaml `path:` to the folder."],
+            )
+        started = time.perf_counter()
+        pipe = load_video_pipeline(
+            str(entry.family),
+            entry.source,
+            motion_adapter=entry.motion_adapter,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        if self.device.type == "mps":
+            pipe.enable_attention_slicing()
+        seconds = time.perf_counter() - started
+        self.loads += 1
+        MODEL_LOADS.labels(model=entry.name).inc()
+        MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
+        return Resident(
+            name=entry.name,
+            source=entry.source,
+            pipe=pipe,
+            scheduler_class=type(pipe.scheduler),
+            scheduler_config=dict(pipe.scheduler.config),
+            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+            attention=attention_processors(denoiser(pipe)),
+        )
 
     def derived(self, base: Resident, mode: str) -> Resident:
         """The image-to-image or inpainting pipeline of `base`, made once from its components."""

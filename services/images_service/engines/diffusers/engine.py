@@ -14,7 +14,7 @@ from typing import Any
 
 from services.contracts import RenderSpec
 
-from ...errors import EngineError
+from ...errors import EngineError, ValidationFailed
 from ...models import ModelRegistry
 from ...refiner import refiner_of
 from ..acceleration import compile_mode
@@ -35,6 +35,7 @@ from .validation import (
     model_family,
     scheduler_choice,
 )
+from .video import render_clip
 
 UPSCALERS = "upscalers"
 """models.yaml's section of upscalers (the hires fix's `upscaler`)."""
@@ -138,11 +139,14 @@ class DiffusersEngine:
         """Load `model` before the first job (``images-worker --preload``). On CUDA also render once
         at the model's default size, so compilation (IMAGES_TORCH_COMPILE) and the choice of
         convolution algorithms happen now rather than in a user's job."""
+        entry = self._registry.get(model)
         with self._lock:
-            self._cache.base(self._registry.get(model))
+            if entry.kind == "video":  # resident, not warmed: a warm-up clip costs as much as a job
+                self._cache.video(entry)
+                return
+            self._cache.base(entry)
         if self.device.type != "cuda":
             return
-        entry = self._registry.get(model)
         started = time.perf_counter()
         warmup = RenderSpec(
             prompt=WARMUP_PROMPT,
@@ -165,6 +169,8 @@ class DiffusersEngine:
         )
 
     def render(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        if spec.video is not None:
+            return self._render_video(spec, progress)
         mode = check_spec(spec)
         with self._lock:
             job, load_s = self._prepare(spec, mode)
@@ -179,6 +185,22 @@ class DiffusersEngine:
                 dtype=self.dtype,
                 versions=self._versions,
                 timings={"load_s": round(load_s, 4), **render_timings},
+            )
+
+    def _render_video(self, spec: RenderSpec, progress: ProgressFn) -> RenderResult:
+        if spec.model is None:
+            raise ValidationFailed("the diffusers engine needs a model name", remediation=["Set `model`."])
+        entry = self._registry.get(spec.model)
+        with self._lock:
+            return render_clip(
+                spec,
+                entry,
+                self._cache,
+                progress,
+                image_loader=self._image_loader,
+                device=self.device,
+                dtype=self.dtype,
+                versions=self._versions,
             )
 
     def health(self) -> EngineHealth:
