@@ -3,7 +3,7 @@ side by side, each goal printed beside its measured value, the whole saved as JS
 `bench/results/`. Real processes on loopback (redis-server, moto's S3, images-service, gateway,
 diffusers workers on tiny pipelines built here); nothing reaches a model hub.
 
-    python -m bench.run                    # everything (about 5 minutes on a 2-core CPU machine)
+    python -m bench.run                    # everything (10+ minutes on 2 cores; peer and fleet take 8)
     python -m bench.run --only latest,queue
     python -m bench.run --no-save          # print the table, write no JSON
 """
@@ -49,7 +49,17 @@ def configure_environment() -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 SECTIONS = (
-    "latest", "queue", "submit", "delivery", "throughput", "batch", "previews", "peer", "fleet", "gpu"
+    "latest",
+    "queue",
+    "submit",
+    "delivery",
+    "throughput",
+    "batch",
+    "previews",
+    "video",
+    "peer",
+    "fleet",
+    "gpu",
 )
 """What `--only` can name, in the order they run."""
 
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             queue_overhead,
             submission,
             throughput,
+            video,
         )
         from .processes import Processes, start_stack
 
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         section("throughput", lambda: throughput.measure(workdir / "noop", redis_base))
         section("batch", lambda: batching.measure(models_yaml))
         section("previews", lambda: previews.measure(models_yaml, redis_base))
+        section("video", lambda: video.measure(workdir / "video-models"))
         section("peer", lambda: peer.measure(procs, redis_base))
         section("fleet", lambda: fleet.measure(procs, redis_base))
         section("gpu", gpu_rows)

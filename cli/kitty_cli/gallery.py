@@ -88,7 +88,7 @@ def latest(ctx: click.Context, limit: int, as_json: bool) -> None:
         click.echo(line)
 
 
-@click.command("images.select", short_help="Print the imageRef of image N (or KEY).")
+@click.command("images.select", short_help="Print the imageRef of image N (or KEY), or a clip's videoRef.")
 @click.argument("which", metavar="N|KEY", shell_complete=complete_image_ref)
 @click.option(
     "--format",
@@ -102,7 +102,8 @@ def latest(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.pass_context
 def select(ctx: click.Context, which: str, format_: str, quality: int | None) -> None:
     """Print the imageRef of image N of `images.latest` (1 = newest), or of the image with storage KEY:
-    ``{"imageRef": {"downloadUrl", "storageUri"}}`` on stdout, for the tool that consumes it.
+    ``{"imageRef": {"downloadUrl", "storageUri"}}`` on stdout, for the tool that consumes it. A clip's
+    KEY (``.mp4``) prints its ``{"videoRef": {"downloadUrl", "storageUri", "posterUrl"}}``.
 
     \b
     Examples:
@@ -110,6 +111,7 @@ def select(ctx: click.Context, which: str, format_: str, quality: int | None) ->
       kitty-cli images select images/20261121_101500_1a2b3c4d.png
       kitty-cli images.select 1 --format webp --quality 80
       curl -o out.png "$(kitty-cli images.select 1 | jq -r .imageRef.downloadUrl)"
+      kitty-cli images.select images/20261121_101500_1a2b3c4d.mp4 | jq -r .videoRef.posterUrl
     """
     client = state_of(ctx).client()
     key = resolve_key(client, which)

@@ -28,12 +28,20 @@ from services.contracts import (
     JobView,
     LoraRef,
 )
-from services.contracts.schema import UPSCALE_FACTORS
+from services.contracts.schema import (
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_MOTION_BUCKET,
+    MIN_FPS,
+    MIN_FRAMES,
+    UPSCALE_FACTORS,
+    VIDEO_FIELDS,
+)
 
 from .completion import complete_image_ref, complete_model, complete_preset
 from .context import EXIT_FAILED, EXIT_INTERRUPTED, state_of
 from .gallery import resolve_key
-from .guide import OPTION_OF_FIELD, guide_fields, guide_options
+from .guide import OPTION_OF_FIELD, guide_fields, guide_options, needs
 from .inputs import input_file, input_key
 from .render import ProgressLine, echo_json, format_size, image_keys, job_lines, print_error
 
@@ -208,7 +216,8 @@ def job_output_options(command: Command) -> Command:
                 "--out",
                 type=click.Path(dir_okay=False, writable=True, path_type=Path),
                 metavar="FILE",
-                help="Download the image into FILE; more images go to FILE-2, FILE-3 before the extension.",
+                help="Download the image into FILE; more images go to FILE-2, FILE-3 before the extension. "
+                "A video job's clip is an MP4 (--out clip.mp4).",
             ),
             click.option(
                 "--wait/--no-wait",
@@ -225,11 +234,18 @@ def job_output_options(command: Command) -> Command:
     return command
 
 
+def download_url(client: ImagesClient, key: str) -> str:
+    """Where the stored original of `key` downloads from: its videoRef for a clip, else its imageRef."""
+    selected = client.select(key)
+    return selected.videoRef.downloadUrl if selected.videoRef is not None else selected.image_ref.downloadUrl
+
+
 def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
-    """Download each image of a finished job through its imageRef into ``out`` (and its siblings)."""
+    """Download each image (or a video job's clip) of a finished job through its imageRef (videoRef)
+    into ``out`` and its siblings."""
     keys = image_keys(view)
     for key, path in zip(keys, out_paths(out, len(keys)), strict=True):
-        data = client.download(client.select(key).image_ref.downloadUrl)
+        data = client.download(download_url(client, key))
         try:
             path.write_bytes(data)
         except OSError as exc:
@@ -238,7 +254,7 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
 
 
 @click.command("images.generate", short_help="Queue a prompt; follow its progress; print its image keys.")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option(
     "--model",
     help="Model name from the service's models.yaml (its default when omitted).",
@@ -309,6 +325,29 @@ def save_images(client: ImagesClient, view: JobView, out: Path) -> None:
     "a key like --image; other values are read as JSON when they parse (0.5, true, [..]), else as "
     "text. Repeatable.",
 )
+@click.option(
+    "--video",
+    is_flag=True,
+    help="Render one clip (MP4) instead of images, with a video model (--model): SVD animates "
+    "--image; AnimateDiff animates the prompt.",
+)
+@click.option(
+    "--frames",
+    type=int,
+    help=f"With --video: the clip's length, {MIN_FRAMES}-{MAX_FRAMES} frames (the model's default when "
+    "omitted).",
+)
+@click.option("--fps", type=int, help=f"With --video: frames per second it plays at, {MIN_FPS}-{MAX_FPS}.")
+@click.option(
+    "--motion-bucket-id",
+    type=int,
+    help=f"With --video, SVD: how much motion, 0-{MAX_MOTION_BUCKET} (127 when omitted).",
+)
+@click.option(
+    "--noise-aug-strength",
+    type=float,
+    help="With --video, SVD: noise added to --image, 0-1 (more frees the clip from it; 0.02 when omitted).",
+)
 @guide_options
 @job_output_options
 @PREVIEW_OPTION
@@ -317,7 +356,8 @@ def generate(
     ctx: click.Context, wait: bool, as_json: bool, out: Path | None, preview: Path | None, **options: Any
 ) -> None:
     """Queue PROMPT, show its progress on stderr, and print its image keys on stdout when it is done
-    (or only the job id with --no-wait).
+    (or only the job id with --no-wait). With --video, one clip: its MP4's key on stdout, its
+    poster's on stderr; an SVD clip animates --image and takes no PROMPT.
 
     \b
     Examples:
@@ -337,8 +377,20 @@ def generate(
       kitty-cli images.generate "a fox" --json | jq -r .result.png_key
       kitty-cli images.generate "a fox" --preview live.webp   # refreshed every few steps
       JOB=$(kitty-cli images.generate "a fox" --no-wait); kitty-cli images.jobs "$JOB" --wait
+      kitty-cli images.generate "a fox running" --video --model animatediff_sd15 --frames 16 \
+        --out clip.mp4
+      kitty-cli images.generate --video --model svd --image 1 --fps 7 --out clip.mp4   # no prompt
     """
     check_output(out, wait)
+    is_video = options.pop("video")
+    if not is_video:
+        if options["prompt"] is None:
+            # Optional only for a clip: Stable Video Diffusion animates --image and takes no prompt.
+            raise click.UsageError("Missing argument 'PROMPT' (only a --video job from --image has none).")
+        given = [name for name in VIDEO_FIELDS if options[name] is not None]
+        if given:
+            raise needs(option_name(given[0]), "video", " (it sets the clip)")
+    options["kind"] = "video" if is_video else None
     check_preview_path(preview, wait)
     options.update(preset_inputs(options.pop("preset_inputs"), options))
     options["loras"] = [parse_lora(value) for value in options["loras"]] or None
@@ -478,6 +530,8 @@ def report(
     elif view.status is JobStatus.DONE:
         for key in image_keys(view):
             click.echo(key)
+        for clip in view.result.videos if view.result else []:
+            click.echo(f"Poster of {clip.key}: {clip.poster_key}", err=True)
     if view.status is not JobStatus.DONE:
         print_error(failure_of(view))
         ctx.exit(EXIT_FAILED)

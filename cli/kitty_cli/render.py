@@ -255,7 +255,13 @@ def job_lines(view: JobView) -> list[str]:
         after = f" after {', '.join(str(i + 1) for i in step.after)}" if len(step.after) > 1 else ""
         state = f"{step.status.value}{done}{code}{after}"
         fields.append((f"step {step.index + 1}", f"{step.kind:<13} {state}  {step.job_id}"))
-    for n, key in enumerate(image_keys(view)):
+    clips = view.result.videos if view.result else []
+    for clip in clips:
+        fields.append(
+            ("video", f"{clip.key}  ({clip.frames} frames, {clip.fps} fps, {clip.width}x{clip.height})")
+        )
+        fields.append(("poster", clip.poster_key))
+    for n, key in enumerate([] if clips else image_keys(view)):
         fields.append(("images" if n == 0 else "", key))
     if view.error is not None:
         fields.append(("error", f"[{view.error.code.value}] {view.error.message}"))
