@@ -63,6 +63,22 @@ class Resident:
     """Add-ons loaded for this model by (kind, name): ControlNets, IP-Adapters (`ADDON_CACHE_SIZE`
     of them, least recently used evicted first); they leave with it."""
 
+    @classmethod
+    def loaded(
+        cls, entry: ModelEntry, pipe: Any, *, optimizations: list[str] | None = None, attention: list[str]
+    ) -> Resident:
+        """`pipe`, just loaded for `entry`: its scheduler as loaded is what each job starts from."""
+        return cls(
+            name=entry.name,
+            source=entry.source,
+            pipe=pipe,
+            scheduler_class=type(pipe.scheduler),
+            scheduler_config=dict(pipe.scheduler.config),
+            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
+            optimizations=optimizations or [],
+            attention=attention,
+        )
+
     @property
     def pipeline_class(self) -> str:
         return type(self.pipe).__name__
@@ -292,15 +308,7 @@ class ModelCache:
         self.loads += 1
         MODEL_LOADS.labels(model=entry.name).inc()
         MODEL_LOAD_SECONDS.labels(model=entry.name).observe(seconds)
-        return Resident(
-            name=entry.name,
-            source=entry.source,
-            pipe=pipe,
-            scheduler_class=type(pipe.scheduler),
-            scheduler_config=dict(pipe.scheduler.config),
-            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
-            attention=attention_processors(denoiser(pipe)),
-        )
+        return Resident.loaded(entry, pipe, attention=attention_processors(denoiser(pipe)))
 
     def derived(self, base: Resident, mode: str) -> Resident:
         """The image-to-image or inpainting pipeline of `base`, made once from its components."""
@@ -445,13 +453,4 @@ class ModelCache:
             ", ".join(attention) or "n/a",
             ", ".join(optimizations) or "no device-specific optimizations",
         )
-        return Resident(
-            name=entry.name,
-            source=entry.source,
-            pipe=pipe,
-            scheduler_class=type(pipe.scheduler),
-            scheduler_config=dict(pipe.scheduler.config),
-            call_params=frozenset(inspect.signature(pipe.__call__).parameters),
-            optimizations=optimizations,
-            attention=attention,
-        )
+        return Resident.loaded(entry, pipe, optimizations=optimizations, attention=attention)
