@@ -30,6 +30,13 @@ def queue_message(view: QueueView, *, everyone: bool) -> str:
     return f"Your queue runs again.{resumed}"
 
 
+def show_queue(view: QueueView, *, everyone: bool, as_json: bool) -> None:
+    if as_json:
+        echo_json(view.model_dump(mode="json", exclude_none=True))
+    else:
+        click.echo(queue_message(view, everyone=everyone))
+
+
 @click.command("images.pause", short_help="Hold your queued jobs after the running one.")
 @EVERYONE_OPTION
 @JSON_OPTION
@@ -44,10 +51,7 @@ def pause(ctx: click.Context, everyone: bool, as_json: bool) -> None:
       kitty-cli images.pause --everyone    # admin: workers take no new job
     """
     view = state_of(ctx).client().pause(everyone=everyone)
-    if as_json:
-        echo_json(view.model_dump(mode="json", exclude_none=True))
-    else:
-        click.echo(queue_message(view, everyone=everyone))
+    show_queue(view, everyone=everyone, as_json=as_json)
 
 
 @click.command("images.resume", short_help="Start your paused jobs again, in their order.")
@@ -64,10 +68,7 @@ def resume(ctx: click.Context, everyone: bool, as_json: bool) -> None:
       kitty-cli images.resume --everyone
     """
     view = state_of(ctx).client().resume(everyone=everyone)
-    if as_json:
-        echo_json(view.model_dump(mode="json", exclude_none=True))
-    else:
-        click.echo(queue_message(view, everyone=everyone))
+    show_queue(view, everyone=everyone, as_json=as_json)
 
 
 @click.command("images.front", short_help="Move a queued job before your other queued jobs.")
